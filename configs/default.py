@@ -1,0 +1,52 @@
+"""Every setting, with the paper's values where the paper fixed one (SPEC section 2).
+
+Variants (resnet.py, vgg16.py, quickstart.py) start from this and override a few fields;
+any field can be overridden on the command line, e.g. `--config.train.epochs=5`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # model seed: initialisation, shuffling, dropout
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "resnet18"  # resnet18 | vgg16 | small_cnn | mlp
+  config.model.activation = "relu"  # any flax.linen activation name
+  config.model.maxpool = True  # resnet18 only: keep the 3x3/2 max-pool after the stem
+
+  config.data = ml_collections.ConfigDict()
+  config.data.source = "synthetic"  # cifar10 (tfds) | folder | synthetic
+  config.data.path = ""  # folder source: DIR with train/<class>/ and test/<class>/
+  config.data.cache_dir = ""  # folder source cache; empty: $XDG_CACHE_HOME/saliency_jax
+  config.data.tfds_data_dir = ""  # cifar10 source; empty: tfds' default
+  config.data.seed = 0  # pixel location, jitter, conflict classes, synthetic images
+  config.data.normalization = "dataset"  # dataset (training-set statistics) | imagenet
+  config.data.max_per_class = 0  # keep the first N images per class of each split; 0: all
+  config.data.synthetic_train_per_class = 500
+  config.data.synthetic_test_per_class = 100
+
+  config.pixel = ml_collections.ConfigDict()
+  config.pixel.variant = "colour"  # colour (class colour, one location) | location (one colour, class locations)
+  config.pixel.location = ()  # (row, col); empty: drawn from data.seed
+  config.pixel.position_sd = 0.0  # std of the per-image location offset, in pixels
+  config.pixel.colour_sd = 0.0  # std of the per-image RGB noise
+  config.pixel.fixed_colour = (255, 0, 255)  # location variant: the one colour
+  config.pixel.class_locations = ()  # location variant: ((row, col),) * classes; empty: drawn
+
+  config.train = ml_collections.ConfigDict()
+  config.train.learning_rate = 0.001
+  config.train.momentum = 0.9  # PyTorch semantics: buf = momentum * buf + grad
+  config.train.weight_decay = 0.0  # PyTorch semantics: added to the gradient before momentum
+  config.train.batch_size = 256  # global, split over all devices
+  config.train.epochs = 200
+  config.train.checkpoint_every_epochs = 10
+  config.train.keep_checkpoints = 3  # newest kept; 0 keeps all
+  config.train.dtype = "float32"  # float32 | bfloat16 (compute; parameters stay float32)
+  config.train.eval_batch_size = 1000
+  # auto: the whole epoch as one compiled scan on GPU/TPU, one dispatch per step on CPU
+  config.train.epoch_loop = "auto"  # auto | scan | python
+  config.train.eval_conditions = ("pixel", "nopix", "conflict")
+  config.train.tensorboard = True  # also write TensorBoard events next to metrics.csv
+  return config

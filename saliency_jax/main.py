@@ -1,0 +1,47 @@
+"""The binary: `python -m saliency_jax.main --config=configs/resnet.py --workdir=DIR`.
+
+Any config field can be overridden, e.g. `--config.train.epochs=5`. A setting a user can fix
+ends with one line naming it and exit code 2; a diverged run ends with exit code 3.
+"""
+
+import logging as pylogging
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from saliency_jax.config_checks import ConfigError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _quiet_orbax(record: pylogging.LogRecord) -> bool:
+  """orbax logs every checkpoint step at INFO; keep its warnings and errors only."""
+  return record.levelno >= pylogging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.get_absl_handler().addFilter(_quiet_orbax)
+  # Imported here so `--help` and flag errors come back before JAX starts.
+  from saliency_jax.training import parallel, train  # pylint: disable=g-import-not-at-top
+
+  parallel.maybe_initialize_distributed()
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except ConfigError as e:
+    logging.flush()
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except train.TrainingDiverged as e:
+    logging.flush()
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(3)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,134 @@
+"""Models: `create_model(name, **options)` returns a flax.linen Module.
+
+Every model is a pure function `model.apply(variables, x_BHWC, train=False) -> logits_BK`.
+Options every model takes: `activation` (a callable, or 'relu' / 'gelu' / ...: Guided
+Backprop swaps in its own ReLU here without touching model code) and `dtype` (the compute
+dtype; parameters stay float32). Model-specific ones: resnet18 `maxpool`; vgg16
+`dropout_rate`; mlp `hidden`; small_cnn `channels`.
+
+Named activations ("taps", see `common.tap`) can be read with `read_features` and
+differentiated with `feature_gradients`; `feature_names` lists them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from saliency_jax.config_checks import ConfigError, require_choice
+from saliency_jax.models.resnet import ResNet
+from saliency_jax.models.small import MLP, SmallCNN
+from saliency_jax.models.vgg import VGG
+
+# The defaults of ResNet and VGG are ResNet-18 and VGG16.
+MODELS: dict[str, type[nn.Module]] = {
+    "resnet18": ResNet,
+    "vgg16": VGG,
+    "small_cnn": SmallCNN,
+    "mlp": MLP,
+}
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+Variables = Mapping[str, Any]
+
+
+def _activation(value):
+  if callable(value):
+    return value
+  if not isinstance(value, str) or not hasattr(nn, value) or not callable(getattr(nn, value)):
+    raise ConfigError(f"model.activation={value!r} is not allowed; give a callable or the name of a "
+                      "flax.linen activation such as 'relu', 'gelu', 'silu', 'softplus'")
+  return getattr(nn, value)
+
+
+def create_model(name: str, num_classes: int = 10, **options) -> nn.Module:
+  """The model `name` (one of MODELS) with `num_classes` outputs; options are listed above."""
+  require_choice("model.name", name, MODELS)
+  cls = MODELS[name]
+  allowed = sorted(p for p in inspect.signature(cls).parameters if p not in ("num_classes", "parent", "name"))
+  for key in options:
+    if key not in allowed:
+      raise ConfigError(f"model option {key!r} is not known for model.name={name!r}; allowed: {', '.join(allowed)}")
+  if "activation" in options:
+    options["activation"] = _activation(options["activation"])
+  if isinstance(options.get("dtype"), str):
+    require_choice("train.dtype", options["dtype"], DTYPES)
+    options["dtype"] = DTYPES[options["dtype"]]
+  for key in ("hidden", "channels"):  # ml_collections hands tuples over as lists sometimes
+    if key in options:
+      options[key] = tuple(options[key])
+  return cls(num_classes=num_classes, **options)
+
+
+def from_config(model_config, num_classes: int, dtype="float32") -> nn.Module:
+  """The model a config's `model` section names. Fields the chosen model does not take (such
+  as resnet18's `maxpool` for vgg16) are ignored, so one default config serves every model."""
+  require_choice("model.name", model_config.name, MODELS)
+  accepted = inspect.signature(MODELS[model_config.name]).parameters
+  options = {k: v for k, v in model_config.items() if k != "name" and k in accepted}
+  return create_model(model_config.name, num_classes=num_classes, dtype=dtype, **options)
+
+
+def init_variables(model: nn.Module, key: jax.Array, input_shape: Sequence[int]) -> dict:
+  """Parameters (and BatchNorm statistics) for inputs of `input_shape` (B, H, W, C).
+
+  Initialised under `jit` so a large model is built directly on the device and the taps'
+  bookkeeping collections ('intermediates', 'perturbations') are dropped.
+  """
+
+  @jax.jit
+  def init(key):
+    variables = model.init({"params": key, "dropout": key}, jnp.zeros(input_shape, jnp.float32), train=False)
+    return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+
+  return init(key)
+
+
+def count_params(params) -> int:
+  """Number of scalars in a parameter tree (works on arrays and on jax.eval_shape output)."""
+  return sum(int(jnp.size(p)) if hasattr(p, "size") else 0 for p in jax.tree.leaves(params))
+
+
+def read_features(model: nn.Module, variables: Variables, x_BHWC, train: bool = False) -> dict[str, jax.Array]:
+  """Every tapped activation of `model` at `x_BHWC`, by name."""
+  _, state = model.apply(dict(variables), x_BHWC, train=train, mutable=["intermediates"])
+  return {name: value[0] for name, value in state["intermediates"].items()}
+
+
+def feature_names(model: nn.Module, input_shape: Sequence[int] = (1, 32, 32, 3)) -> list[str]:
+  """Names of the tapped activations, sorted (computed from shapes only, nothing is run)."""
+  shapes = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), input_shape))
+  feats = jax.eval_shape(lambda v: read_features(model, v, jnp.zeros(input_shape)), shapes)
+  return list(feats)
+
+
+def feature_gradients(model: nn.Module, variables: Variables, x_BHWC, names: Sequence[str],
+                      scalar_fn: Callable[[jax.Array], jax.Array]):
+  """Activations `names` and the gradient of `scalar_fn(logits)` with respect to each.
+
+  Returns `(features, gradients)`, two dicts keyed by name. The gradient is taken through
+  zero 'perturbations' added at every tap, which leaves the forward pass unchanged.
+  """
+  feats = read_features(model, variables, x_BHWC)
+  unknown = [n for n in names if n not in feats]
+  if unknown:
+    raise ConfigError(f"layer {unknown[0]!r} is not a tapped activation of this model; allowed: {', '.join(feats)}")
+  zeros = jax.tree.map(jnp.zeros_like, feats)
+
+  def scalar(perturbations):
+    logits = model.apply({**variables, "perturbations": perturbations}, x_BHWC, train=False)
+    return scalar_fn(logits)
+
+  grads = jax.grad(scalar)(zeros)
+  return {n: feats[n] for n in names}, {n: grads[n] for n in names}
+
+
+__all__ = [
+    "MODELS", "DTYPES", "create_model", "from_config", "init_variables", "count_params", "read_features",
+    "feature_names", "feature_gradients", "ResNet", "VGG", "MLP", "SmallCNN",
+]

@@ -1,0 +1,52 @@
+"""Pieces shared by the models: torchvision's initialisers, torch-style padding, named taps."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Activation = Callable[[jax.Array], jax.Array]
+Dtype = Any
+
+# Kaiming-normal, mode='fan_out', nonlinearity='relu' (torchvision's conv init). jax's
+# 'normal' distribution is the plain (untruncated) normal that torch samples from.
+kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+# torch.nn.Linear's default weight init: kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), +).
+torch_linear_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_linear_bias(fan_in: int) -> nn.initializers.Initializer:
+  """torch.nn.Linear's default bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def torch_padding(kernel_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+  """Symmetric padding k // 2, as torch's `padding=k//2`.
+
+  Flax's 'SAME' pads (0, 1) for a stride-2 conv on an even input where torch pads (1, 1),
+  which shifts every feature map by half a pixel; explicit padding keeps the layouts equal.
+  """
+  p = kernel_size // 2
+  return ((p, p), (p, p))
+
+
+def tap(module: nn.Module, name: str, x: jax.Array) -> jax.Array:
+  """Expose an activation under `name`, to read and to differentiate.
+
+  Reading: `apply(..., mutable=['intermediates'])` returns it under 'intermediates'.
+  Differentiating: pass zeros under 'perturbations' (see `models.feature_gradients`);
+  the gradient with respect to that zero tensor is the gradient with respect to `x`.
+  Without those collections both are no-ops, so the plain forward pass is unchanged.
+  """
+  module.sow("intermediates", name, x)
+  return module.perturb(name, x)

@@ -1,0 +1,165 @@
+"""`train_and_evaluate(config, workdir)`: the paper's training run, resumable, on every device."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import pathlib
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from saliency_jax import data as data_lib
+from saliency_jax import models
+from saliency_jax.config_checks import (ConfigError, require_choice, require_non_negative, require_positive,
+                                        require_subset)
+from saliency_jax.training import parallel
+from saliency_jax.training.checkpoint import Checkpoints, abstract_like
+from saliency_jax.training.metrics import MetricsWriter
+from saliency_jax.training.state import TrainState, init_state, make_optimizer
+from saliency_jax.training.steps import Steps
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN or infinite; the message names the epoch and step."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+  state: TrainState
+  model: Any
+  data: data_lib.Prepared
+  metrics: list[dict]  # one row per epoch, as in metrics.csv
+
+
+def check_config(config, num_devices: int) -> None:
+  """Every setting a user can get wrong, checked before any work starts."""
+  require_choice("model.name", config.model.name, models.MODELS)
+  require_choice("data.source", config.data.source, data_lib.SOURCES)
+  require_choice("data.normalization", config.data.normalization, data_lib.NORMALIZATIONS)
+  require_choice("pixel.variant", config.pixel.variant, data_lib.VARIANTS)
+  require_choice("train.dtype", config.train.dtype, models.DTYPES)
+  require_subset("train.eval_conditions", config.train.eval_conditions, data_lib.CONDITIONS)
+  require_choice("train.epoch_loop", config.train.epoch_loop, EPOCH_LOOPS)
+  for field in ("pixel.position_sd", "pixel.colour_sd", "train.momentum", "train.weight_decay",
+                "data.max_per_class", "train.keep_checkpoints"):
+    section, name = field.split(".")
+    require_non_negative(field, config[section][name])
+  require_positive("train.learning_rate", config.train.learning_rate)
+  for field in ("train.batch_size", "train.epochs", "train.checkpoint_every_epochs", "train.eval_batch_size",
+                "data.synthetic_train_per_class", "data.synthetic_test_per_class"):
+    section, name = field.split(".")
+    require_positive(field, config[section][name], integer=True)
+  if config.train.batch_size % num_devices:
+    raise ConfigError(f"train.batch_size={config.train.batch_size} does not divide over the {num_devices} devices; "
+                      f"use a multiple of {num_devices}")
+  if config.data.source == "folder" and not pathlib.Path(config.data.path or "").expanduser().is_dir():
+    raise ConfigError(f"data.path={config.data.path!r} is not a folder; data.source='folder' needs DIR with "
+                      "train/<class>/ and test/<class>/")
+
+
+EPOCH_LOOPS = ("auto", "scan", "python")
+
+
+def epoch_loop(name: str) -> str:
+  """'auto': one compiled scan per epoch on accelerators, a step-per-dispatch loop on CPU,
+  where XLA runs convolutions inside loops far slower (see `Steps.train_epoch`)."""
+  require_choice("train.epoch_loop", name, EPOCH_LOOPS)
+  if name == "auto":
+    return "python" if jax.default_backend() == "cpu" else "scan"
+  return name
+
+
+def _check_finite(loss_S: np.ndarray, epoch: int, steps_per_epoch: int, learning_rate: float) -> None:
+  bad = np.flatnonzero(~np.isfinite(loss_S))
+  if bad.size:
+    step = int(bad[0])
+    raise TrainingDiverged(
+        f"training stopped: the loss is {loss_S[step]} at epoch {epoch + 1}, step {step + 1} of {steps_per_epoch} "
+        f"(global step {epoch * steps_per_epoch + step + 1}); try a smaller train.learning_rate "
+        f"(now {learning_rate}) or train.dtype='float32'")
+
+
+def _log_epoch(epoch: int, epochs: int, row: dict) -> None:
+  tests = "  ".join(f"{k[5:-9]} {100 * v:5.1f}%" for k, v in row.items() if k.startswith("test_"))
+  logging.info("epoch %d/%d  loss %.4f  train %5.1f%%  | test %s  | %.0f img/s (%.2f s)", epoch, epochs,
+               row["train_loss"], 100 * row["train_accuracy"], tests, row["images_per_sec"], row["epoch_seconds"])
+
+
+def train_and_evaluate(config, workdir: str | pathlib.Path, *, mesh: jax.sharding.Mesh | None = None) -> TrainResult:
+  """Train `config` in `workdir`, resuming from its latest checkpoint, and test every epoch.
+
+  Writes `metrics.csv` (and TensorBoard events) and `checkpoints/`. `mesh` defaults to all devices.
+  """
+  workdir = pathlib.Path(workdir)
+  mesh = mesh or parallel.make_mesh()
+  check_config(config, mesh.size)
+  tc = config.train
+
+  data = data_lib.prepare(config, conditions=tuple(tc.eval_conditions))
+  model = models.from_config(config.model, data.num_classes, dtype=tc.dtype)
+  optimizer = make_optimizer(tc)
+  eval_batch = math.ceil(tc.eval_batch_size / mesh.size) * mesh.size
+  steps = Steps(model, optimizer, data.normalization, tc.batch_size, eval_batch)
+  steps_per_epoch = steps.steps_per_epoch(len(data.train.labels_B))
+  examples_per_epoch = steps_per_epoch * tc.batch_size
+  if steps_per_epoch == 0:
+    raise ConfigError(f"train.batch_size={tc.batch_size} is larger than the {len(data.train.labels_B)} training images")
+  logging.info("%s on %s: %d train / %d test images, %d classes, %d steps per epoch, %d device(s)",
+               config.model.name, config.data.source, len(data.train.labels_B), len(data.source.test.labels),
+               data.num_classes, steps_per_epoch, mesh.size)
+
+  with jax.set_mesh(mesh):
+    replicated = parallel.replicated(mesh)
+    init = jax.jit(functools.partial(init_state, model, optimizer, input_shape=(1, *data.train.images_BHWC.shape[1:])),
+                   out_shardings=replicated)
+    init_key = jax.random.fold_in(jax.random.key(config.seed), 0)
+    checkpoints = Checkpoints(workdir / "checkpoints", keep=tc.keep_checkpoints)
+    start = checkpoints.latest_epoch() or 0
+    if start:
+      state = checkpoints.restore(start, abstract_like(jax.eval_shape(init, init_key), replicated))
+      logging.info("resumed from the checkpoint after epoch %d in %s", start, workdir)
+    else:
+      state = init(init_key)
+    logging.info("%s: %s trainable parameters", config.model.name, f"{models.count_params(state.params):,}")
+
+    train_images, train_labels = parallel.put_replicated((data.train.images_BHWC, data.train.labels_B), mesh)
+    tests = {c: parallel.put_replicated((s.images_BHWC, s.labels_B), mesh) for c, s in data.tests.items()}
+    writer = MetricsWriter(workdir, resume_epoch=start, tensorboard=tc.tensorboard, enabled=jax.process_index() == 0)
+
+    loop = epoch_loop(tc.epoch_loop)
+    if start < tc.epochs:
+      t0 = time.perf_counter()
+      steps.compile_train_epoch(state, train_images, train_labels, config.seed, loop)
+      logging.info("compiled the training %s in %.1f s", "epoch" if loop == "scan" else "step",
+                   time.perf_counter() - t0)
+
+    try:
+      for epoch in range(start, tc.epochs):
+        t0 = time.perf_counter()
+        state, train_metrics = steps.train_epoch(state, train_images, train_labels, config.seed, epoch, loop)
+        # Evaluation is queued behind the epoch before anything is read back.
+        correct = {c: steps.count_correct(state.variables, *arrays, loop=loop) for c, arrays in tests.items()}
+        train_metrics = parallel.to_host(train_metrics)
+        seconds = time.perf_counter() - t0
+        _check_finite(train_metrics["loss_S"], epoch, steps_per_epoch, tc.learning_rate)
+        row = {
+            "train_loss": float(np.mean(train_metrics["loss_S"])),
+            "train_accuracy": float(train_metrics["correct"]) / examples_per_epoch,
+            **{f"test_{c}_accuracy": float(parallel.to_host(n)) / len(data.tests[c].labels_B)
+               for c, n in correct.items()},
+            "images_per_sec": examples_per_epoch / seconds,
+            "epoch_seconds": seconds,
+        }
+        writer.write(epoch + 1, row)
+        _log_epoch(epoch + 1, tc.epochs, row)
+        if (epoch + 1) % tc.checkpoint_every_epochs == 0 or epoch + 1 == tc.epochs:
+          checkpoints.save(epoch + 1, state)
+    finally:
+      checkpoints.close()
+      writer.close()
+  return TrainResult(state=state, model=model, data=data, metrics=writer.rows)
