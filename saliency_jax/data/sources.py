@@ -205,15 +205,19 @@ def cifar10(data_dir: str | None = None, per_class: int = 0) -> Source:
   except ImportError as e:
     raise ConfigError(f"data.source='cifar10' needs tensorflow-datasets and TensorFlow ({e}); install them with "
                       f"pip install -e '.[tfds]', or {_OFFLINE_HINT}") from None
+
+  def split(name: str) -> Split:
+    # Batches of 10,000 rather than batch_size=-1, whose single-element path aborts in some
+    # TensorFlow builds (seen with 2.21) and needs the whole split twice in memory.
+    batches = list(tfds.as_numpy(tfds.load("cifar10", split=name, batch_size=10_000, as_supervised=True,
+                                           data_dir=data_dir)))
+    images = np.concatenate([b[0] for b in batches]).astype(np.uint8)
+    labels = np.concatenate([b[1] for b in batches]).astype(np.int32)
+    return take_per_class(Split(images, labels), per_class)
+
   try:
-    train, test = tfds.as_numpy(tfds.load("cifar10", split=["train", "test"], batch_size=-1, as_supervised=True,
-                                          data_dir=data_dir))
+    train, test = split("train"), split("test")
   except Exception as e:  # download or preparation failed: no network, no disk, ...
     raise ConfigError(f"data.source='cifar10' could not be loaded ({type(e).__name__}: {e}); "
                       f"{_OFFLINE_HINT}") from None
-
-  def split(pair) -> Split:
-    images, labels = pair
-    return take_per_class(Split(np.asarray(images, np.uint8), np.asarray(labels, np.int32)), per_class)
-
-  return Source(split(train), split(test), CIFAR10_CLASSES)
+  return Source(train, test, CIFAR10_CLASSES)

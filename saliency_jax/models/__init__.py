@@ -13,6 +13,7 @@ differentiated with `feature_gradients`; `feature_names` lists them.
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
@@ -91,7 +92,7 @@ def init_variables(model: nn.Module, key: jax.Array, input_shape: Sequence[int])
 
 def count_params(params) -> int:
   """Number of scalars in a parameter tree (works on arrays and on jax.eval_shape output)."""
-  return sum(int(jnp.size(p)) if hasattr(p, "size") else 0 for p in jax.tree.leaves(params))
+  return sum(math.prod(p.shape) for p in jax.tree.leaves(params))
 
 
 def read_features(model: nn.Module, variables: Variables, x_BHWC, train: bool = False) -> dict[str, jax.Array]:

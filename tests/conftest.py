@@ -1,0 +1,39 @@
+"""Test setup: 4 emulated CPU devices (set before JAX starts), tiny configs, the shared data."""
+
+import pathlib
+
+import jax
+
+# Must happen before any JAX computation: the multi-device tests compare 4 devices with 1.
+jax.config.update("jax_num_cpu_devices", 4)
+
+import pytest  # noqa: E402
+
+from configs import default  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg"
+
+
+@pytest.fixture
+def tiny_config():
+  """A run that takes seconds: small CNN, 40 synthetic images per class, 2 epochs."""
+  config = default.get_config()
+  config.model.name = "small_cnn"
+  config.data.source = "synthetic"
+  config.data.synthetic_train_per_class = 40
+  config.data.synthetic_test_per_class = 10
+  config.train.learning_rate = 0.02
+  config.train.batch_size = 32
+  config.train.epochs = 2
+  config.train.checkpoint_every_epochs = 1
+  config.train.eval_batch_size = 50
+  config.train.tensorboard = False
+  return config
+
+
+@pytest.fixture
+def one_device_mesh():
+  from saliency_jax.training import parallel  # pylint: disable=g-import-not-at-top
+
+  return parallel.make_mesh(jax.devices()[:1])

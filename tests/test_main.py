@@ -1,0 +1,89 @@
+"""The binary and its config checks: a user mistake is one clear line and a non-zero exit."""
+
+import subprocess
+import sys
+
+import pytest
+
+from configs import default, quickstart, resnet, vgg16
+from saliency_jax.config_checks import ConfigError
+from saliency_jax.training import check_config
+from tests.conftest import REPO
+
+BAD_SETTINGS = [
+    ("model.name", "resnet50", "model.name='resnet50' is not allowed; choose one of: 'resnet18', 'vgg16'"),
+    ("data.source", "imagenet", "data.source='imagenet' is not allowed; choose one of: 'cifar10', 'folder'"),
+    ("train.eval_conditions", ("pixel", "blur"), "train.eval_conditions contains 'blur'"),
+    ("pixel.variant", "shape", "pixel.variant='shape' is not allowed"),
+    ("train.learning_rate", 0.0, "train.learning_rate=0.0 is not allowed; it must be a positive number"),
+    ("train.learning_rate", -0.1, "train.learning_rate=-0.1 is not allowed"),
+    ("train.batch_size", 0, "train.batch_size=0 is not allowed; it must be a positive integer"),
+    ("train.epochs", -3, "train.epochs=-3 is not allowed; it must be a positive integer"),
+    ("train.dtype", "float16", "train.dtype='float16' is not allowed; choose one of: 'float32', 'bfloat16'"),
+    ("train.epoch_loop", "while", "train.epoch_loop='while' is not allowed"),
+    ("data.normalization", "none", "data.normalization='none' is not allowed"),
+    ("pixel.position_sd", -1.0, "pixel.position_sd=-1.0 is not allowed; it must be >= 0"),
+]
+
+
+@pytest.mark.parametrize("field,value,message", BAD_SETTINGS)
+def test_bad_settings_are_named(field, value, message):
+  config = quickstart.get_config()
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(ConfigError) as error:
+    check_config(config, num_devices=1)
+  assert message in str(error.value)
+
+
+def test_batch_size_must_divide_over_the_devices():
+  config = quickstart.get_config()
+  config.train.batch_size = 66
+  with pytest.raises(ConfigError, match="train.batch_size=66 does not divide over the 4 devices; use a multiple of 4"):
+    check_config(config, num_devices=4)
+  check_config(config, num_devices=2)
+
+
+def test_missing_data_folder_is_named(tmp_path):
+  config = quickstart.get_config()
+  config.data.source = "folder"
+  config.data.path = str(tmp_path / "nowhere")
+  with pytest.raises(ConfigError, match="data.path=.*nowhere.* is not a folder"):
+    check_config(config, num_devices=1)
+
+
+def test_shipped_configs_are_valid():
+  for module in (default, quickstart, resnet, vgg16):
+    check_config(module.get_config(), num_devices=1)
+  assert resnet.get_config().pixel.location == (26, 15)
+  assert vgg16.get_config().model.name == "vgg16"
+  paper = resnet.get_config().train
+  assert (paper.learning_rate, paper.momentum, paper.weight_decay, paper.batch_size, paper.epochs,
+          paper.checkpoint_every_epochs) == (0.001, 0.9, 0.0, 256, 200, 10)
+
+
+def _run(tmp_path, *flags):
+  return subprocess.run([sys.executable, "-m", "saliency_jax.main", "--config=configs/quickstart.py",
+                         f"--workdir={tmp_path}", *flags], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("flag,field", [
+    ("--config.model.name=resnet50", "model.name"),
+    ("--config.train.learning_rate=-1", "train.learning_rate"),
+    ("--config.data.source=folder", "data.path"),
+])
+def test_binary_reports_one_line_and_exits_non_zero(tmp_path, flag, field):
+  result = _run(tmp_path, flag)
+  assert result.returncode == 2
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and field in errors[0]
+  assert "Traceback" not in result.stderr
+
+
+def test_binary_trains_with_overrides(tmp_path):
+  result = _run(tmp_path, "--config.train.epochs=1", "--config.data.synthetic_train_per_class=20",
+                "--config.data.synthetic_test_per_class=5", "--config.train.batch_size=32")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "epoch 1/1" in result.stderr
+  assert (tmp_path / "metrics.csv").exists() and (tmp_path / "checkpoints" / "1").is_dir()
+  assert "orbax" not in result.stderr.lower().replace("orbax-checkpoint", "")  # checkpoint chatter filtered
