@@ -154,6 +154,9 @@ def save_npz_atomic(path: pathlib.Path, **arrays) -> None:
   try:
     with os.fdopen(fd, "wb") as f:
       np.savez_compressed(f, **arrays)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide a shared cache from other users
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
