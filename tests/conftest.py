@@ -9,7 +9,7 @@ jax.config.update("jax_num_cpu_devices", 4)
 
 import pytest  # noqa: E402
 
-from configs import default  # noqa: E402
+from configs import quickstart  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg"
@@ -17,17 +17,11 @@ SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg"
 
 @pytest.fixture
 def tiny_config():
-  """A run that takes seconds: small CNN, 40 synthetic images per class, 2 epochs."""
-  config = default.get_config()
-  config.model.name = "small_cnn"
-  config.data.source = "synthetic"
-  config.data.synthetic_train_per_class = 40
-  config.data.synthetic_test_per_class = 10
-  config.train.learning_rate = 0.02
-  config.train.batch_size = 32
-  config.train.epochs = 2
-  config.train.checkpoint_every_epochs = 1
-  config.train.eval_batch_size = 50
+  """The quickstart at a size that takes seconds: 40 synthetic images per class, 2 epochs."""
+  config = quickstart.get_config()
+  config.data.synthetic_train_per_class, config.data.synthetic_test_per_class = 40, 10
+  config.train.batch_size, config.train.eval_batch_size = 32, 50
+  config.train.epochs, config.train.checkpoint_every_epochs = 2, 1
   config.train.tensorboard = False
   return config
 
