@@ -14,12 +14,12 @@ import dataclasses
 import hashlib
 import os
 import pathlib
-import tempfile
 from typing import Sequence
 
 import numpy as np
 
 from saliency_jax.config_checks import ConfigError
+from saliency_jax.files import atomic_open
 
 SOURCES = ("cifar10", "folder", "synthetic")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -147,23 +147,6 @@ def _decode_all(files: Sequence[pathlib.Path]) -> np.ndarray:
   return np.stack(arrays)
 
 
-def save_npz_atomic(path: pathlib.Path, **arrays) -> None:
-  """Write a compressed .npz so that a reader never sees half a file."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez_compressed(f, **arrays)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide a shared cache from other users
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
 def folder(path: str, cache_dir: str = "", per_class: int = 0) -> Source:
   """A class-per-subfolder tree (class folders sorted give the label order)."""
   if not path:
@@ -188,9 +171,9 @@ def folder(path: str, cache_dir: str = "", per_class: int = 0) -> Source:
                     tuple(str(n) for n in z["class_names"]))
 
   source = Source(Split(_decode_all(train_files), train_labels), Split(_decode_all(test_files), test_labels), names)
-  save_npz_atomic(cache_file, train_images=source.train.images, train_labels=source.train.labels,
-                  test_images=source.test.images, test_labels=source.test.labels,
-                  class_names=np.asarray(names))
+  with atomic_open(cache_file, "wb") as f:
+    np.savez_compressed(f, train_images=source.train.images, train_labels=source.train.labels,
+                        test_images=source.test.images, test_labels=source.test.labels, class_names=np.asarray(names))
   return source
 
 

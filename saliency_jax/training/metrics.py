@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import csv
-import io
-import os
 import pathlib
-import tempfile
 from typing import Mapping
 
 from absl import logging
 
-
-def write_text_atomic(path: pathlib.Path, text: str) -> None:
-  """Replace `path` in one rename: a reader (or a killed run) never sees half a file."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w", newline="") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+from saliency_jax.files import atomic_open
 
 
 def read_csv(path: str | pathlib.Path) -> list[dict[str, str]]:
@@ -56,11 +41,10 @@ class MetricsWriter:
       return
     self.rows.append({"epoch": epoch, **metrics})
     fields = list(dict.fromkeys(k for row in self.rows for k in row))
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(self.rows)
-    write_text_atomic(self.path, out.getvalue())
+    with atomic_open(self.path, "w", newline="") as f:
+      writer = csv.DictWriter(f, fieldnames=fields)
+      writer.writeheader()
+      writer.writerows(self.rows)
     if self._tb is not None:
       for name, value in metrics.items():
         self._tb.add_scalar(name, value, epoch)

@@ -1,0 +1,31 @@
+"""Atomic file writes: results, metrics and caches are whole or absent, never half written."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import tempfile
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | pathlib.Path, mode: str = "w", **kwargs):
+  """Open a temporary file beside `path`; on success rename it over `path` in one step.
+
+  A reader, or a run killed mid-write, sees the old file or the new one. The file gets the
+  permissions of an ordinary `open` (the umask), not mkstemp's private 0600.
+  """
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, mode, **kwargs) as f:
+      yield f
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
