@@ -12,7 +12,7 @@ conversion to float.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import flax.struct
 import jax
