@@ -92,6 +92,15 @@ def test_four_devices_compute_the_same_update_as_one():
   assert one[2] == four[2]
 
 
+def test_dropout_trains_on_four_devices_as_on_one():
+  # VGG's classifier dropout under a batch-split mesh (a narrow VGG keeps it fast).
+  options = dict(layout=(8, "M", 8, "M"), lr=1e-3)
+  one = _one_epoch(parallel.make_mesh(jax.devices()[:1]), "vgg16", **options)
+  four = _one_epoch(parallel.make_mesh(jax.devices()[:4]), "vgg16", **options)
+  _leaves_equal(one[0], four[0], rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(one[1]["loss_S"], four[1]["loss_S"], rtol=1e-5)
+
+
 def test_batchnorm_statistics_are_global_across_devices():
   # ResNet has BatchNorm: with per-device statistics four devices would differ from one.
   # One stage of one block keeps it quick; the BatchNorm code is resnet18's.

@@ -48,12 +48,12 @@ class VGG(nn.Module):
     block, layer = 1, 1
     for i, item in enumerate(self.layout):
       if item == "M":
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = common.max_pool(x, (2, 2), (2, 2))
         x = common.tap(self, f"block{block}", x)
         block, layer = block + 1, 1
         continue
       # Conv names keep torchvision's `features.<index>` numbering.
-      x = nn.Conv(item, (3, 3), padding=common.torch_padding(3), dtype=self.dtype,
+      x = common.Conv(item, (3, 3), padding=common.torch_padding(3), dtype=self.dtype,
                   kernel_init=common.kaiming_normal_fan_out, name=f"features_{i}")(x)
       x = common.tap(self, f"conv{block}_{layer}", self.activation(x))
       layer += 1
@@ -64,6 +64,6 @@ class VGG(nn.Module):
                                      bias_init=nn.initializers.zeros, name=name)
     for k in (1, 2):
       x = common.tap(self, f"fc{k}", self.activation(dense(4096, f"classifier_{3 * (k - 1)}")(x)))
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+      x = common.dropout(self, x, self.dropout_rate, train)
     x = dense(self.num_classes, "classifier_6")(x)
     return common.tap(self, "logits", x)

@@ -1,0 +1,130 @@
+"""Class activation maps on a named layer (GradCAM, GradCAM_Pos, GradCAM++, Guided GradCAM) and FullGrad.
+
+All return input-shaped maps: the (h, w) layer map is resized bilinearly to the input and
+broadcast over its channels.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from saliency_jax.attribution.activations import guided_backprop
+from saliency_jax.attribution.core import (batchnorm_affine, module_interceptor, require_model_forward, scores,
+                                           upsample)
+from saliency_jax.attribution.registry import register
+from saliency_jax.config_checks import ConfigError
+
+
+def default_layer(forward, x_BHWC) -> str:
+  """The last spatial (B, h, w, C) layer the network computes: GradCAM's usual choice."""
+  shapes = forward._tap_shapes(x_BHWC)  # pylint: disable=protected-access
+  spatial = [name for name, s in shapes.items() if len(s.shape) == 4]
+  if not spatial:
+    raise ConfigError(f"{type(forward.model).__name__} has no spatial layer for a CAM method")
+  return spatial[-1]
+
+
+def _channel_weights(kind: str, a_BhwK, g_BhwK):
+  if kind == "gradcam":
+    return g_BhwK.mean(axis=(1, 2))
+  if kind == "gradcam_pos":
+    return jnp.abs(g_BhwK).mean(axis=(1, 2))
+  # GradCAM++ (Chattopadhyay et al., eq. 19, with exp(score) folded in as in pytorch-grad-cam).
+  g2, g3 = g_BhwK**2, g_BhwK**3
+  denominator = 2 * g2 + a_BhwK.sum(axis=(1, 2), keepdims=True) * g3
+  alpha = jnp.where(g_BhwK != 0, g2 / jnp.where(denominator != 0, denominator, 1.0), 0.0)
+  return (alpha * jax.nn.relu(g_BhwK)).sum(axis=(1, 2))
+
+
+def class_activation_map(forward, x_BHWC, target_B, *, output: str = "logit", layer: str | None = None,
+                         kind: str = "gradcam"):
+  """ReLU(sum_k w_k A_k) on `layer` (default: the last spatial one), w from `kind`'s weighting."""
+  forward = require_model_forward(forward, kind)
+  layer = layer or default_layer(forward, x_BHWC)
+  a_BhwK, g_BhwK = forward.layer_and_gradient(x_BHWC, target_B, layer, output)
+  if a_BhwK.ndim != 4:
+    raise ConfigError(f"layer={layer!r} has shape {a_BhwK.shape}; {kind} needs a spatial (B, h, w, C) layer")
+  weights_BK = _channel_weights(kind, a_BhwK, g_BhwK)
+  cam_Bhw1 = jax.nn.relu(jnp.einsum("bhwk,bk->bhw", a_BhwK, weights_BK))[..., None]
+  return upsample(cam_Bhw1, x_BHWC.shape)
+
+
+gradcam = register("gradcam", kind="gradcam")(class_activation_map)
+gradcam_pos = register("gradcam_pos", kind="gradcam_pos")(class_activation_map)
+gradcam_plusplus = register("gradcam_plusplus", kind="gradcam_plusplus")(class_activation_map)
+
+
+@register("guided_gradcam")
+def guided_gradcam(forward, x_BHWC, target_B, *, output: str = "logit", layer: str | None = None):
+  """GradCAM times Guided Backprop, elementwise."""
+  cam = class_activation_map(forward, x_BHWC, target_B, output=output, layer=layer, kind="gradcam")
+  return cam * guided_backprop(forward, x_BHWC, target_B, output=output)
+
+
+def _bias_of(module):
+  if isinstance(module, nn.BatchNorm):
+    return batchnorm_affine(module)[1]
+  if getattr(module, "use_bias", False):
+    return module.variables["params"]["bias"]
+  return None
+
+
+_BIASED = (nn.Conv, nn.Dense, nn.BatchNorm)
+
+
+def fullgrad_decomposition(forward, x_BHWC, target_B, output: str = "logit"):
+  """FullGrad's exact split of the score: (input_gradient * x, [bias_gradient * bias per layer]).
+
+  A bias-gradient is the gradient with respect to the layer's output; a layer's bias is its
+  own (conv, dense) or eval-mode BatchNorm's effective one, beta - gamma * mean / std. For
+  piecewise-linear networks the terms sum exactly to the logit (the completeness test).
+  """
+  forward = require_model_forward(forward, "fullgrad")
+
+  def record_shapes(module, _, y):
+    if _bias_of(module) is not None:
+      shapes.append(jax.ShapeDtypeStruct(y.shape, y.dtype))
+    return y
+
+  shapes = []
+  jax.eval_shape(forward.intercepted(module_interceptor(_BIASED, record_shapes)), x_BHWC)
+
+  def score_sum(x, deltas):
+    biases = []
+
+    def add_delta(module, _, y):
+      bias = _bias_of(module)
+      if bias is None:
+        return y
+      biases.append(bias)
+      return y + deltas[len(biases) - 1]
+
+    fwd = forward.intercepted(module_interceptor(_BIASED, add_delta))
+    return scores(fwd, x, target_B, output).sum(), biases
+
+  deltas = [jnp.zeros(s.shape, s.dtype) for s in shapes]
+  (grad_x, grad_deltas), biases = jax.grad(score_sum, argnums=(0, 1), has_aux=True)(x_BHWC, deltas)
+  return grad_x * x_BHWC, [g * b for g, b in zip(grad_deltas, biases)]
+
+
+def _normalize_per_image(t):
+  axes = tuple(range(1, t.ndim))
+  t = jnp.abs(t)
+  t = t - t.min(axis=axes, keepdims=True)
+  peak = t.max(axis=axes, keepdims=True)
+  return t / jnp.where(peak > 0, peak, 1.0)
+
+
+@register("fullgrad")
+def fullgrad(forward, x_BHWC, target_B, *, output: str = "logit"):
+  """FullGrad (Srinivas & Fleuret 2019): each term's absolute value, min-max normalised per image,
+  summed over channels, resized to the input and added. Non-spatial (dense) bias terms are
+  left out of the map, as in the reference implementation."""
+  input_term, bias_terms = fullgrad_decomposition(forward, x_BHWC, target_B, output)
+  total_BHW1 = _normalize_per_image(input_term).sum(-1, keepdims=True)
+  for term in bias_terms:
+    if term.ndim == 4:
+      total_BHW1 = total_BHW1 + upsample(_normalize_per_image(term).sum(-1, keepdims=True), total_BHW1.shape)
+  return jnp.broadcast_to(total_BHW1, x_BHWC.shape)

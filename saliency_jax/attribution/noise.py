@@ -1,0 +1,72 @@
+"""SmoothGrad and VarGrad: the mean and the variance of any method over noisy copies of the input."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from saliency_jax.attribution import registry
+from saliency_jax.config_checks import ConfigError, require_choice, require_non_negative, require_positive
+
+SIGMA_MODES = ("fraction", "absolute")
+
+
+def noise_samples(key, x_BHWC, samples: int) -> jax.Array:
+  """Standard normal noise, (samples, B, H, W, C).
+
+  `key` is one key for the batch, or a (B,) array of keys, one per image: then an image's
+  noise does not depend on the batch it came in, so batched maps equal one-by-one maps.
+  """
+  if key is None:
+    raise ConfigError("smoothgrad/vargrad need an explicit random key; pass key=jax.random.key(...)")
+  if jnp.ndim(key) == 0:
+    return jax.random.normal(key, (samples, *x_BHWC.shape), x_BHWC.dtype)
+  if key.shape != x_BHWC.shape[:1]:
+    raise ConfigError(f"key has shape {key.shape}; give one key or one per image, shape {x_BHWC.shape[:1]}")
+  per_image = jax.vmap(lambda k: jax.random.normal(k, (samples, *x_BHWC.shape[1:]), x_BHWC.dtype))(key)
+  return jnp.swapaxes(per_image, 0, 1)
+
+
+def noisy_maps(forward, x_BHWC, target_B, *, output, method, samples, sigma, sigma_mode, key, method_options,
+               chunk_size) -> jax.Array:
+  """The maps of `method` at x + sigma * noise, stacked: (samples, B, H, W, C)."""
+  require_positive("samples", samples, integer=True)
+  require_non_negative("sigma", sigma)
+  require_choice("sigma_mode", sigma_mode, SIGMA_MODES)
+  fn: Callable = registry.get(method) if isinstance(method, str) else method
+  options = dict(method_options or {})
+  if sigma_mode == "fraction":  # Smilkov et al.: a fraction of each image's value range
+    axes = tuple(range(1, x_BHWC.ndim))
+    scale_B = sigma * (jnp.max(x_BHWC, axis=axes, keepdims=True) - jnp.min(x_BHWC, axis=axes, keepdims=True))
+  else:
+    scale_B = sigma
+  noise_SBHWC = noise_samples(key, x_BHWC, int(samples))
+
+  def one(noise_BHWC):
+    return fn(forward, x_BHWC + scale_B * noise_BHWC, target_B, output=output, **options)
+
+  if chunk_size is None:
+    return jax.vmap(one)(noise_SBHWC)
+  require_positive("chunk_size", chunk_size, integer=True)
+  return jax.lax.map(one, noise_SBHWC, batch_size=int(chunk_size))
+
+
+@registry.register("smoothgrad")
+def smoothgrad(forward, x_BHWC, target_B, *, output: str = "logit", method="gradient", samples: int = 50,
+               sigma: float = 0.15, sigma_mode: str = "fraction", key=None, method_options=None,
+               chunk_size: int | None = None):
+  """Mean of `method` (a name or a function) over `samples` copies x + N(0, s^2), where s is
+  `sigma` itself ('absolute') or `sigma` times each image's max - min ('fraction')."""
+  return noisy_maps(forward, x_BHWC, target_B, output=output, method=method, samples=samples, sigma=sigma,
+                    sigma_mode=sigma_mode, key=key, method_options=method_options, chunk_size=chunk_size).mean(0)
+
+
+@registry.register("vargrad")
+def vargrad(forward, x_BHWC, target_B, *, output: str = "logit", method="gradient", samples: int = 50,
+            sigma: float = 0.15, sigma_mode: str = "fraction", key=None, method_options=None,
+            chunk_size: int | None = None):
+  """Variance (over the samples, ddof 0) of `method`; options as `smoothgrad`."""
+  return noisy_maps(forward, x_BHWC, target_B, output=output, method=method, samples=samples, sigma=sigma,
+                    sigma_mode=sigma_mode, key=key, method_options=method_options, chunk_size=chunk_size).var(0)

@@ -1,0 +1,406 @@
+"""Attribution methods against closed forms: linear models, hand-worked ReLU networks,
+completeness and conservation identities, and batch / chunk / device invariances."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from saliency_jax import attribution as A
+from saliency_jax import models
+from saliency_jax.config_checks import ConfigError
+from saliency_jax.data import Normalization
+from saliency_jax.models.common import tap
+
+# ---------------------------------------------------------------- linear model
+
+
+def _linear(key, shape=(3, 4, 4, 2), classes=5):
+  kw, kb, kx = jax.random.split(key, 3)
+  W = jax.random.normal(kw, (np.prod(shape[1:]), classes))
+  b = jax.random.normal(kb, (classes,))
+  forward = lambda x: x.reshape(x.shape[0], -1) @ W + b
+  return forward, W, jax.random.normal(kx, shape)
+
+
+def test_linear_model_gradient_is_the_weights_and_ig_is_delta_times_weights():
+  forward, W, x = _linear(jax.random.key(0))
+  target = jnp.array([0, 3, 4])
+  w_BHWC = W[:, target].T.reshape(x.shape)
+  np.testing.assert_allclose(A.gradient(forward, x, target), w_BHWC, rtol=1e-6)
+  np.testing.assert_allclose(A.gradient_x_input(forward, x, target), w_BHWC * x, rtol=1e-6)
+  np.testing.assert_allclose(A.absolute_gradient(forward, x, target), jnp.abs(w_BHWC), rtol=1e-6)
+  np.testing.assert_allclose(A.abs_gradient_x_abs_input(forward, x, target), jnp.abs(w_BHWC * x), rtol=1e-6)
+  baseline = jax.random.normal(jax.random.key(9), x.shape)
+  for rule in A.RULES:
+    ig = A.integrated_gradients(forward, x, target, baseline=baseline, steps=7, rule=rule)
+    np.testing.assert_allclose(ig, (x - baseline) * w_BHWC, rtol=1e-5, atol=1e-6, err_msg=rule)
+
+
+def test_quadrature_rules():
+  alphas, weights = A.path_points("original", 100)
+  np.testing.assert_allclose(alphas, np.arange(100) / 99, rtol=1e-6)
+  np.testing.assert_allclose(weights, 0.01)
+  # Exactness on polynomials: Gauss-Legendre with n points for degree 2n-1, trapezoid for degree 1.
+  a, w = A.path_points("gauss_legendre", 3)
+  assert np.dot(w, a**5) == pytest.approx(1 / 6, rel=1e-6)
+  a, w = A.path_points("trapezoid", 2)
+  assert np.dot(w, 3 * a + 1) == pytest.approx(2.5)
+  a, w = A.path_points("left", 4)
+  np.testing.assert_allclose(a, [0, 0.25, 0.5, 0.75])
+  a, w = A.path_points("right", 4)
+  np.testing.assert_allclose(a, [0.25, 0.5, 0.75, 1])
+  with pytest.raises(ConfigError, match="rule='simpson' is not allowed; choose one of: 'original'"):
+    A.path_points("simpson", 10)
+  with pytest.raises(ConfigError, match="at least 2"):
+    A.path_points("original", 1)
+
+
+# ---------------------------------------------------------------- small CNN: completeness
+
+
+@pytest.fixture(scope="module")
+def small_cnn():
+  model = models.create_model("small_cnn", channels=(8, 16))
+  variables = models.init_variables(model, jax.random.key(0), (1, 32, 32, 3))
+  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+  forward = A.ModelForward(model, variables)
+  return forward, x, A.select_targets(forward, x)
+
+
+@pytest.mark.parametrize("output", A.OUTPUTS)
+def test_ig_completeness_small_cnn(small_cnn, output):
+  forward, x, target = small_cnn
+  baseline = A.make_baseline("blur", x, blur_sigma=2.0)
+  ig = jax.jit(lambda f, x, t: A.integrated_gradients(f, x, t, output=output, baseline=baseline, steps=256))(
+      forward, x, target)
+  expected = A.scores(forward, x, target, output) - A.scores(forward, baseline, target, output)
+  np.testing.assert_allclose(ig.sum((1, 2, 3)), expected, rtol=0.01)
+
+
+def test_ig_chunked_equals_unchunked(small_cnn):
+  forward, x, target = small_cnn
+  run = jax.jit(lambda f, x, t, chunk: A.integrated_gradients(f, x, t, steps=10, chunk_size=chunk),
+                static_argnums=3)
+  full = run(forward, x, target, None)
+  for chunk in (3, 5):  # 10 points in chunks of 3 leaves a remainder
+    np.testing.assert_array_equal(run(forward, x, target, chunk), full)
+
+
+def test_baselines():
+  norm = Normalization(jnp.array([0.5, 0.4, 0.3]), jnp.array([0.2, 0.25, 0.3]))
+  x = jnp.ones((2, 8, 8, 3))
+  np.testing.assert_allclose(A.make_baseline("black", x, normalization=norm)[0, 0, 0], -jnp.array([2.5, 1.6, 1.0]))
+  np.testing.assert_allclose(A.make_baseline("white", x, normalization=norm)[1, 7, 7], [2.5, 2.4, 7 / 3], rtol=1e-6)
+  np.testing.assert_array_equal(A.make_baseline("zero", x), 0)
+  np.testing.assert_array_equal(A.make_baseline("black", x), 0)  # no normalisation: pixels in [0, 1]
+  # Blurring keeps a constant image and the mean of a periodic one (reflecting borders aside).
+  np.testing.assert_allclose(A.make_baseline("blur", 3 * x), 3 * x, rtol=1e-6)
+  u = A.make_baseline("uniform", x, normalization=norm, key=jax.random.key(0))
+  assert u.shape == x.shape and float(u.min()) >= -2.5 - 1e-6 and float(u.max()) <= 2.5 + 1e-6
+  with pytest.raises(ConfigError, match="needs an explicit random key"):
+    A.make_baseline("uniform", x)
+  with pytest.raises(ConfigError, match="baseline='grey' is not allowed"):
+    A.make_baseline("grey", x)
+
+
+# ---------------------------------------------------------------- hand-worked ReLU networks
+
+# Two weight layers: z = W1 x, f = w2 . act(z). At x = (1, 2): z = (-3, 1, 4), relu(z) = (0, 1, 4),
+# f = 7. The backward signal reaching the ReLUs is w2 = (1, -1, 2).
+W1 = jnp.array([[1.0, -2.0], [-1.0, 1.0], [2.0, 1.0]])
+W2 = jnp.array([[1.0], [-1.0], [2.0]])
+X = jnp.array([1.0, 2.0]).reshape(1, 1, 1, 2)
+T0 = jnp.array([0])
+
+
+def _two_layer(activation):
+  return lambda x: activation(x.reshape(x.shape[0], -1) @ W1.T) @ W2
+
+
+def test_gradient_guided_backprop_deconvnet_by_hand():
+  # gradient: W1^T (w2 * [z > 0]) = W1^T (0, -1, 2) = (5, 1)
+  np.testing.assert_allclose(A.gradient(_two_layer(jax.nn.relu), X, T0).ravel(), [5, 1])
+  # guided: only where z > 0 and the signal > 0: W1^T (0, 0, 2) = (4, 2)
+  np.testing.assert_allclose(A.gradient(_two_layer(A.guided_relu), X, T0).ravel(), [4, 2])
+  # deconvnet: relu of the signal whatever z is: W1^T (1, 0, 2) = (5, 0)
+  np.testing.assert_allclose(A.gradient(_two_layer(A.deconv_relu), X, T0).ravel(), [5, 0])
+  # the forward pass is an ordinary ReLU in all three
+  for act in (A.guided_relu, A.deconv_relu, A.RectifiedReLU(50.0)):
+    np.testing.assert_allclose(_two_layer(act)(X), [[7.0]])
+
+
+def test_rectgrad_by_hand():
+  # a * grad at the ReLUs: (0, 1, 4) * (1, -1, 2) = (0, -1, 8).
+  rect = lambda q, absolute: A.gradient(_two_layer(A.RectifiedReLU(q, absolute)), X, T0).ravel()
+  np.testing.assert_allclose(rect(50.0, False), [4, 2])  # tau = median 0: unit 3 only
+  np.testing.assert_allclose(rect(0.0, False), [5, 0])  # tau = -1: units 1 and 3
+  np.testing.assert_allclose(rect(0.0, True), [5, 1])  # |a g| = (0, 1, 8) > 0: units 2 and 3 (= gradient)
+  np.testing.assert_allclose(rect(50.0, True), [4, 2])  # |a g| > 1: unit 3
+
+
+class _BiasFreeNet(nn.Module):
+  """Conv -> ReLU -> max-pool -> Dense -> ReLU -> Dense, no biases: LRP's textbook setting."""
+
+  activation: object = nn.relu
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = self.activation(nn.Conv(4, (3, 3), use_bias=False)(x))
+    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = self.activation(nn.Dense(6, use_bias=False)(x.reshape(x.shape[0], -1)))
+    return nn.Dense(3, use_bias=False)(x)
+
+
+@pytest.fixture(scope="module")
+def bias_free():
+  model = _BiasFreeNet()
+  variables = model.init(jax.random.key(3), jnp.zeros((1, 6, 6, 2)))
+  forward = A.ModelForward(model, variables)
+  x = jax.random.normal(jax.random.key(4), (5, 6, 6, 2))
+  return forward, x, A.select_targets(forward, x)
+
+
+def test_guided_backprop_is_the_gradient_when_every_signal_is_positive():
+  model = models.create_model("mlp", hidden=(7, 5), num_classes=3)
+  variables = models.init_variables(model, jax.random.key(0), (1, 2, 2, 3))
+  positive = {"params": jax.tree.map(jnp.abs, variables["params"])}
+  forward = A.ModelForward(model, positive)
+  x = jax.random.normal(jax.random.key(1), (4, 2, 2, 3))
+  target = jnp.array([0, 1, 2, 0])
+  np.testing.assert_allclose(A.guided_backprop(forward, x, target), A.gradient(forward, x, target), rtol=1e-6)
+  # ...and differs once signals of both signs meet a ReLU (the test can fail)
+  mixed = A.ModelForward(model, variables)
+  assert not np.allclose(A.guided_backprop(mixed, x, target), A.gradient(mixed, x, target))
+
+
+def _lrp_by_hand(x, rule, eps=0.0):
+  """Textbook LRP on the two-layer dense net above, numpy: R_j = sum_k z_jk / (z_k + stab) R_k."""
+  x = np.asarray(x).ravel()
+  w1, w2 = np.asarray(W1).T, np.asarray(W2)  # (in, out)
+  a1 = np.maximum(x @ w1, 0)
+  f = a1 @ w2
+
+  def step(a, w, r):
+    z_jk = a[:, None] * w
+    if rule == "alpha1beta0":
+      z_jk = np.maximum(z_jk, 0)
+    z_k = z_jk.sum(0)
+    z_k = z_k + eps * np.where(z_k >= 0, 1, -1)
+    safe = np.where(z_k != 0, z_k, 1)
+    return (z_jk * np.where(z_k != 0, r / safe, 0)).sum(1)
+
+  return step(x, w1, step(a1, w2, f))
+
+
+class _TwoLayer(nn.Module):
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    h = nn.relu(nn.Dense(3, use_bias=False, name="d1")(x.reshape(x.shape[0], -1)))
+    return nn.Dense(1, use_bias=False, name="d2")(h)
+
+
+@pytest.mark.parametrize("rule,eps", [("zero", 0.0), ("epsilon", 0.5), ("alpha1beta0", 0.0)])
+def test_lrp_rules_by_hand(rule, eps):
+  forward = A.ModelForward(_TwoLayer(), {"params": {"d1": {"kernel": W1.T}, "d2": {"kernel": W2}}})
+  x = jnp.array([1.0, -2.0]).reshape(1, 1, 1, 2)  # a negative input, where z+ must split (a w)+ properly
+  got = A.lrp(forward, x, T0, rule=rule, epsilon=eps).ravel()
+  np.testing.assert_allclose(got, _lrp_by_hand(x, rule, eps), rtol=1e-6)
+
+
+def test_lrp_0_is_gradient_x_input_on_a_bias_free_relu_network(bias_free):
+  forward, x, target = bias_free
+  np.testing.assert_allclose(A.lrp_0(forward, x, target), A.gradient_x_input(forward, x, target), rtol=1e-5,
+                             atol=1e-7)
+
+
+def test_lrp_epsilon_tends_to_lrp_0(bias_free):
+  forward, x, target = bias_free
+  lrp0 = A.lrp_0(forward, x, target)
+  # Convergence is pointwise: it sets in once epsilon is below the smallest |z| of a layer.
+  errors = [float(jnp.abs(A.lrp_epsilon(forward, x, target, epsilon=e) - lrp0).max()) for e in (1e-2, 1e-4, 1e-6, 1e-8)]
+  assert errors == sorted(errors, reverse=True) and errors[-1] < 1e-4 * float(jnp.abs(lrp0).max())
+
+
+def test_lrp_alpha1beta0_conserves_relevance(bias_free):
+  forward, x, target = bias_free
+  relevance = A.lrp_alpha1beta0(forward, x, target)
+  np.testing.assert_allclose(relevance.sum((1, 2, 3)), A.scores(forward, x, target), rtol=1e-5)
+  assert not np.allclose(relevance, A.gradient_x_input(forward, x, target))
+
+
+def test_lrp_gamma_limits(bias_free):
+  forward, x, target = bias_free
+  np.testing.assert_allclose(A.lrp_gamma(forward, x, target, gamma=0.0), A.lrp_0(forward, x, target), rtol=1e-5,
+                             atol=1e-7)
+  near_inf = A.lrp_gamma(forward, x, target, gamma=1e6)
+  np.testing.assert_allclose(A.lrp_gamma(forward, x, target, gamma=float("inf")), near_inf, rtol=1e-3, atol=1e-6)
+
+
+# ---------------------------------------------------------------- CAM family, FullGrad
+
+
+class _ConvGapDense(nn.Module):
+  """conv -> ReLU -> global average pool -> dense: the network CAM was defined for."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    a = tap(self, "features", nn.relu(nn.Conv(5, (3, 3), name="conv")(x)))
+    return nn.Dense(4, name="dense")(a.mean(axis=(1, 2)))
+
+
+def test_gradcam_equals_cam_on_conv_gap_dense():
+  model = _ConvGapDense()
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+  variables = {"params": variables["params"]}
+  forward = A.ModelForward(model, variables)
+  x = jax.random.normal(jax.random.key(1), (3, 8, 8, 3))
+  target = jnp.array([0, 2, 3])
+  features = models.read_features(model, variables, x)["features"]
+  w_KC = variables["params"]["dense"]["kernel"]
+  cam = jnp.einsum("bhwk,kb->bhw", features, w_KC[:, target])
+  expected = jax.nn.relu(cam) / (8 * 8)  # GradCAM's weights are CAM's divided by the pool size
+  got = A.gradcam(forward, x, target, layer="features")
+  np.testing.assert_allclose(got, jnp.broadcast_to(expected[..., None], x.shape), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(A.gradcam(forward, x, target), got)  # default layer: the last spatial one
+  # GradCAM_Pos takes |w|; GradCAM++ weights are positive too: both differ from GradCAM here.
+  expected_pos = jax.nn.relu(jnp.einsum("bhwk,kb->bhw", features, jnp.abs(w_KC[:, target]))) / 64
+  np.testing.assert_allclose(A.gradcam_pos(forward, x, target)[..., 0], expected_pos, rtol=1e-5, atol=1e-7)
+
+
+def test_guided_gradcam_is_the_product(small_cnn):
+  forward, x, target = small_cnn
+  np.testing.assert_allclose(
+      A.guided_gradcam(forward, x, target, layer="features2"),
+      A.gradcam(forward, x, target, layer="features2") * A.guided_backprop(forward, x, target), rtol=1e-6)
+
+
+def test_fullgrad_decomposition_is_complete_on_a_resnet():
+  # Piecewise linear (ReLU, max-pool, eval BatchNorm, residual sums): input term + bias terms = logit.
+  model = models.create_model("resnet18", stage_sizes=(1, 1))
+  variables = models.init_variables(model, jax.random.key(0), (1, 16, 16, 3))
+  variables["batch_stats"] = jax.tree.map(lambda s: s + 0.3, variables["batch_stats"])  # non-trivial BN bias
+  forward = A.ModelForward(model, variables)
+  x = jax.random.normal(jax.random.key(1), (3, 16, 16, 3))
+  target = jnp.array([1, 5, 9])
+  input_term, bias_terms = A.fullgrad_decomposition(forward, x, target)
+  assert len(bias_terms) == 1 + 2 + 3 + 1  # bn1, block 1 (2 BN), block 2 (3 BN), fc
+  total = input_term.sum((1, 2, 3)) + sum(b.reshape(3, -1).sum(1) for b in bias_terms)
+  np.testing.assert_allclose(total, A.scores(forward, x, target), rtol=1e-4)
+  saliency = A.fullgrad(forward, x, target)
+  assert saliency.shape == x.shape and float(saliency.min()) >= 0
+
+
+def test_layer_methods_explain_what_they_need(small_cnn):
+  forward, x, target = small_cnn
+  with pytest.raises(ConfigError, match="needs saliency_jax.attribution.ModelForward"):
+    A.gradcam(lambda x: forward(x), x, target)
+  with pytest.raises(ConfigError, match="layer='conv9' is not a layer of SmallCNN; choose one of: 'features1'"):
+    A.gradcam(forward, x, target, layer="conv9")
+  with pytest.raises(ConfigError, match="needs a spatial"):
+    A.gradcam(forward, x, target, layer="logits")
+
+
+# ---------------------------------------------------------------- noise wrappers
+
+
+def test_smoothgrad_with_sigma_zero_is_the_wrapped_method(small_cnn):
+  forward, x, target = small_cnn
+  key = jax.random.key(0)
+  np.testing.assert_allclose(A.smoothgrad(forward, x, target, sigma=0.0, samples=3, key=key),
+                             A.gradient(forward, x, target), rtol=1e-6)
+  ig = A.smoothgrad(forward, x, target, sigma=0.0, samples=2, key=key, method="integrated_gradients",
+                    method_options={"steps": 4})
+  np.testing.assert_allclose(ig, A.integrated_gradients(forward, x, target, steps=4), rtol=1e-6)
+  np.testing.assert_allclose(A.vargrad(forward, x, target, sigma=0.0, samples=3, key=key), 0.0, atol=1e-12)
+  noisy = A.smoothgrad(forward, x, target, sigma=0.2, samples=3, key=key)
+  assert not np.allclose(noisy, A.gradient(forward, x, target))
+
+
+def test_smoothgrad_noise_scale():
+  # A linear model's gradient ignores noise, so VarGrad of gradient x input is Var((x + n) w) = (s w)^2.
+  forward, W, x = _linear(jax.random.key(1), shape=(2, 2, 2, 1), classes=2)
+  target = jnp.array([0, 1])
+  w = W[:, target].T.reshape(x.shape)
+  var = A.vargrad(forward, x, target, method="gradient_x_input", sigma=0.5, sigma_mode="absolute", samples=20000,
+                  key=jax.random.key(2))
+  np.testing.assert_allclose(var, (0.5 * w) ** 2, rtol=0.05)
+
+
+# ---------------------------------------------------------------- invariances
+
+
+def _options(name, batch):
+  if name in ("smoothgrad", "vargrad"):
+    return {"samples": 3, "key": jax.random.split(jax.random.key(5), batch)}
+  if name == "integrated_gradients":
+    return {"steps": 6}
+  return {}
+
+
+def test_every_method_batched_equals_one_by_one_and_4_devices_equal_1(small_cnn):
+  forward, x, target = small_cnn
+  x, target = jnp.concatenate([x, x[:2] * 0.5]), jnp.concatenate([target, target[:2]])  # 6: pads to 8 on 4
+  one = A.Explainer(forward.model, forward.variables, devices=jax.devices()[:1])
+  four = A.Explainer(forward.model, forward.variables, devices=jax.devices()[:4])
+  assert four.mesh.size == 4
+  for name in A.METHODS:
+    batched = np.asarray(one(name, x, target, **_options(name, 6)))
+    singles = []
+    for i in range(6):
+      options = _options(name, 6)
+      if "key" in options:
+        options["key"] = options["key"][i:i + 1]
+      singles.append(np.asarray(one(name, x[i:i + 1], target[i:i + 1], **options)))
+    scale = np.abs(batched).max() + 1e-30
+    np.testing.assert_allclose(np.concatenate(singles) / scale, batched / scale, atol=1e-5, err_msg=name)
+    sharded = four(name, x, target, **_options(name, 6))
+    np.testing.assert_allclose(np.asarray(sharded) / scale, batched / scale, atol=1e-5, err_msg=name)
+
+
+def test_explainer_runs_sharded_over_the_batch(small_cnn):
+  forward, x, target = small_cnn
+  four = A.Explainer(forward.model, forward.variables, devices=jax.devices()[:4])
+  out = four("integrated_gradients", x, steps=4)
+  assert out.sharding.spec[0] == "data" and len(out.sharding.device_set) == 4
+  np.testing.assert_array_equal(four.targets(x), target)
+
+
+# ---------------------------------------------------------------- registry, helpers
+
+
+def test_registry_from_config(small_cnn):
+  forward, x, target = small_cnn
+  cfg = ml_collections.ConfigDict({"name": "integrated_gradients", "options": {"steps": 5, "rule": "trapezoid"}})
+  np.testing.assert_allclose(A.from_config(cfg)(forward, x, target),
+                             A.integrated_gradients(forward, x, target, steps=5, rule="trapezoid"), rtol=1e-6)
+  with pytest.raises(ConfigError, match="attribution.method='gradcm' is not allowed; choose one of: .*'gradcam'"):
+    A.get("gradcm")
+  with pytest.raises(ConfigError, match="option 'step' is not known for attribution.method='integrated_gradients'"):
+    A.from_config({"name": "integrated_gradients", "options": {"step": 5}})
+  with pytest.raises(ConfigError, match="output='probability' is not allowed"):
+    A.gradient(forward, x, target, output="probability")
+
+
+def test_select_targets(small_cnn):
+  forward, x, _ = small_cnn
+  np.testing.assert_array_equal(A.select_targets(forward, x), jnp.argmax(forward(x), -1))
+  np.testing.assert_array_equal(A.select_targets(forward, x, jnp.array([1, 2, 3, 4]), "label"), [1, 2, 3, 4])
+  with pytest.raises(ConfigError, match="needs the labels"):
+    A.select_targets(forward, x, which="label")
+
+
+def test_reduce_channels_and_display():
+  m = jnp.array([[[[1.0, -3.0, 2.0]]]])
+  assert float(A.reduce_channels(m, "mean")[0, 0, 0]) == 0.0
+  assert float(A.reduce_channels(m, "abs_mean")[0, 0, 0]) == 2.0
+  assert float(A.reduce_channels(m, "max")[0, 0, 0]) == 2.0
+  assert float(A.reduce_channels(m, "abs_max")[0, 0, 0]) == 3.0
+  maps = jnp.array([[[-4.0, 1.0], [2.0, 0.0]]])
+  np.testing.assert_allclose(A.normalize_for_display(maps, "signed", 100), [[[-1.0, 0.25], [0.5, 0.0]]])
+  np.testing.assert_allclose(A.normalize_for_display(maps, "absolute", 100), [[[1.0, 0.25], [0.5, 0.0]]])
+  with pytest.raises(ConfigError, match="reduction='median' is not allowed"):
+    A.reduce_channels(m, "median")
