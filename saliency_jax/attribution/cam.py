@@ -19,7 +19,7 @@ from saliency_jax.config_checks import ConfigError
 
 def default_layer(forward, x_BHWC) -> str:
   """The last spatial (B, h, w, C) layer the network computes: GradCAM's usual choice."""
-  shapes = forward._tap_shapes(x_BHWC)  # pylint: disable=protected-access
+  shapes = forward.tap_shapes(x_BHWC)
   spatial = [name for name, s in shapes.items() if len(s.shape) == 4]
   if not spatial:
     raise ConfigError(f"{type(forward.model).__name__} has no spatial layer for a CAM method")

@@ -82,30 +82,22 @@ class ModelForward:
     return self.replace(model=self.model.clone(activation=activation))
 
   def layer_names(self, x_BHWC) -> list[str]:
-    return list(self._tap_shapes(x_BHWC))
+    return list(self.tap_shapes(x_BHWC))
 
-  def _tap_shapes(self, x_BHWC):
+  def tap_shapes(self, x_BHWC):
+    """Shape and dtype of every tapped activation at inputs like `x_BHWC` (nothing is run)."""
     return jax.eval_shape(lambda x: models.read_features(self.model, self.variables, x), x_BHWC)
 
   def layer_and_gradient(self, x_BHWC, target_B, layer: str, output: str = "logit"):
     """The activation `layer` (a tap name, see `models.feature_names`) and the gradient of the
-    scores with respect to it, from one forward and one backward pass."""
-    shapes = self._tap_shapes(x_BHWC)
+    scores with respect to it."""
+    shapes = self.tap_shapes(x_BHWC)
     if layer not in shapes:
       raise ConfigError(f"layer={layer!r} is not a layer of {type(self.model).__name__}; "
                         f"choose one of: {', '.join(map(repr, shapes))}")
-    # Flax's `perturb` wants every tap present once the collection exists.
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-    def score_sum(perturbations):
-      variables = {**self.variables, "perturbations": perturbations}
-      fwd = lambda x: self.model.apply(variables, x, train=False, mutable=["intermediates"])
-      logits, state = fwd(x_BHWC)
-      picked = scores(lambda _: logits, x_BHWC, target_B, output)
-      return picked.sum(), state["intermediates"][layer][0]
-
-    grads, activation = jax.grad(score_sum, has_aux=True)(zeros)
-    return activation, grads[layer]
+    picked = lambda logits_BK: scores(lambda _: logits_BK, x_BHWC, target_B, output).sum()
+    features, grads = models.feature_gradients(self.model, self.variables, x_BHWC, [layer], picked)
+    return features[layer], grads[layer]
 
   def intercepted(self, interceptor) -> Forward:
     """A forward whose flax submodule calls pass through `interceptor` (see
