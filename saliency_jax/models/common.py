@@ -77,15 +77,19 @@ _IM2COL_MAX_SIZE = 16
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
+def _window_slices(x, window, strides):
+  """For each offset (i, j) of the window, row-major: the strided slice holding that element of
+  every window of the (already padded) `x`, shape (B, H', W', C)."""
+  (kh, kw), (sh, sw) = window, strides
+  ho, wo = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+  return [x[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :] for i in range(kh) for j in range(kw)]
+
+
 def _columns(lhs, kernel_hw, window_strides, padding):
   """(B, H', W', kh * kw * C): every output position's receptive field, in the row-major order
   of an HWIO kernel's first three axes."""
-  kh, kw = kernel_hw
   x = jnp.pad(lhs, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
-  sh, sw = window_strides
-  ho, wo = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
-  return jnp.concatenate([x[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
-                          for i in range(kh) for j in range(kw)], axis=-1)
+  return jnp.concatenate(_window_slices(x, kernel_hw, window_strides), axis=-1)
 
 
 def _im2col_conv(lhs, rhs, window_strides, padding, precision):
@@ -160,18 +164,18 @@ def _max_pool_bwd(window, strides, padding, residuals, g):
   # Each window's gradient goes to its first maximum in row-major order, as select-and-scatter
   # sends it (ties included); window offset (i, j) is one strided slice, placed back by `lax.pad`.
   x, y = residuals
-  (kh, kw), (sh, sw), ((top, bottom), (left, right)) = window, strides, padding
+  (_, kw), (sh, sw), ((top, bottom), (left, right)) = window, strides, padding
   xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=-jnp.inf)
   ho, wo = y.shape[1:3]
   taken = jnp.zeros(y.shape, bool)
   dxp = jnp.zeros(xp.shape, g.dtype)
-  for i in range(kh):
-    for j in range(kw):
-      first = (xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :] == y) & ~taken
-      taken = taken | first
-      placement = ((0, 0, 0), (i, xp.shape[1] - i - sh * (ho - 1) - 1, sh - 1),
-                   (j, xp.shape[2] - j - sw * (wo - 1) - 1, sw - 1), (0, 0, 0))
-      dxp = dxp + lax.pad(jnp.where(first, g, 0).astype(g.dtype), jnp.zeros((), g.dtype), placement)
+  for offset, values in enumerate(_window_slices(xp, window, strides)):
+    i, j = divmod(offset, kw)
+    first = (values == y) & ~taken
+    taken = taken | first
+    placement = ((0, 0, 0), (i, xp.shape[1] - i - sh * (ho - 1) - 1, sh - 1),
+                 (j, xp.shape[2] - j - sw * (wo - 1) - 1, sw - 1), (0, 0, 0))
+    dxp = dxp + lax.pad(jnp.where(first, g, 0).astype(g.dtype), jnp.zeros((), g.dtype), placement)
   return (dxp[:, top:xp.shape[1] - bottom, left:xp.shape[2] - right, :],)
 
 
