@@ -56,6 +56,27 @@ def test_vgg16_forward_shape_and_dropout_only_in_training():
   assert not np.allclose(train_logits, eval_logits)
 
 
+def test_vgg_classifier_on_a_replicated_1x1_map_equals_the_full_product():
+  # A 4x4 input pools to 1x1, which the adaptive pool replicates 49 times: VGG reads one copy.
+  model = models.create_model("vgg16", layout=(8, "M", 8, "M"))
+  variables = models.init_variables(model, jax.random.key(0), (1, 4, 4, 3))
+  x = jax.random.normal(jax.random.key(1), (3, 4, 4, 3))
+  weights = jax.random.normal(jax.random.key(2), (3, 4096))
+
+  def fc1(kernel, replicated):
+    params = {**variables["params"], "classifier_0": {**variables["params"]["classifier_0"], "kernel": kernel}}
+    _, state = model.apply({**variables, "params": params}, x, mutable=["intermediates"])
+    pooled = state["intermediates"]["block2"][0]
+    flat = jnp.transpose(vgg.adaptive_avg_pool(pooled, (7, 7)), (0, 3, 1, 2)).reshape(3, -1)
+    full = jax.nn.relu(flat @ kernel + params["classifier_0"]["bias"])
+    return jnp.sum((state["intermediates"]["fc1"][0] if replicated else full) * weights)
+
+  kernel = variables["params"]["classifier_0"]["kernel"]
+  assert kernel.shape == (8 * 49, 4096)
+  np.testing.assert_allclose(fc1(kernel, True), fc1(kernel, False), rtol=1e-5)
+  np.testing.assert_allclose(jax.grad(fc1)(kernel, True), jax.grad(fc1)(kernel, False), rtol=1e-5, atol=1e-6)
+
+
 def test_adaptive_avg_pool_matches_torch_bins():
   # torch.nn.AdaptiveAvgPool2d((2, 2)) on a 3x3 map: bins rows/cols [0, 2) and [1, 3).
   x = jnp.arange(9.0).reshape(1, 3, 3, 1)
@@ -144,9 +165,10 @@ def test_bad_model_settings_name_the_field(call, field):
 
 
 @pytest.mark.parametrize("hw,kernel,stride,padding", [
-    (2, 3, 1, ((1, 1), (1, 1))), (8, 3, 2, ((1, 1), (1, 1))), (8, 1, 2, ((0, 0), (0, 0))), (5, 3, 1, "SAME"),
+    (2, 3, 1, ((1, 1), (1, 1))), (1, 3, 1, ((1, 1), (1, 1))), (2, 3, 2, ((1, 0), (0, 1))), (3, 3, 1, "SAME"),
+    (8, 3, 2, ((1, 1), (1, 1))), (8, 1, 2, ((0, 0), (0, 0))), (5, 3, 1, "SAME"),
     (6, 3, 1, "VALID")])
-def test_cpu_im2col_convolution_equals_xla_convolution(hw, kernel, stride, padding):
+def test_cpu_convolution_lowerings_equal_xla_convolution(hw, kernel, stride, padding):
   from saliency_jax.models import common  # pylint: disable=g-import-not-at-top
   kx, kw, kg = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(kx, (3, hw, hw, 4))
