@@ -36,6 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.pixel.class_locations = ()  # location variant: ((row, col),) * classes; empty: drawn
 
   config.train = ml_collections.ConfigDict()
+  config.train.enabled = True  # False: evaluate the newest checkpoint in --workdir without training
   config.train.learning_rate = 0.001
   config.train.momentum = 0.9  # PyTorch semantics: buf = momentum * buf + grad
   config.train.weight_decay = 0.0  # PyTorch semantics: added to the gradient before momentum
@@ -49,4 +50,24 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.epoch_loop = "auto"  # auto | scan | python
   config.train.eval_conditions = ("pixel", "nopix", "conflict")
   config.train.tensorboard = True  # also write TensorBoard events next to metrics.csv
+
+  # The single-pixel evaluation (SPEC section 4) after training: workdir/single_pixel/results.csv.
+  config.single_pixel = ml_collections.ConfigDict()
+  config.single_pixel.enabled = True
+  # 'name' or 'name(option=value, ...)' of any registered attribution method; reduce= sets the
+  # channel reduction (default 'mean'). The original's grid:
+  config.single_pixel.methods = (
+      "absolute_gradient",
+      "gradient_x_input",
+      "abs_gradient_x_abs_input",
+      "integrated_gradients(baseline='black', steps=100, rule='original')",
+      "integrated_gradients(baseline='white', steps=100, rule='original')",
+  )
+  config.single_pixel.targets = ("predicted", "label")
+  config.single_pixel.outputs = ("softmax", "logit")
+  config.single_pixel.test_jitter = ((0.0, 0.0), (0.0, 5.0), (3.0, 5.0), (3.0, 3.0), (1.0, 3.0))  # (position, colour) sd
+  config.single_pixel.batch_size = 250  # images per compiled call, split over the local devices
+  config.single_pixel.chunk_size = 10  # IG path points per vectorised chunk (memory only; 0: whole path)
+  config.single_pixel.max_images = 0  # first N test images; 0: all
+  config.single_pixel.examples = 6  # images in examples.png; 0: no figure
   return config

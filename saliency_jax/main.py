@@ -1,6 +1,8 @@
 """The binary: `python -m saliency_jax.main --config=configs/resnet.py --workdir=DIR`.
 
-Any config field can be overridden, e.g. `--config.train.epochs=5`. A setting a user can fix
+Trains, then runs the single-pixel grid (`saliency_jax.pipeline`); add
+`--config.train.enabled=False` to evaluate a trained workdir, `--config.single_pixel.enabled=False`
+to only train. Any config field can be overridden, e.g. `--config.train.epochs=5`. A setting a user can fix
 ends with one line naming it and exit code 2; a diverged run ends with exit code 3.
 """
 
@@ -28,11 +30,12 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_quiet_orbax)
   # Imported here so `--help` and flag errors come back before JAX starts.
+  from saliency_jax import pipeline  # pylint: disable=g-import-not-at-top
   from saliency_jax.training import parallel, train  # pylint: disable=g-import-not-at-top
 
   parallel.maybe_initialize_distributed()
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    pipeline.run(_CONFIG.value, _WORKDIR.value)
   except ConfigError as e:
     logging.flush()
     print(f"error: {e}", file=sys.stderr)

@@ -34,6 +34,7 @@ class TrainResult:
   model: Any
   data: data_lib.Prepared
   metrics: list[dict]  # one row per epoch, as in metrics.csv
+  epoch: int  # epochs the state has been trained for
 
 
 def check_config(config, num_devices: int) -> None:
@@ -162,4 +163,25 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, mesh: jax.shardin
     finally:
       checkpoints.close()
       writer.close()
-  return TrainResult(state=state, model=model, data=data, metrics=writer.rows)
+  return TrainResult(state=state, model=model, data=data, metrics=writer.rows, epoch=max(start, tc.epochs))
+
+
+def restore_latest(config, workdir: str | pathlib.Path, num_classes: int, image_shape: tuple[int, int, int],
+                   mesh: jax.sharding.Mesh | None = None):
+  """(model, variables, epoch) from `workdir`'s newest checkpoint, for evaluating a finished run."""
+  mesh = mesh or parallel.make_mesh()
+  model = models.from_config(config.model, num_classes, dtype=config.train.dtype)
+  optimizer = make_optimizer(config.train)
+  checkpoints = Checkpoints(pathlib.Path(workdir) / "checkpoints", keep=config.train.keep_checkpoints)
+  try:
+    epoch = checkpoints.latest_epoch()
+    if not epoch:
+      raise ConfigError(f"no checkpoint in {pathlib.Path(workdir) / 'checkpoints'}; train first "
+                        "(train.enabled=True) or point --workdir at a trained run")
+    with jax.set_mesh(mesh):
+      init = functools.partial(init_state, model, optimizer, input_shape=(1, *image_shape))
+      abstract = abstract_like(jax.eval_shape(init, jax.random.key(0)), parallel.replicated(mesh))
+      state = checkpoints.restore(epoch, abstract)
+  finally:
+    checkpoints.close()
+  return model, state.variables, epoch

@@ -1,0 +1,6 @@
+"""Evaluation: the single-pixel experiment (SPEC section 4) and its tables and figures."""
+
+from saliency_jax.evaluation.grid import METRIC_COLUMNS, MethodSpec, parse_method
+from saliency_jax.evaluation.single_pixel import batch_counts, metrics_from_counts, pointing_mask
+
+__all__ = ["METRIC_COLUMNS", "MethodSpec", "batch_counts", "metrics_from_counts", "parse_method", "pointing_mask"]

@@ -1,0 +1,91 @@
+"""The single-pixel measurements of one batch (SPEC section 4), on device, as counts.
+
+For each image: the importance map's maximal pixels (all of them, when tied) either include the
+discriminative pixel (a hit) or not (a miss). Five more versions of the image go through the model
+in one stacked forward pass; only per-batch sums leave the device.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+# Versions of each test image, named as in the original result files.
+VERSIONS = ("nopix", "truebg_withblackpix", "blackbg_withpix", "blackbg_withattrpix", "truebg_withblackattrpix")
+
+
+def pointing_mask(importance_BHW: jax.Array) -> jax.Array:
+  """The attributed pixels: every pixel equal to the image's maximum (ties all count)."""
+  return importance_BHW == importance_BHW.max(axis=(1, 2), keepdims=True)
+
+
+def location_mask(location_B2: jax.Array, hw: tuple[int, int]) -> jax.Array:
+  rows = jnp.arange(hw[0])[None, :, None] == location_B2[:, 0, None, None]
+  cols = jnp.arange(hw[1])[None, None, :] == location_B2[:, 1, None, None]
+  return rows & cols
+
+
+def image_versions(pix_BHWC, nopix_BHWC, pixel_BHW, attributed_BHW) -> dict[str, jax.Array]:
+  """uint8 images: without the pixel; the pixel set black; a black image carrying only the
+  discriminative pixel, or only the attributed pixel(s); the attributed pixel(s) set black."""
+  black = jnp.zeros_like(pix_BHWC)
+  d, a = pixel_BHW[..., None], attributed_BHW[..., None]
+  return {
+      "nopix": nopix_BHWC,
+      "truebg_withblackpix": jnp.where(d, black, pix_BHWC),
+      "blackbg_withpix": jnp.where(d, pix_BHWC, black),
+      "blackbg_withattrpix": jnp.where(a, pix_BHWC, black),
+      "truebg_withblackattrpix": jnp.where(a, black, pix_BHWC),
+  }
+
+
+def batch_counts(forward: Callable, normalization: Callable, importance: Callable, target: str, pix_BHWC,
+                 nopix_BHWC, labels_B, location_B2, valid_B) -> dict[str, jax.Array]:
+  """Counts for one batch of uint8 images; `valid_B` masks padding.
+
+  `importance(forward, x_BHWC, target_B) -> (B, H, W)`: the method's map reduced over channels.
+  `target`: 'predicted' (the argmax at the input) or 'label'.
+  """
+  x = normalization(pix_BHWC)
+  predicted = jnp.argmax(forward(x), axis=-1)
+  target_B = predicted if target == "predicted" else labels_B
+  attributed = pointing_mask(importance(forward, x, target_B.astype(jnp.int32)))
+  pixel = location_mask(location_B2, pix_BHWC.shape[1:3])
+  hit = jnp.any(attributed & pixel, axis=(1, 2))
+  versions = image_versions(pix_BHWC, nopix_BHWC, pixel, attributed)
+  stacked = jnp.concatenate(list(versions.values()))
+  predictions = jnp.argmax(forward(normalization(stacked)), axis=-1).reshape(len(VERSIONS), -1)
+  missed = valid_B & ~hit
+  count = lambda mask: jnp.sum(mask, dtype=jnp.int32)
+  counts = {"images": count(valid_B), "attribution_correct": count(valid_B & hit), "missed": count(missed),
+            "withpix_correct": count(valid_B & (predicted == labels_B)),
+            "missed_withpix_correct": count(missed & (predicted == labels_B))}
+  for name, p in zip(VERSIONS, predictions):
+    counts[f"{name}_correct"] = count(valid_B & (p == labels_B))
+    counts[f"missed_{name}_correct"] = count(missed & (p == labels_B))
+    counts[f"missed_{name}_preserved"] = count(missed & (p == predicted))
+  return counts
+
+
+def metrics_from_counts(counts: dict) -> dict[str, float]:
+  """The original's columns (SPEC section 4). Accuracies over the missed images are NaN when
+  the method missed none."""
+  n, missed = int(counts["images"]), int(counts["missed"])
+  over = lambda k: int(counts[k]) / n
+  over_missed = lambda k: int(counts[k]) / missed if missed else float("nan")
+  row = {
+      "overall.withpix_model_accuracy": over("withpix_correct"),
+      "overall.attribution_correct_accuracy": over("attribution_correct"),
+      "overall.nopix_model_accuracy": over("nopix_correct"),
+      "overall.truebg_withblackpix_model_accuracy": over("truebg_withblackpix_correct"),
+      "overall.attribution_incorrect": missed,
+      "attribution_incorrect.nopix_model_accuracy": over_missed("missed_nopix_correct"),
+      "attribution_incorrect.withpix_model_accuracy": over_missed("missed_withpix_correct"),
+  }
+  for name in ("blackbg_withpix", "blackbg_withattrpix", "truebg_withblackattrpix", "truebg_withblackpix"):
+    row[f"attribution_incorrect.{name}_model_accuracy"] = over_missed(f"missed_{name}_correct")
+  for name in ("truebg_withblackattrpix", "truebg_withblackpix"):
+    row[f"attribution_incorrect.{name}_preserved_accuracy"] = over_missed(f"missed_{name}_preserved")
+  return row
