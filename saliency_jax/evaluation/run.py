@@ -19,7 +19,7 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from saliency_jax import data as data_lib
-from saliency_jax.attribution import ModelForward, display, registry
+from saliency_jax.attribution import Explainer, display, registry
 from saliency_jax.data import pixel
 from saliency_jax.evaluation import grid, results, single_pixel
 from saliency_jax.training.parallel import DATA_AXIS
@@ -59,11 +59,9 @@ class CellRunner:
   """Compiles one program per (method, target, output) and runs it over a test set in batches."""
 
   def __init__(self, model, variables, normalization, batch_size: int, chunk_size: int = 0, devices=None):
-    devices = list(devices) if devices is not None else jax.local_devices()
-    self.mesh = jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
-                              devices=devices)
-    variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
-    self.forward = ModelForward(model, jax.device_put(variables, NamedSharding(self.mesh, P())))
+    # The Explainer's mesh and replicated forward: batches are split as its methods' are.
+    explainer = Explainer(model, variables, normalization=normalization, devices=devices)
+    self.mesh, self.forward = explainer.mesh, explainer.forward
     self.normalization = normalization
     self.batch_size = math.ceil(batch_size / self.mesh.size) * self.mesh.size
     self.chunk_size = chunk_size
