@@ -1,8 +1,9 @@
 """The binary: `python -m saliency_jax.main --config=configs/resnet.py --workdir=DIR`.
 
-Trains, then runs the single-pixel grid (`saliency_jax.pipeline`); add
-`--config.train.enabled=False` to evaluate a trained workdir, `--config.single_pixel.enabled=False`
-to only train. Any config field can be overridden, e.g. `--config.train.epochs=5`. A setting a user can fix
+Trains, then runs the single-pixel grid and the sanity studies of `sanity.studies`
+(`saliency_jax.pipeline`); add `--config.train.enabled=False` to evaluate a trained workdir,
+`--config.single_pixel.enabled=False` to only train; `--config=configs/sanity.py:resnet` runs only
+the sanity checks. Any config field can be overridden, e.g. `--config.train.epochs=5`. A setting a user can fix
 ends with one line naming it and exit code 2; a diverged run ends with exit code 3.
 """
 

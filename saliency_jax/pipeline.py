@@ -1,5 +1,6 @@
 """`run(config, workdir)`: what the binary does. Train (resuming), then the single-pixel grid on
-the trained model; `train.enabled` / `single_pixel.enabled` skip either stage."""
+the trained model, then the sanity studies of `sanity.studies`; `train.enabled` /
+`single_pixel.enabled` skip the first two, an empty `sanity.studies` the last."""
 
 from __future__ import annotations
 
@@ -11,16 +12,21 @@ from absl import logging
 from saliency_jax.config_checks import ConfigError
 from saliency_jax.evaluation import grid
 from saliency_jax.evaluation import run as single_pixel_run
+from saliency_jax.evaluation import sanity
 from saliency_jax.training import train
 
 
 def run(config, workdir: str | pathlib.Path) -> dict:
-  """Returns {'train': TrainResult or None, 'single_pixel': rows or None} and logs each stage's time."""
-  if not (config.train.enabled or config.single_pixel.enabled):
-    raise ConfigError("train.enabled and single_pixel.enabled are both False; nothing to run")
+  """Returns {'train': TrainResult or None, 'single_pixel': rows or None, 'sanity': {study: rows} or
+  None} and logs each stage's time."""
+  studies = sanity.studies_of(config.sanity)
+  if not (config.train.enabled or config.single_pixel.enabled or studies):
+    raise ConfigError("train.enabled and single_pixel.enabled are False and sanity.studies is empty; nothing to run")
   if config.single_pixel.enabled:
     grid.check_config(config.single_pixel)  # before hours of training, not after
-  out = {"train": None, "single_pixel": None}
+  if studies:
+    sanity.check_config(config.sanity)
+  out = {"train": None, "single_pixel": None, "sanity": None}
   kwargs = {}
   if config.train.enabled:
     t0 = time.perf_counter()
@@ -31,4 +37,8 @@ def run(config, workdir: str | pathlib.Path) -> dict:
     t0 = time.perf_counter()
     out["single_pixel"] = single_pixel_run.evaluate(config, workdir, **kwargs)
     logging.info("stage single_pixel: %.1f s", time.perf_counter() - t0)
+  if studies:
+    t0 = time.perf_counter()
+    out["sanity"] = sanity.run(config, workdir, **kwargs)
+    logging.info("stage sanity: %.1f s", time.perf_counter() - t0)
   return out

@@ -292,6 +292,16 @@ def test_fullgrad_decomposition_is_complete_on_a_resnet():
   np.testing.assert_allclose(total, A.scores(forward, x, target), rtol=1e-4)
   saliency = A.fullgrad(forward, x, target)
   assert saliency.shape == x.shape and float(saliency.min()) >= 0
+  # Per block and accumulated (positive aggregation, SPEC section 5): a block's map is its terms'
+  # normalised magnitudes; every block plus the input term is FullGrad itself.
+  blocks = ("bn1", "layer1_0", "layer2_0", "fc")
+  np.testing.assert_allclose(A.fullgrad(forward, x, target, blocks=blocks), saliency, rtol=1e-6)
+  stem = A.fullgrad(forward, x, target, blocks="bn1", with_input=False)
+  peak = jnp.abs(bias_terms[0]).sum(-1).reshape(3, -1)  # bn1's term is input-sized here (no max-pool)
+  np.testing.assert_array_equal(jnp.argmax(stem[..., 0].reshape(3, -1), 1), jnp.argmax(peak, 1))
+  assert float(A.fullgrad(forward, x, target, blocks=(), with_input=False).max()) == 0.0
+  with pytest.raises(ConfigError, match="'layer9' is not a layer with a bias"):
+    A.fullgrad(forward, x, target, blocks=("layer9",))
 
 
 def test_layer_methods_explain_what_they_need(small_cnn):

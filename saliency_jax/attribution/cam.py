@@ -12,9 +12,10 @@ import jax.numpy as jnp
 
 from saliency_jax.attribution.activations import guided_backprop
 from saliency_jax.attribution.core import (batchnorm_affine, module_interceptor, require_model_forward, scores,
-                                           upsample)
+                                           shift_bias, upsample)
 from saliency_jax.attribution.registry import register
 from saliency_jax.config_checks import ConfigError
+from saliency_jax.models.common import InputShiftBias
 
 
 def default_layer(forward, x_BHWC) -> str:
@@ -64,6 +65,8 @@ def guided_gradcam(forward, x_BHWC, target_B, *, output: str = "logit", layer: s
 
 
 def _bias_of(module):
+  if isinstance(module, InputShiftBias):
+    return shift_bias(module)
   if isinstance(module, nn.BatchNorm):
     return batchnorm_affine(module)[1]
   if getattr(module, "use_bias", False):
@@ -71,24 +74,21 @@ def _bias_of(module):
   return None
 
 
-_BIASED = (nn.Conv, nn.Dense, nn.BatchNorm)
+_BIASED = (nn.Conv, nn.Dense, nn.BatchNorm, InputShiftBias)
 
 
-def fullgrad_decomposition(forward, x_BHWC, target_B, output: str = "logit"):
-  """FullGrad's exact split of the score: (input_gradient * x, [bias_gradient * bias per layer]).
-
-  A bias-gradient is the gradient with respect to the layer's output; a layer's bias is its
-  own (conv, dense) or eval-mode BatchNorm's effective one, beta - gamma * mean / std. For
-  piecewise-linear networks the terms sum exactly to the logit (the completeness test).
-  """
+def fullgrad_terms(forward, x_BHWC, target_B, output: str = "logit"):
+  """(input_gradient * x, [(layer, bias_gradient * bias)]): FullGrad's terms, each bias term
+  named by its top-level layer (resnet18: 'bn1', 'layer1_0', ..., 'fc')."""
   forward = require_model_forward(forward, "fullgrad")
 
   def record_shapes(module, _, y):
     if _bias_of(module) is not None:
       shapes.append(jax.ShapeDtypeStruct(y.shape, y.dtype))
+      layers.append(module.path[0] if module.path else type(module).__name__)
     return y
 
-  shapes = []
+  shapes, layers = [], []
   jax.eval_shape(forward.intercepted(module_interceptor(_BIASED, record_shapes)), x_BHWC)
 
   def score_sum(x, deltas):
@@ -106,7 +106,18 @@ def fullgrad_decomposition(forward, x_BHWC, target_B, output: str = "logit"):
 
   deltas = [jnp.zeros(s.shape, s.dtype) for s in shapes]
   (grad_x, grad_deltas), biases = jax.grad(score_sum, argnums=(0, 1), has_aux=True)(x_BHWC, deltas)
-  return grad_x * x_BHWC, [g * b for g, b in zip(grad_deltas, biases)]
+  return grad_x * x_BHWC, [(layer, g * b) for layer, g, b in zip(layers, grad_deltas, biases)]
+
+
+def fullgrad_decomposition(forward, x_BHWC, target_B, output: str = "logit"):
+  """FullGrad's exact split of the score: (input_gradient * x, [bias_gradient * bias per layer]).
+
+  A bias-gradient is the gradient with respect to the layer's output; a layer's bias is its
+  own (conv, dense) or eval-mode BatchNorm's effective one, beta - gamma * mean / std. For
+  piecewise-linear networks the terms sum exactly to the logit (the completeness test).
+  """
+  input_term, named = fullgrad_terms(forward, x_BHWC, target_B, output)
+  return input_term, [term for _, term in named]
 
 
 def _normalize_per_image(t):
@@ -118,13 +129,27 @@ def _normalize_per_image(t):
 
 
 @register("fullgrad")
-def fullgrad(forward, x_BHWC, target_B, *, output: str = "logit"):
+def fullgrad(forward, x_BHWC, target_B, *, output: str = "logit", blocks=None, with_input: bool = True):
   """FullGrad (Srinivas & Fleuret 2019): each term's absolute value, min-max normalised per image,
   summed over channels, resized to the input and added. Non-spatial (dense) bias terms are
-  left out of the map, as in the reference implementation."""
-  input_term, bias_terms = fullgrad_decomposition(forward, x_BHWC, target_B, output)
-  total_BHW1 = _normalize_per_image(input_term).sum(-1, keepdims=True)
-  for term in bias_terms:
+  left out of the map, as in the reference implementation.
+
+  `blocks` (layer names, see `fullgrad_terms`) keeps only those layers' bias terms and
+  `with_input=False` drops the input term: FullGrad per block (`blocks=('layer3_1',),
+  with_input=False`) and accumulated over blocks (`blocks=('layer4_0', 'layer4_1')`)."""
+  input_term, named = fullgrad_terms(forward, x_BHWC, target_B, output)
+  if blocks is not None:
+    blocks = (blocks,) if isinstance(blocks, str) else tuple(blocks)
+    known = list(dict.fromkeys(layer for layer, _ in named))
+    for block in blocks:
+      if block not in known:
+        raise ConfigError(f"fullgrad blocks entry {block!r} is not a layer with a bias; choose from: "
+                          f"{', '.join(map(repr, known))}")
+    named = [(layer, term) for layer, term in named if layer in blocks]
+  total_BHW1 = jnp.zeros((*x_BHWC.shape[:3], 1), x_BHWC.dtype)
+  if with_input:
+    total_BHW1 = total_BHW1 + _normalize_per_image(input_term).sum(-1, keepdims=True)
+  for _, term in named:
     if term.ndim == 4:
       total_BHW1 = total_BHW1 + upsample(_normalize_per_image(term).sum(-1, keepdims=True), total_BHW1.shape)
   return jnp.broadcast_to(total_BHW1, x_BHWC.shape)

@@ -146,6 +146,11 @@ def module_interceptor(types: tuple[type, ...], rewrite: Callable) -> Callable:
   return interceptor
 
 
+def shift_bias(module) -> jax.Array | None:
+  """The bias of a `models.common.InputShiftBias` (the shifted twin's), or None where it is the identity."""
+  return module.variables.get("params", {}).get("bias")
+
+
 def batchnorm_affine(module: nn.BatchNorm):
   """Eval-mode BatchNorm as the per-channel affine map y = scale * x + bias."""
   params = module.variables.get("params", {})

@@ -81,11 +81,19 @@ class Prepared:
     return self.source.num_classes
 
 
+def permuted_labels(labels_B, key: jax.Array) -> jax.Array:
+  """The labels shuffled over the images by a permutation drawn from `key`: every class keeps its
+  count, and the same data seed gives the same permutation."""
+  labels_B = jnp.asarray(labels_B)
+  return labels_B[jax.random.permutation(key, len(labels_B))]
+
+
 def prepare(config, conditions=CONDITIONS) -> Prepared:
   """Load `config.data.source` and plant the pixel as `config.pixel` says.
 
   Every random choice comes from `config.data.seed`: the location, the jitter and the
-  conflict classes of each split and condition (see `pixel.condition_key`).
+  conflict classes of each split and condition (see `pixel.condition_key`), and with
+  `data.permute_train_labels` the permutation of the training labels.
   """
   source = sources.load(config.data)
   data_key = jax.random.key(config.data.seed)
@@ -96,11 +104,15 @@ def prepare(config, conditions=CONDITIONS) -> Prepared:
                           pixel.condition_key(data_key, "train", "pixel"), **jitter)
   tests = {c: apply_condition(source.test.images, source.test.labels, c, spec,
                               pixel.condition_key(data_key, "test", c), **jitter) for c in conditions}
+  if config.data.get("permute_train_labels", False):
+    # Data randomisation (SPEC section 5): the images keep their true class's pixel, so it says
+    # nothing about the label a model must now fit; test labels stay true.
+    train = train._replace(labels_B=permuted_labels(train.labels_B, jax.random.fold_in(data_key, 3)))
   return Prepared(source, spec, make_normalization(config.data.normalization, source.train.images), train, tests)
 
 
 __all__ = [
     "CONDITIONS", "VARIANTS", "SOURCES", "NORMALIZATIONS", "Normalization", "PixelSet", "PixelSpec", "Prepared",
     "Source", "Split", "apply_condition", "channel_stats", "colour_code", "make_normalization", "make_spec",
-    "prepare", "pixel", "sources",
+    "permuted_labels", "prepare", "pixel", "sources",
 ]

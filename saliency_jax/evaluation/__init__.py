@@ -1,4 +1,5 @@
-"""Evaluation: the single-pixel experiment (SPEC section 4) and its tables and figures."""
+"""Evaluation: the single-pixel experiment (SPEC section 4), the sanity checks (SPEC section 5:
+`sanity`, `similarity`, `randomization`, `invariance`) and their tables and figures."""
 
 from saliency_jax.evaluation.grid import METRIC_COLUMNS, MethodSpec, parse_method
 from saliency_jax.evaluation.single_pixel import batch_counts, metrics_from_counts, pointing_mask

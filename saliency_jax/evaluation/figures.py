@@ -1,4 +1,5 @@
-"""Figures: example maps with the discriminative pixel marked, and pointing-accuracy bars."""
+"""Figures: example maps with the discriminative pixel marked, pointing-accuracy bars, and the
+sanity checks' strips of maps, similarity-versus-layer curves and similarity bars."""
 
 from __future__ import annotations
 
@@ -68,3 +69,117 @@ def pointing_bars(path, summary, title: str = "") -> None:
   axes[0, -1].legend(fontsize=7)
   fig.suptitle(title, fontsize=9)
   _save(fig, path)
+
+
+def _display(maps_NHWC) -> np.ndarray:
+  """|map| summed over channels, scaled per map by its 99th percentile (the papers' display)."""
+  m = np.abs(np.asarray(maps_NHWC, np.float64))
+  m = m.sum(-1) if m.ndim == 4 else m
+  scale = np.percentile(m.reshape(len(m), -1), 99, axis=-1)[:, None, None]
+  return np.clip(m / np.where(scale > 0, scale, 1.0), 0, 1)
+
+
+def map_strip(path, image_HWC, methods: list[str], columns: list[list[str]], maps: list[np.ndarray],
+              title: str = "") -> None:
+  """One image; a row per method of its maps under each condition (the sanity-checks paper's
+  cascading-randomisation picture: trained model, then layers re-initialised from the logits)."""
+  ncols = 1 + max(len(c) for c in columns)
+  fig, axes = plt.subplots(len(methods), ncols, figsize=(1.1 * ncols + 1.5, 1.15 * len(methods) + 0.6),
+                           squeeze=False)
+  for r, (name, cols, m) in enumerate(zip(methods, columns, maps)):
+    axes[r, 0].imshow(image_HWC)
+    shown = _display(m)
+    for c in range(ncols - 1):
+      ax = axes[r, c + 1]
+      if c < len(shown):
+        ax.imshow(shown[c], cmap="gray", vmin=0, vmax=1)
+        if r == 0 or list(columns[r - 1]) != list(cols):
+          ax.set_title(str(cols[c]), fontsize=7, rotation=45 if ncols > 6 else 0, ha="left" if ncols > 6 else "center")
+      else:
+        ax.axis("off")
+    axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
+    for ax in axes[r]:
+      ax.set_xticks([])
+      ax.set_yticks([])
+  fig.suptitle(title, fontsize=9)
+  _save(fig, path)
+
+
+def _metric_panels(n):
+  fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)
+  return fig, axes[0]
+
+
+def similarity_curves(path, table, metrics, title: str = "") -> None:
+  """Similarity to the trained model's map (mean, band: std over images) against the randomisation
+  step, one panel per metric and a line per method; dotted: each method's random-map calibration.
+  `table` (pandas): the study's rows."""
+  steps = table[table["comparison"] == "randomized"]
+  layers = ["trained" if l == "none" else l for l in dict.fromkeys(steps.sort_values("step")["layer"])]
+  colours = plt.get_cmap("tab20").colors
+  fig, axes = _metric_panels(len(metrics))
+  for ax, metric in zip(axes, metrics):
+    for i, (method, sub) in enumerate(steps.groupby("method_label", sort=False)):
+      sub = sub.sort_values("step")
+      mean, std = sub[f"{metric}_mean"].to_numpy(float), sub[f"{metric}_std"].fillna(0).to_numpy(float)
+      line, = ax.plot(sub["step"], mean, marker="o", ms=3, label=method, color=colours[i % len(colours)])
+      ax.fill_between(sub["step"].to_numpy(float), mean - std, mean + std, color=line.get_color(), alpha=0.12)
+      calib = table[(table["method_label"] == method) & (table["comparison"] == "random_map")]
+      if len(calib):
+        ax.axhline(float(calib[f"{metric}_mean"].iloc[0]), color=line.get_color(), ls=":", lw=0.8)
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels(layers, rotation=60, ha="right", fontsize=6)
+    ax.set_title(metric, fontsize=9)
+    ax.set_ylim(-0.5, 1.05)
+  axes[0].set_ylabel("similarity to the trained model's map")
+  axes[-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+  fig.suptitle(title, fontsize=9)
+  _save(fig, path)
+
+
+def similarity_bars(path, table, metrics, title: str = "") -> None:
+  """Mean similarity (error bars: std over images) per method and comparison, a panel per metric."""
+  comparisons = list(dict.fromkeys(table["comparison"]))
+  methods = list(dict.fromkeys(table["method_label"]))
+  width = 0.8 / len(comparisons)
+  fig, axes = _metric_panels(len(metrics))
+  for ax, metric in zip(axes, metrics):
+    for h, comparison in enumerate(comparisons):
+      sub = table[table["comparison"] == comparison].drop_duplicates("method_label").set_index("method_label")
+      sub = sub.reindex(methods)
+      ax.bar(np.arange(len(methods)) + (h - (len(comparisons) - 1) / 2) * width, sub[f"{metric}_mean"].astype(float),
+             width, yerr=sub[f"{metric}_std"].astype(float).fillna(0), capsize=1.5, label=comparison)
+    ax.set_xticks(np.arange(len(methods)))
+    ax.set_xticklabels(methods, rotation=45, ha="right", fontsize=6)
+    ax.set_title(metric, fontsize=9)
+    ax.set_ylim(-0.5, 1.05)
+  axes[-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+  fig.suptitle(title, fontsize=9)
+  _save(fig, path)
+
+
+def sanity(out_dir, study: str, rows: list[dict], strips: dict, images_NHWC, title: str = "") -> None:
+  """Every figure of one sanity study: `<study>_strip<i>.png` per strip image and
+  `<study>_curves.png` (randomisation) or `<study>_bars.png` (the others)."""
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  from saliency_jax.evaluation import similarity  # pylint: disable=g-import-not-at-top
+
+  out_dir = pathlib.Path(out_dir)
+  table = pd.DataFrame(rows)
+  if table.empty:
+    return
+  table["step"] = pd.to_numeric(table["step"], errors="coerce")
+  for c in table.columns:
+    if c.endswith(("_mean", "_std")):
+      table[c] = pd.to_numeric(table[c], errors="coerce")
+  table["method_label"] = table["method"] + table["method_options"].fillna("").map(lambda o: f"({o})" if o else "")
+  labels = [m for m in dict.fromkeys(table["method_label"]) if f"{m}|maps" in strips]
+  for i in range(len(images_NHWC)):
+    maps = [strips[f"{m}|maps"][:, i] for m in labels if strips[f"{m}|maps"].shape[1] > i]
+    if maps:
+      map_strip(out_dir / f"{study}_strip{i}.png", images_NHWC[i], labels,
+                [list(strips[f"{m}|columns"]) for m in labels], maps, title=f"{study}: {title}")
+  if study in ("cascading", "independent"):
+    similarity_curves(out_dir / f"{study}_curves.png", table, similarity.METRICS, title=f"{study}: {title}")
+  else:
+    similarity_bars(out_dir / f"{study}_bars.png", table, similarity.METRICS, title=f"{study}: {title}")

@@ -53,8 +53,15 @@ class MethodSpec:
     return f"{self.name}({self.options_text})" if self.options_text else self.name
 
 
+def _literal(node):
+  """A Python literal, or `inf` (LRP-gamma's positive-weight limit, `gamma=inf`)."""
+  if isinstance(node, ast.Name) and node.id == "inf":
+    return float("inf")
+  return ast.literal_eval(node)
+
+
 def parse_method(spec: str, field: str = "single_pixel.methods") -> MethodSpec:
-  """'name' or 'name(option=literal, ...)' -> MethodSpec, checked against the registry."""
+  """'name' or 'name(option=literal, ...)' -> MethodSpec, checked against the registry; `inf` is a literal."""
   try:
     node = ast.parse(spec.strip(), mode="eval").body
   except SyntaxError:
@@ -63,7 +70,7 @@ def parse_method(spec: str, field: str = "single_pixel.methods") -> MethodSpec:
     name, options = node.id, {}
   elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.args:
     try:
-      name, options = node.func.id, {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords}
+      name, options = node.func.id, {kw.arg: _literal(kw.value) for kw in node.keywords}
     except ValueError as e:
       raise ConfigError(f"{field} entry {spec!r}: option values must be literals ({e})") from None
   else:

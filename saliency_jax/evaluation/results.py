@@ -25,8 +25,8 @@ def read_rows(path: str | pathlib.Path) -> list[dict]:
     return list(csv.DictReader(f))
 
 
-def write_rows(path: str | pathlib.Path, rows: list[dict]) -> None:
+def write_rows(path: str | pathlib.Path, rows: list[dict], columns=COLUMNS) -> None:
   with files.atomic_open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)

@@ -25,8 +25,10 @@ from saliency_jax.evaluation import grid, results, single_pixel
 from saliency_jax.training.parallel import DATA_AXIS
 
 
-def importance_fn(spec: grid.MethodSpec, output: str, normalization, chunk_size: int = 0):
-  """`(forward, x, target) -> (B, H, W)`: the method's map, reduced over channels."""
+def method_fn(spec: grid.MethodSpec, output: str, normalization, chunk_size: int = 0, key=None):
+  """`(forward, x, target, **overrides) -> map` of `spec` with its options, plus what the run
+  supplies: the normalization (named IG baselines), the chunk size and a random key, for methods
+  taking them."""
   fn = registry.get(spec.name)
   accepted = registry.options_of(spec.name)
   options = dict(spec.options)
@@ -34,11 +36,20 @@ def importance_fn(spec: grid.MethodSpec, output: str, normalization, chunk_size:
     options.setdefault("normalization", normalization)
   if "chunk_size" in accepted and chunk_size:
     options.setdefault("chunk_size", chunk_size)
+  if "key" in accepted and key is not None:
+    options.setdefault("key", key)
 
-  def importance(forward, x_BHWC, target_B):
-    return display.reduce_channels(fn(forward, x_BHWC, target_B, output=output, **options), spec.reduction)
+  def method(forward, x_BHWC, target_B, **overrides):
+    return fn(forward, x_BHWC, target_B, output=output, **{**options, **overrides})
 
-  return importance
+  return method
+
+
+def importance_fn(spec: grid.MethodSpec, output: str, normalization, chunk_size: int = 0):
+  """`(forward, x, target) -> (B, H, W)`: the method's map, reduced over channels."""
+  method = method_fn(spec, output, normalization, chunk_size)
+  return lambda forward, x_BHWC, target_B: display.reduce_channels(method(forward, x_BHWC, target_B),
+                                                                   spec.reduction)
 
 
 def test_sets(data: data_lib.Prepared, data_seed: int, position_sd: float, colour_sd: float, max_images: int = 0):

@@ -23,7 +23,10 @@ class MLP(nn.Module):
     del train  # no dropout or normalisation: the same function in both modes
     x = x_BHWC.astype(self.dtype).reshape(x_BHWC.shape[0], -1)
     for i, width in enumerate(self.hidden, start=1):
-      x = common.tap(self, f"hidden{i}", self.activation(nn.Dense(width, dtype=self.dtype, name=f"dense{i}")(x)))
+      x = nn.Dense(width, dtype=self.dtype, name=f"dense{i}")(x)
+      if i == 1:
+        x = common.InputShiftBias(name="input_shift")(x)
+      x = common.tap(self, f"hidden{i}", self.activation(x))
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="out")(x)
     return common.tap(self, "logits", x)
 
@@ -47,6 +50,8 @@ class SmallCNN(nn.Module):
     for i, width in enumerate(self.channels, start=1):
       x = common.Conv(width, (3, 3), padding=common.torch_padding(3), dtype=self.dtype,
                   kernel_init=common.kaiming_normal_fan_out, name=f"conv{i}")(x)
+      if i == 1:
+        x = common.InputShiftBias(name="input_shift")(x)
       x = common.tap(self, f"features{i}", self.activation(x))
       x = common.max_pool(x, (2, 2), (2, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="out")(x.reshape(x.shape[0], -1))

@@ -78,6 +78,8 @@ class VGG(nn.Module):
       # Conv names keep torchvision's `features.<index>` numbering.
       x = common.Conv(item, (3, 3), padding=common.torch_padding(3), dtype=self.dtype,
                   kernel_init=common.kaiming_normal_fan_out, name=f"features_{i}")(x)
+      if i == 0:
+        x = common.InputShiftBias(name="input_shift")(x)
       x = common.tap(self, f"conv{block}_{layer}", self.activation(x))
       layer += 1
     replicated = x.shape[1:3] == (1, 1)

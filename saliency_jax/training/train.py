@@ -51,6 +51,9 @@ def check_config(config, num_devices: int) -> None:
     section, name = field.split(".")
     require_non_negative(field, config[section][name])
   require_positive("train.learning_rate", config.train.learning_rate)
+  if not 0.0 <= config.train.get("stop_at_train_accuracy", 0.0) <= 1.0:
+    raise ConfigError(f"train.stop_at_train_accuracy={config.train.stop_at_train_accuracy!r} is not allowed; "
+                      "give a fraction in [0, 1] (0: train for train.epochs)")
   for field in ("train.batch_size", "train.epochs", "train.checkpoint_every_epochs", "train.eval_batch_size",
                 "data.synthetic_train_per_class", "data.synthetic_test_per_class"):
     section, name = field.split(".")
@@ -133,14 +136,21 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, mesh: jax.shardin
     writer = MetricsWriter(workdir, resume_epoch=start, tensorboard=tc.tensorboard, enabled=jax.process_index() == 0)
 
     loop = epoch_loop(tc.epoch_loop)
-    if start < tc.epochs:
+    stop_at = tc.get("stop_at_train_accuracy", 0.0)
+    end = tc.epochs
+    if start and stop_at and writer.rows and float(writer.rows[-1]["train_accuracy"]) >= stop_at:
+      logging.info("the checkpoint after epoch %d already fits the training set (>= %.1f%%); nothing to train",
+                   start, 100 * stop_at)
+      end = start
+    last = start
+    if start < end:
       t0 = time.perf_counter()
       steps.compile_train_epoch(state, train_images, train_labels, config.seed, loop)
       logging.info("compiled the training %s in %.1f s", "epoch" if loop == "scan" else "step",
                    time.perf_counter() - t0)
 
     try:
-      for epoch in range(start, tc.epochs):
+      for epoch in range(start, end):
         t0 = time.perf_counter()
         state, train_metrics = steps.train_epoch(state, train_images, train_labels, config.seed, epoch, loop)
         # Evaluation is queued behind the epoch before anything is read back.
@@ -158,12 +168,18 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, mesh: jax.shardin
         }
         writer.write(epoch + 1, row)
         _log_epoch(epoch + 1, tc.epochs, row)
-        if (epoch + 1) % tc.checkpoint_every_epochs == 0 or epoch + 1 == tc.epochs:
-          checkpoints.save(epoch + 1, state)
+        last = epoch + 1
+        fitted = bool(stop_at) and row["train_accuracy"] >= stop_at
+        if last % tc.checkpoint_every_epochs == 0 or last == tc.epochs or fitted:
+          checkpoints.save(last, state)
+        if fitted:
+          logging.info("train accuracy %.1f%% >= train.stop_at_train_accuracy=%.1f%%: stopping after epoch %d",
+                       100 * row["train_accuracy"], 100 * stop_at, last)
+          break
     finally:
       checkpoints.close()
       writer.close()
-  return TrainResult(state=state, model=model, data=data, metrics=writer.rows, epoch=max(start, tc.epochs))
+  return TrainResult(state=state, model=model, data=data, metrics=writer.rows, epoch=last)
 
 
 def restore_latest(config, workdir: str | pathlib.Path, num_classes: int, image_shape: tuple[int, int, int],

@@ -1,0 +1,250 @@
+"""Sanity checks (SPEC section 5): similarity metrics, parameter and label randomisation, class
+sensitivity and input invariance, on models whose answers are known."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats
+
+from saliency_jax import attribution as A
+from saliency_jax import data as data_lib
+from saliency_jax import models, pipeline
+from saliency_jax.config_checks import ConfigError
+from saliency_jax.evaluation import grid, invariance, randomization, sanity, similarity
+
+
+def _noise(seed, shape=(24, 32, 32, 3)):
+  return np.array(jax.random.normal(jax.random.key(seed), shape))
+
+
+def test_identical_maps_score_one_and_independent_random_maps_about_zero():
+  a = _noise(0)
+  same = similarity.compare(a, a.copy())
+  for metric in similarity.METRICS:
+    np.testing.assert_allclose(same[metric], 1.0, atol=1e-9)
+  independent = similarity.summarize(similarity.compare(a, _noise(1)))
+  for metric in ("spearman_abs", "spearman", "ssim"):
+    assert abs(independent[f"{metric}_mean"]) < 0.05, (metric, independent)
+  # HOG features are non-negative and block-normalised, so noise against noise sits a little above
+  # zero: what the random-map calibration rows are for.
+  assert abs(independent["hog_mean"]) < 0.25
+  # A map against its negation: the signed ranks reverse, the absolute maps are the same.
+  flipped = similarity.compare(a, -a)
+  np.testing.assert_allclose(flipped["spearman"], -1.0, atol=1e-9)
+  np.testing.assert_allclose(flipped["spearman_abs"], 1.0, atol=1e-9)
+
+
+def test_rank_correlation_is_scipys_spearman_and_a_constant_map_is_undefined():
+  a, b = _noise(2, (3, 8, 8, 3)), _noise(3, (3, 8, 8, 3))
+  got = similarity.compare(a, b)
+  signed_a, abs_a = similarity.reduce_maps(a)
+  signed_b, abs_b = similarity.reduce_maps(b)
+  for i in range(3):
+    assert got["spearman"][i] == pytest.approx(scipy.stats.spearmanr(signed_a[i].ravel(), signed_b[i].ravel())[0])
+    assert got["spearman_abs"][i] == pytest.approx(scipy.stats.spearmanr(abs_a[i].ravel(), abs_b[i].ravel())[0])
+  b[1] = 0.0  # e.g. a GradCAM that randomisation drove to zero
+  summary = similarity.summarize(similarity.compare(a, b))
+  assert summary["spearman_undefined"] == 1 and summary["hog_undefined"] == 1
+  assert np.isfinite(summary["spearman_mean"])
+
+
+def test_edge_map_finds_the_edge_of_a_step_image():
+  image = np.zeros((1, 8, 8, 3), np.uint8)
+  image[:, :, 4:] = 255
+  edges = similarity.edge_maps(image)[0]
+  assert edges.shape == (8, 8)
+  assert edges[:, 3:5].min() > 0 and np.all(edges[:, :2] == 0) and np.all(edges[:, 6:] == 0)
+
+
+def _small_cnn(channels=(4, 6), seed=0):
+  model = models.create_model("small_cnn", channels=channels)
+  return model, models.init_variables(model, jax.random.key(seed), (1, 8, 8, 3))
+
+
+def test_cascading_randomisation_changes_exactly_the_intended_layers():
+  model, variables = _small_cnn()
+  order = randomization.layer_order(model, variables, (1, 8, 8, 3))
+  assert order == ["out", "conv2", "conv1"]  # logits first
+  assert randomization.layer_order(*_resnet_shapes(), (1, 32, 32, 3))[::10] == ["fc", "conv1"]
+  params = variables["params"]
+  rnd = randomization.random_params(jax.random.key(7), params, order)
+  cascade, independent = randomization.schedule("cascading", 3), randomization.schedule("independent", 3)
+  np.testing.assert_array_equal(cascade, [[0, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 1]])
+  np.testing.assert_array_equal(independent, [[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]])
+  for which, changed in ((cascade[2], {"out", "conv2"}), (independent[2], {"conv2"}), (cascade[0], set())):
+    mixed = jax.jit(lambda w: randomization.mix(params, rnd, order, w))(jnp.asarray(which))
+    for name in order:
+      for new, old, drawn in zip(jax.tree.leaves(mixed[name]), jax.tree.leaves(params[name]),
+                                 jax.tree.leaves(rnd[name])):
+        if name in changed:
+          np.testing.assert_array_equal(new, drawn)
+          assert not np.any(np.asarray(new) == np.asarray(old))
+        else:
+          np.testing.assert_array_equal(new, old)  # bit-identical
+  # The re-initialisation: truncated at 2 std of 0.01, from the key alone.
+  kernel = np.asarray(rnd["conv1"]["kernel"])
+  assert np.abs(kernel).max() <= 0.02 and 0.006 < kernel.std() < 0.01
+  again = randomization.random_params(jax.random.key(7), params, order)
+  np.testing.assert_array_equal(again["conv1"]["kernel"], kernel)
+  uniform = randomization.random_params(jax.random.key(7), params, order, "uniform")["conv2"]["kernel"]
+  assert np.abs(uniform).max() <= 0.01 * np.sqrt(3) and np.std(uniform) == pytest.approx(0.01, rel=0.1)
+  with pytest.raises(ConfigError, match="sanity.distribution"):
+    randomization.random_params(jax.random.key(7), params, order, "normal")
+
+
+def _resnet_shapes():
+  model = models.create_model("resnet18")
+  return model, jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), (1, 32, 32, 3)))
+
+
+@pytest.mark.parametrize("devices", [1, 4])
+def test_randomised_models_mapped_together_equal_one_model_at_a_time(devices):
+  model, variables = _small_cnn()
+  x = _noise(4, (6, 8, 8, 3)).astype(np.float32)
+  order = randomization.layer_order(model, variables, (1, 8, 8, 3))
+  rnd = randomization.random_params(jax.random.key(1), variables["params"], order)
+  which = randomization.schedule("cascading", len(order))
+  runner = sanity.MapRunner(model, variables, None, batch_size=4, chunk_size=0, key=None,
+                            devices=jax.devices()[:devices])
+  targets = np.arange(6) % 10
+  spec = grid.parse_method("gradient")
+  together = runner.randomized_maps(spec, "logit", variables["params"], rnd, order, which, {}, x, targets,
+                                    model_chunk=3)
+  assert together.shape == (4, 6, 8, 8, 3)
+  for s, w in enumerate(which):
+    params = randomization.mix(variables["params"], rnd, order, w)
+    alone = A.gradient(A.ModelForward(model, {"params": params}), x, targets)
+    np.testing.assert_allclose(together[s], alone, rtol=1e-5, atol=1e-7)
+
+
+def test_class_sensitivity_is_low_when_classes_read_disjoint_inputs():
+  # A linear model: each class reads its own random quarter of the input values, so the
+  # gradients of any two classes have disjoint supports.
+  model = models.create_model("mlp", num_classes=4, hidden=())
+  owner = np.asarray(jax.random.permutation(jax.random.key(2), np.arange(16 * 16 * 3) % 4))
+  weights = np.asarray(jax.random.uniform(jax.random.key(1), (16 * 16 * 3, 4), minval=0.5, maxval=1.5))
+  kernel = np.where(owner[:, None] == np.arange(4)[None, :], weights, 0.0)
+  variables = {"params": {"out": {"kernel": jnp.asarray(kernel, jnp.float32), "bias": jnp.zeros(4)}}}
+  x = np.abs(_noise(5, (10, 16, 16, 3))).astype(np.float32)
+  runner = sanity.MapRunner(model, variables, None, batch_size=10, chunk_size=0, key=None)
+  top = runner.targets(runner.forward, x, "top", np.zeros(10))
+  bottom = runner.targets(runner.forward, x, "bottom", np.zeros(10))
+  assert np.all(top != bottom)
+  spec = grid.parse_method("gradient")
+  maps_top, maps_bottom = (runner.maps(spec, "logit", runner.forward, x, t) for t in (top, bottom))
+  assert not np.any((maps_top != 0) & (maps_bottom != 0))  # disjoint supports
+  low = similarity.summarize(similarity.compare(maps_top, maps_bottom))
+  chance = similarity.summarize(similarity.compare(maps_top, _noise(9, maps_top.shape)))
+  same = similarity.summarize(similarity.compare(maps_top, maps_top * 2.0))
+  for metric in similarity.METRICS:
+    assert low[f"{metric}_mean"] < chance[f"{metric}_mean"] + 0.1, (metric, low, chance)
+    assert same[f"{metric}_mean"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "mlp"])
+def test_shifted_twin_computes_the_same_function_and_only_the_gradient_is_invariant(name):
+  model = models.create_model(name, **({"channels": (4, 6)} if name == "small_cnn" else {"hidden": (16,)}))
+  variables = models.init_variables(model, jax.random.key(0), (1, 8, 8, 3))
+  shift = invariance.shift_vector([1.0, -0.5, 2.0], 3)
+  twin = invariance.shifted_twin(model, variables, shift, (8, 8, 3))
+  # Behind the zero-padded conv the bias is per position (the border differs); behind a dense layer per unit.
+  assert twin["params"]["input_shift"]["bias"].shape == ((8, 8, 4) if name == "small_cnn" else (16,))
+  assert "input_shift" not in variables["params"]
+  f1, f2 = A.ModelForward(model, variables), A.ModelForward(model, twin)
+  x = _noise(6, (5, 8, 8, 3)).astype(np.float32)
+  y1, y2 = f1(x), f2(x + shift)
+  np.testing.assert_allclose(y2, y1, rtol=1e-5, atol=1e-5 * float(jnp.abs(y1).max()))
+  t = A.select_targets(f1, x)
+  np.testing.assert_allclose(A.gradient(f2, x + shift, t), A.gradient(f1, x, t), rtol=1e-4, atol=1e-6)
+
+  def differ(a, b):
+    return float(jnp.abs(a - b).max() / jnp.abs(a).max()) > 0.05
+
+  assert differ(A.gradient_x_input(f1, x, t), A.gradient_x_input(f2, x + shift, t))
+  ig = lambda f, z, **kw: A.integrated_gradients(f, z, t, steps=16, rule="trapezoid", **kw)
+  assert differ(ig(f1, x, baseline="zero"), ig(f2, x + shift, baseline="zero"))
+  # The baseline shifted alongside the input: the same path through the same function. (Not from
+  # zero here: at x = 0 the untrained MLP's pre-activations are exactly 0, a ReLU tie that rounding
+  # in the twin breaks either way.)
+  shifted = invariance.shifted_baseline(lambda f, z, tt, **kw: A.integrated_gradients(
+      f, z, tt, steps=16, rule="trapezoid", **kw), shift, None, baseline="white")
+  np.testing.assert_allclose(shifted(f2, x + shift, t), ig(f1, x, baseline="white"), rtol=1e-3, atol=1e-5)
+
+
+def test_label_permutation_is_deterministic_from_the_data_seed(tiny_config):
+  config = tiny_config
+  config.data.permute_train_labels = True
+  first, again = data_lib.prepare(config, ()), data_lib.prepare(config, ())
+  np.testing.assert_array_equal(first.train.labels_B, again.train.labels_B)
+  config.data.permute_train_labels = False
+  true = data_lib.prepare(config, ("pixel",))
+  assert np.mean(np.asarray(first.train.labels_B) != np.asarray(true.train.labels_B)) > 0.7
+  np.testing.assert_array_equal(np.bincount(first.train.labels_B), np.bincount(true.train.labels_B))
+  # The images (and their true class's pixel) do not move; only the labels do.
+  np.testing.assert_array_equal(first.train.images_BHWC, true.train.images_BHWC)
+  config.data.permute_train_labels, config.data.seed = True, 1
+  other = data_lib.prepare(config, ())
+  assert not np.array_equal(other.train.labels_B, first.train.labels_B)
+
+
+def test_training_stops_once_it_fits_and_a_rerun_trains_no_more(tmp_path, tiny_config, one_device_mesh):
+  from saliency_jax.training import train
+
+  config = tiny_config
+  config.train.epochs, config.train.stop_at_train_accuracy = 4, 0.01
+  result = train.train_and_evaluate(config, tmp_path, mesh=one_device_mesh)
+  assert result.epoch == 1 and len(result.metrics) == 1
+  assert train.train_and_evaluate(config, tmp_path, mesh=one_device_mesh).epoch == 1
+  config.train.stop_at_train_accuracy = 1.5
+  with pytest.raises(ConfigError, match="train.stop_at_train_accuracy"):
+    train.check_config(config, 1)
+
+
+def test_sanity_studies_on_a_trained_workdir_write_tables_and_figures_and_resume(tmp_path, tiny_config):
+  config = tiny_config
+  config.model.channels = (4, 8)
+  config.train.epochs = 1
+  config.single_pixel.enabled = False
+  s = config.sanity
+  s.studies = "cascading,class_sensitivity,input_invariance,label_randomization"
+  s.methods = ("gradient", "integrated_gradients(baseline='black', steps=4)", "gradcam_pos")
+  s.num_images, s.batch_size, s.strip_images, s.model_chunk = 6, 4, 1, 2
+  s.reference_workdir = str(tmp_path)  # itself: a stand-in for the true-label run
+  out = pipeline.run(config, tmp_path)["sanity"]
+  cascade = pd.DataFrame(out["cascading"])
+  steps = cascade[cascade.comparison == "randomized"]
+  assert list(steps[steps.method == "gradient"].layer) == ["none", "out", "conv2", "conv1"]
+  assert steps[steps.step == 0]["spearman_abs_mean"].tolist() == pytest.approx([1.0] * 3)
+  assert set(cascade.comparison) == {"randomized", "random_map", "edge_map"}
+  twin = pd.DataFrame(out["input_invariance"]).set_index(["method", "comparison"])
+  assert twin.loc[("gradient", "twin"), "max_relative_difference"] < 1e-4
+  assert twin.loc[("integrated_gradients", "twin"), "max_relative_difference"] > 1e-2  # black baseline, not shifted
+  assert twin.loc[("integrated_gradients", "twin_shifted_baseline"), "max_relative_difference"] < 1e-3
+  labels = pd.DataFrame(out["label_randomization"])
+  assert labels[labels.comparison == "random_vs_true_labels"]["ssim_mean"].tolist() == pytest.approx([1.0] * 3)
+  for study in ("cascading", "class_sensitivity", "input_invariance", "label_randomization"):
+    assert (tmp_path / "sanity" / f"{study}.csv").exists()
+    assert (tmp_path / "sanity" / f"{study}_strip0.png").exists()
+  assert (tmp_path / "sanity" / "cascading_curves.png").exists()
+  assert (tmp_path / "sanity" / "class_sensitivity_bars.png").exists()
+  # A rerun reads every method back instead of computing it again.
+  config.train.enabled = False
+  before = (tmp_path / "sanity" / "cascading.csv").read_text()
+  again = pipeline.run(config, tmp_path)["sanity"]
+  assert (tmp_path / "sanity" / "cascading.csv").read_text() == before
+  assert len(again["cascading"]) == len(out["cascading"])
+
+
+def test_sanity_settings_are_checked_with_the_field_named(tiny_config):
+  s = tiny_config.sanity
+  s.studies = "cascading,pixel_flipping"
+  with pytest.raises(ConfigError, match="sanity.studies"):
+    sanity.check_config(s)
+  s.studies = "label_randomization"
+  with pytest.raises(ConfigError, match="sanity.reference_workdir"):
+    sanity.check_config(s)
+  s.studies, s.methods = "cascading", ("gradient(steps=3)",)
+  with pytest.raises(ConfigError, match="steps"):
+    sanity.check_config(s)
