@@ -191,10 +191,7 @@ def _calibration_rows(ctx: Context, ident: dict, maps) -> list[dict]:
 def _randomization(ctx: Context, spec, study: str, extras: dict) -> list[dict]:
   sc = ctx.config.sanity
   params, batch_stats = ctx.variables["params"], ctx.variables.get("batch_stats", {})
-  order = randomization.layer_order(ctx.model, ctx.variables, (1, *ctx.images_u8.shape[1:]))
-  randomized = randomization.random_params(jax.random.fold_in(jax.random.key(sc.seed), 0), params, order,
-                                           sc.distribution, sc.scale)
-  which_SL = randomization.schedule(study, len(order))
+  order, randomized, which_SL = extras["order"], extras["randomized"], extras["which_SL"]
   x, t = extras["x"], extras["targets"]
   maps_S = ctx.maps.randomized_maps(spec, sc.output, params, randomized, order, which_SL, batch_stats, x, t,
                                     sc.model_chunk)
@@ -258,6 +255,11 @@ def _study_extras(ctx: Context, study: str) -> dict:
   x = np.asarray(ctx.normalization(jnp.asarray(ctx.images_u8)))
   fwd = ctx.maps.forward
   extras = {"x": x, "targets": ctx.maps.targets(fwd, x, sc.target, ctx.labels)}
+  if study in randomization.MODES:
+    order = randomization.layer_order(ctx.model, ctx.variables, (1, *x.shape[1:]))
+    extras.update(order=order, which_SL=randomization.schedule(study, len(order)),
+                  randomized=randomization.random_params(jax.random.fold_in(jax.random.key(sc.seed), 0),
+                                                         ctx.variables["params"], order, sc.distribution, sc.scale))
   if study == "class_sensitivity":
     extras["top"] = ctx.maps.targets(fwd, x, "top", ctx.labels)
     extras["bottom"] = ctx.maps.targets(fwd, x, "bottom", ctx.labels)
