@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from saliency_jax import models
 from saliency_jax.attribution import registry
 from saliency_jax.attribution.core import ModelForward, select_targets
 from saliency_jax.training.parallel import DATA_AXIS
@@ -39,7 +40,7 @@ class Explainer:
     self.mesh = jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
                               devices=devices)
     self._batch = NamedSharding(self.mesh, P(DATA_AXIS))
-    variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+    variables = models.model_variables(variables)
     self.forward = ModelForward(model, jax.device_put(variables, NamedSharding(self.mesh, P())))
     self.normalization = normalization
     self._compiled: dict[Any, Callable] = {}

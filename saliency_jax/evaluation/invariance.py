@@ -16,6 +16,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from saliency_jax import models
 from saliency_jax.attribution import core, integrated, registry
 from saliency_jax.models.common import InputShiftBias
 
@@ -51,7 +52,7 @@ def shifted_twin(model, variables, shift, input_shape) -> dict:
   """
   H, W, C = input_shape[-3:]
   c = shift_vector(shift, C)
-  variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+  variables = models.model_variables(variables)
   at = lambda image: _first_layer_output(model, variables, image)[0]
   added = at(jnp.broadcast_to(c, (1, H, W, C))) - at(jnp.zeros((1, H, W, C)))
   params = dict(variables["params"])

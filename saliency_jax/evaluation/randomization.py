@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from saliency_jax import models
 from saliency_jax.config_checks import require_choice, require_positive
 
 MODES = ("cascading", "independent")
@@ -50,7 +51,7 @@ def layer_order(model: nn.Module, variables, input_shape) -> list[str]:
     with nn.intercept_methods(record):
       return model.apply(v, x, train=False)
 
-  jax.eval_shape(forward, {k: variables[k] for k in ("params", "batch_stats") if k in variables},
+  jax.eval_shape(forward, models.model_variables(variables),
                  jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32))
   return order[::-1]
 

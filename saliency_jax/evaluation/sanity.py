@@ -35,6 +35,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from saliency_jax import data as data_lib
 from saliency_jax import files
+from saliency_jax import models
 from saliency_jax.attribution import Explainer, core
 from saliency_jax.config_checks import ConfigError, require_choice, require_non_negative, require_positive
 from saliency_jax.evaluation import grid, invariance, randomization, results, similarity
@@ -108,7 +109,7 @@ class MapRunner:
 
   def bind(self, variables) -> core.ModelForward:
     """Another set of variables of the same model (a twin, a reference run), replicated."""
-    variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+    variables = models.model_variables(variables)
     return core.ModelForward(self.model, jax.device_put(variables, NamedSharding(self.mesh, P())))
 
   def method(self, spec: grid.MethodSpec, output: str) -> Callable:
@@ -225,7 +226,7 @@ def _input_invariance(ctx: Context, spec, extras: dict) -> list[dict]:
   twin_maps = {"twin": ctx.maps.maps(spec, sc.output, extras["twin"], x2, t)}
   if invariance.takes_baseline(spec.name):
     baseline = dict(spec.options).get("baseline", "black")
-    if isinstance(baseline, str) and baseline not in ("uniform",):
+    if isinstance(baseline, str) and baseline != "uniform":  # a random baseline cannot be shifted alongside
       fn = invariance.shifted_baseline(ctx.maps.method(spec, sc.output), shift, ctx.normalization, baseline)
       twin_maps["twin_shifted_baseline"] = ctx.maps.maps(spec, sc.output, extras["twin"], x2, t, fn=fn,
                                                          tag="shifted_baseline")
@@ -358,7 +359,7 @@ def run(config, workdir, *, model=None, variables=None, epoch: int | None = None
                                                    data.source.test.images.shape[1:])
   tests = data.tests.get("pixel") or data_lib.prepare(config, conditions=("pixel",)).tests["pixel"]
   n = min(sc.num_images, len(tests.labels_B))
-  variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+  variables = models.model_variables(variables)
   runner = MapRunner(model, variables, data.normalization, sc.batch_size, sc.chunk_size,
                      jax.random.fold_in(jax.random.key(sc.seed), 2), devices)
   ctx = Context(config, model, variables, epoch, data.normalization, np.asarray(tests.images_BHWC[:n]),

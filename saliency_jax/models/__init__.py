@@ -75,6 +75,12 @@ def from_config(model_config, num_classes: int, dtype="float32") -> nn.Module:
   return create_model(model_config.name, num_classes=num_classes, dtype=dtype, **options)
 
 
+def model_variables(variables) -> dict:
+  """The collections a forward pass reads ('params', 'batch_stats'), without the taps'
+  bookkeeping ('intermediates', 'perturbations') or anything else a caller carries."""
+  return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+
+
 def init_variables(model: nn.Module, key: jax.Array, input_shape: Sequence[int]) -> dict:
   """Parameters (and BatchNorm statistics) for inputs of `input_shape` (B, H, W, C).
 
@@ -85,7 +91,7 @@ def init_variables(model: nn.Module, key: jax.Array, input_shape: Sequence[int])
   @jax.jit
   def init(key):
     variables = model.init({"params": key, "dropout": key}, jnp.zeros(input_shape, jnp.float32), train=False)
-    return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+    return model_variables(variables)
 
   return init(key)
 
@@ -130,6 +136,6 @@ def feature_gradients(model: nn.Module, variables: Variables, x_BHWC, names: Seq
 
 
 __all__ = [
-    "MODELS", "DTYPES", "create_model", "from_config", "init_variables", "count_params", "read_features",
-    "feature_names", "feature_gradients", "ResNet", "VGG", "MLP", "SmallCNN",
+    "MODELS", "DTYPES", "create_model", "from_config", "init_variables", "model_variables", "count_params",
+    "read_features", "feature_names", "feature_gradients", "ResNet", "VGG", "MLP", "SmallCNN",
 ]
