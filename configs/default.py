@@ -73,7 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.single_pixel.test_jitter = ((0.0, 0.0), (0.0, 5.0), (3.0, 5.0), (3.0, 3.0), (1.0, 3.0))  # (position, colour) sd
   config.single_pixel.batch_size = 250  # images per compiled call, split over the local devices
   config.single_pixel.chunk_size = 10  # IG path points per vectorised chunk (memory only; 0: whole path)
-  config.single_pixel.max_images = 0  # first N test images; 0: all
+  config.single_pixel.max_images = 0  # a class-balanced subset of N test images, drawn from data.seed; 0: all
   config.single_pixel.examples = 6  # images in examples.png; 0: no figure
 
   # The sanity checks (SPEC section 5) on the trained model: workdir/sanity/<study>.csv and figures.
@@ -100,7 +100,7 @@ def get_config() -> ml_collections.ConfigDict:
   )
   config.sanity.target = "predicted"  # predicted (by the trained model, then held fixed) | label
   config.sanity.output = "logit"  # logit | softmax
-  config.sanity.num_images = 100  # the first N test images (with the pixel, training's jitter)
+  config.sanity.num_images = 100  # a class-balanced subset of N test images from data.seed (with the pixel, training's jitter)
   config.sanity.batch_size = 50  # images per compiled call, split over the local devices
   config.sanity.chunk_size = 8  # IG path points per vectorised chunk (memory only)
   # Randomised models vectorised together in the one program that runs every step; 1 maps them one

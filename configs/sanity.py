@@ -1,5 +1,5 @@
 """The sanity checks on an already trained workdir: `--config=configs/sanity.py:BASE` with BASE one
-of resnet, vgg16, quickstart (the config the workdir was trained with). Trains nothing, runs no
+of resnet, vgg16, resnet_cpu, vgg16_cpu, quickstart (the config the workdir was trained with). Trains nothing, runs no
 single-pixel grid; runs the model-only studies (one with `--config.sanity.studies=cascading`).
 
     python -m saliency_jax.main --config=configs/sanity.py:resnet --workdir=workdirs/resnet18_seed0
@@ -7,7 +7,7 @@ single-pixel grid; runs the model-only studies (one with `--config.sanity.studie
 
 import importlib
 
-BASES = ("resnet", "vgg16", "quickstart", "default")
+BASES = ("resnet", "vgg16", "resnet_cpu", "vgg16_cpu", "quickstart", "default")
 
 
 def base_config(name: str):

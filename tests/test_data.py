@@ -232,3 +232,17 @@ def test_take_per_class_keeps_the_first_of_each_class():
                         np.asarray([0, 1, 0, 1, 0, 1, 0, 1, 2, 2, 2, 2], np.int32))
   kept = sources.take_per_class(split, 2)
   np.testing.assert_array_equal(kept.images.ravel(), [0, 1, 2, 3, 8, 9])
+
+
+def test_balanced_indices_are_seeded_class_balanced_and_every_prefix_is_too():
+  labels = np.repeat(np.arange(10), [100, 100, 100, 100, 100, 100, 100, 100, 100, 3])  # class 9 is short
+  idx = data.balanced_indices(labels, 100, seed=0)
+  assert len(idx) == len(set(idx)) == 100
+  counts = np.bincount(labels[idx], minlength=10)
+  assert counts[9] == 3 and set(counts[:9]) <= {10, 11}  # the short class gives way to the others
+  np.testing.assert_array_equal(np.bincount(labels[idx[:20]], minlength=10), [2] * 10)  # a prefix: balanced
+  np.testing.assert_array_equal(idx, data.balanced_indices(labels, 100, seed=0))
+  assert not np.array_equal(idx, data.balanced_indices(labels, 100, seed=1))
+  assert not np.all(np.diff(idx[labels[idx] == 0]) > 0)  # shuffled within a class, not the first N
+  np.testing.assert_array_equal(data.balanced_indices(labels, 0, seed=0), np.arange(len(labels)))
+  np.testing.assert_array_equal(data.balanced_indices(labels, 5000, seed=0), np.arange(len(labels)))

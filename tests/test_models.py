@@ -140,10 +140,25 @@ def test_feature_gradients_match_closed_form():
   np.testing.assert_array_equal(model.apply(variables, x), models.read_features(model, variables, x)["logits"])
 
 
-def test_feature_names_cover_the_gradcam_layers():
-  assert {"stem", "layer1", "layer4", "layer4.1", "pooled", "logits"} <= set(
-      models.feature_names(models.create_model("resnet18")))
-  assert {"conv5_3", "block5", "fc2"} <= set(models.feature_names(models.create_model("vgg16")))
+def test_layers_are_listed_in_the_order_the_network_computes_them():
+  # Alphabetical order would put 'layer4' before 'stem' and 'block5' before 'conv1_1'.
+  assert models.feature_names(models.create_model("resnet18")) == [
+      "stem", "layer1.0", "layer1.1", "layer1", "layer2.0", "layer2.1", "layer2", "layer3.0", "layer3.1", "layer3",
+      "layer4.0", "layer4.1", "layer4", "pooled", "logits"]
+  vgg = models.feature_names(models.create_model("vgg16"))
+  assert vgg[:3] == ["conv1_1", "conv1_2", "block1"] and vgg[-6:] == ["conv5_2", "conv5_3", "block5", "fc1", "fc2",
+                                                                     "logits"]
+  assert models.feature_names(models.create_model("small_cnn")) == ["features1", "features2", "logits"]
+
+
+@pytest.mark.parametrize("name, layer", [("resnet18", "layer4"), ("vgg16", "conv5_3"), ("small_cnn", "features2")])
+def test_the_default_cam_layer_is_the_last_computed_spatial_one(name, layer):
+  from saliency_jax.attribution import cam, core  # pylint: disable=g-import-not-at-top
+
+  model = models.create_model(name)
+  variables = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), (1, 32, 32, 3)))
+  forward = core.ModelForward(model, variables)
+  assert cam.default_layer(forward, jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)) == layer
 
 
 def test_bfloat16_compute_keeps_float32_parameters():

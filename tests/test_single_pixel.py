@@ -162,12 +162,18 @@ def test_grid_resumes_computing_only_missing_cells_and_evaluates_a_trained_workd
   results.write_rows(path, saved[:1] + saved[2:])  # as if killed before that cell
 
   calls = []
-  counts = run.CellRunner.counts
-  monkeypatch.setattr(run.CellRunner, "counts", lambda self, spec, target, *a: calls.append((spec.name, target))
-                      or counts(self, spec, target, *a))
+  outcomes = run.CellRunner.outcomes
+  monkeypatch.setattr(run.CellRunner, "outcomes", lambda self, spec, target, output, pix, *a: calls.append(
+      (spec.name, target, len(pix))) or outcomes(self, spec, target, output, pix, *a))
   config.train.enabled = False  # evaluate the newest checkpoint of the workdir
   again = pipeline.run(config, tmp_path)["single_pixel"]
-  assert calls == [("absolute_gradient", "label")]
+  # Only the missing cell, and of it only the images whose prediction differs from the label: the
+  # others' maps are the predicted target's, whose per-image outcomes the first run kept.
+  _, _, labels, _ = run.test_sets(out["train"].data, 0, 0.0, 0.0, max_images=40)
+  predicted_cell = next(r for r in saved if r["method"] == "absolute_gradient" and r["target"] == "predicted")
+  wrong = round(40 * (1 - float(predicted_cell["overall.withpix_model_accuracy"])))
+  assert 0 < wrong < 40, "the test needs a model that is neither always right nor always wrong"
+  assert calls == [("absolute_gradient", "label", wrong)]
   again_saved = results.read_rows(path)
   assert len(again_saved) == 4
   by_key = {results.cell_key(r): r for r in again_saved}
@@ -225,3 +231,21 @@ def test_aggregation_refuses_the_same_seed_twice(tmp_path):
   _fake_results(tmp_path / "b", 0, 0.4)
   with pytest.raises(ConfigError, match="share a model seed"):
     aggregate.summarize(aggregate.read_runs([str(tmp_path / "*")]))
+
+
+def test_the_label_cell_that_reuses_the_predicted_maps_equals_one_computed_alone(tmp_path, tiny_config):
+  # SmoothGrad needs a random key: the grid derives one per image from the model seed, so the
+  # two targets see the same noise and a rerun gives the same numbers.
+  config = _eval_config(tiny_config)
+  config.single_pixel.methods = ("gradient_x_input", "smoothgrad(samples=4)")
+  reused = {(r["method"], r["target"]): r for r in pipeline.run(config, tmp_path)["single_pixel"]}
+  assert 0 < float(reused["gradient_x_input", "predicted"]["overall.withpix_model_accuracy"]) < 1
+  (tmp_path / "single_pixel" / "results.csv").unlink()
+  for f in (tmp_path / "single_pixel" / "per_image").iterdir():
+    f.unlink()
+  config.train.enabled = False
+  config.single_pixel.targets = ("label", "predicted")  # now the label cells are computed whole
+  alone = {(r["method"], r["target"]): r for r in pipeline.run(config, tmp_path)["single_pixel"]}
+  for cell, row in reused.items():
+    for column in grid.METRIC_COLUMNS:
+      np.testing.assert_equal(float(alone[cell][column]), float(row[column]), err_msg=f"{cell} {column}")

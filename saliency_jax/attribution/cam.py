@@ -19,9 +19,12 @@ from saliency_jax.models.common import InputShiftBias
 
 
 def default_layer(forward, x_BHWC) -> str:
-  """The last spatial (B, h, w, C) layer the network computes: GradCAM's usual choice."""
+  """The last layer the network computes whose map is spatial, (B, h, w, C) with h * w > 1:
+  GradCAM's usual choice, the last convolutional block. A 1x1 map (VGG16's last max-pool on
+  32x32 inputs) has no spatial information, and its CAM would be constant. On 32x32 inputs:
+  resnet18 'layer4', vgg16 'conv5_3', small_cnn 'features2'."""
   shapes = forward.tap_shapes(x_BHWC)
-  spatial = [name for name, s in shapes.items() if len(s.shape) == 4]
+  spatial = [name for name, s in shapes.items() if len(s.shape) == 4 and s.shape[1] * s.shape[2] > 1]
   if not spatial:
     raise ConfigError(f"{type(forward.model).__name__} has no spatial layer for a CAM method")
   return spatial[-1]

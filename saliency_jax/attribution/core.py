@@ -85,8 +85,9 @@ class ModelForward:
     return list(self.tap_shapes(x_BHWC))
 
   def tap_shapes(self, x_BHWC):
-    """Shape and dtype of every tapped activation at inputs like `x_BHWC` (nothing is run)."""
-    return jax.eval_shape(lambda x: models.read_features(self.model, self.variables, x), x_BHWC)
+    """Shape and dtype of every tapped activation at inputs like `x_BHWC`, in computation order
+    (nothing is run)."""
+    return models.feature_shapes(self.model, self.variables, x_BHWC)
 
   def layer_and_gradient(self, x_BHWC, target_B, layer: str, output: str = "logit"):
     """The activation `layer` (a tap name, see `models.feature_names`) and the gradient of the

@@ -88,6 +88,25 @@ def permuted_labels(labels_B, key: jax.Array) -> jax.Array:
   return labels_B[jax.random.permutation(key, len(labels_B))]
 
 
+def balanced_indices(labels_N, n: int, seed: int) -> np.ndarray:
+  """`n` indices into `labels_N`, class-balanced and seeded: each class's images are shuffled by
+  `seed`, then taken round-robin over the classes (class 0's first, class 1's first, ...), so any
+  prefix is balanced too and a class with too few images gives way to the others. n <= 0 or
+  n >= N: every index, in order (the whole split, nothing left out)."""
+  labels_N = np.asarray(labels_N)
+  if n <= 0 or n >= len(labels_N):
+    return np.arange(len(labels_N))
+  rng = np.random.default_rng([seed, 7])
+  per_class = [rng.permutation(np.flatnonzero(labels_N == k)) for k in np.unique(labels_N)]
+  depth = max(len(p) for p in per_class)
+  # Rank r of every class before rank r + 1 of any: a (depth, classes) grid read row by row.
+  grid = np.full((depth, len(per_class)), -1)
+  for k, p in enumerate(per_class):
+    grid[:len(p), k] = p
+  order = grid.ravel()
+  return order[order >= 0][:n]
+
+
 def prepare(config, conditions=CONDITIONS) -> Prepared:
   """Load `config.data.source` and plant the pixel as `config.pixel` says.
 
@@ -113,6 +132,6 @@ def prepare(config, conditions=CONDITIONS) -> Prepared:
 
 __all__ = [
     "CONDITIONS", "VARIANTS", "SOURCES", "NORMALIZATIONS", "Normalization", "PixelSet", "PixelSpec", "Prepared",
-    "Source", "Split", "apply_condition", "channel_stats", "colour_code", "make_normalization", "make_spec",
+    "Source", "Split", "apply_condition", "balanced_indices", "channel_stats", "colour_code", "make_normalization", "make_spec",
     "permuted_labels", "prepare", "pixel", "sources",
 ]

@@ -8,9 +8,12 @@ the local devices; only counts come back.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import pathlib
 import time
+import zipfile
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +22,7 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from saliency_jax import data as data_lib
+from saliency_jax import files
 from saliency_jax.attribution import Explainer, display, registry
 from saliency_jax.data import pixel
 from saliency_jax.evaluation import grid, results, single_pixel
@@ -46,75 +50,154 @@ def method_fn(spec: grid.MethodSpec, output: str, normalization, chunk_size: int
 
 
 def importance_fn(spec: grid.MethodSpec, output: str, normalization, chunk_size: int = 0):
-  """`(forward, x, target) -> (B, H, W)`: the method's map, reduced over channels."""
+  """`(forward, x, target, **overrides) -> (B, H, W)`: the method's map, reduced over channels."""
   method = method_fn(spec, output, normalization, chunk_size)
-  return lambda forward, x_BHWC, target_B: display.reduce_channels(method(forward, x_BHWC, target_B),
-                                                                   spec.reduction)
+  return lambda forward, x_BHWC, target_B, **overrides: display.reduce_channels(
+      method(forward, x_BHWC, target_B, **overrides), spec.reduction)
+
+
+def needs_key(spec: grid.MethodSpec) -> bool:
+  return "key" in registry.options_of(spec.name) and "key" not in dict(spec.options)
+
+
+def cell_key(seed: int, spec: grid.MethodSpec, output: str) -> jax.Array:
+  """The random key of a method's cells (SmoothGrad, VarGrad, a uniform IG baseline): drawn from
+  the model seed and the method and output, not the target, so the two targets see the same noise;
+  image i of the test split gets `fold_in(this key, i)`, so its map does not depend on the batch it
+  came in, and a rerun gives the same numbers."""
+  label = f"{spec.label}|{spec.reduction}|{output}"
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 4), zlib.crc32(label.encode()))
+
+
+def test_indices(data: data_lib.Prepared, data_seed: int, max_images: int = 0) -> np.ndarray:
+  """Which test images a grid evaluates: all, or a class-balanced subset of `max_images` drawn
+  from the data seed (`data.balanced_indices`), the same for every jitter and model seed."""
+  return data_lib.balanced_indices(data.source.test.labels, max_images, data_seed)
 
 
 def test_sets(data: data_lib.Prepared, data_seed: int, position_sd: float, colour_sd: float, max_images: int = 0):
-  """The test images with the pixel and without it, under the test jitter, as numpy arrays.
-  The keys are those of training's test sets: jitter draws depend on the data seed alone."""
+  """The test images with the pixel and without it, under the test jitter, as numpy arrays: the
+  subset `test_indices` picks. The keys are those of training's test sets: jitter draws depend on
+  the data seed alone, and an image's draw does not depend on the subset."""
   data_key = jax.random.key(data_seed)
   split = data.source.test
   sets = {c: data_lib.apply_condition(split.images, split.labels, c, data.spec,
                                       pixel.condition_key(data_key, "test", c), position_sd=position_sd,
                                       colour_sd=colour_sd) for c in ("pixel", "nopix")}
-  n = max_images or len(split.labels)
+  keep = test_indices(data, data_seed, max_images)
   pix, nopix = sets["pixel"], sets["nopix"]
-  return (np.asarray(pix.images_BHWC[:n]), np.asarray(nopix.images_BHWC[:n]), np.asarray(pix.labels_B[:n]),
-          np.asarray(pix.location_B2[:n]))
+  return (np.asarray(pix.images_BHWC)[keep], np.asarray(nopix.images_BHWC)[keep], np.asarray(pix.labels_B)[keep],
+          np.asarray(pix.location_B2)[keep])
+
+
+def _bucket(n: int, batch_size: int, multiple: int) -> int:
+  """The batch shape for n images: `batch_size`, or for fewer the next power of two (rounded to
+  the devices), so a small remainder neither pays for a full batch nor compiles for every n."""
+  if n >= batch_size:
+    return batch_size
+  return min(batch_size, math.ceil(2 ** math.ceil(math.log2(max(n, 1))) / multiple) * multiple)
 
 
 class CellRunner:
   """Compiles one program per (method, target, output) and runs it over a test set in batches."""
 
-  def __init__(self, model, variables, normalization, batch_size: int, chunk_size: int = 0, devices=None):
+  def __init__(self, model, variables, normalization, batch_size: int, chunk_size: int = 0, devices=None,
+               seed: int = 0):
     # The Explainer's mesh and replicated forward: batches are split as its methods' are.
     explainer = Explainer(model, variables, normalization=normalization, devices=devices)
     self.mesh, self.forward = explainer.mesh, explainer.forward
     self.normalization = normalization
     self.batch_size = math.ceil(batch_size / self.mesh.size) * self.mesh.size
     self.chunk_size = chunk_size
+    self.seed = seed
     self._compiled = {}
 
-  def counts(self, spec: grid.MethodSpec, target: str, output: str, pix, nopix, labels, location) -> dict:
+  def _program(self, spec: grid.MethodSpec, target: str, output: str):
     key = (spec, target, output)
     if key not in self._compiled:
       importance = importance_fn(spec, output, self.normalization, self.chunk_size)
-      self._compiled[key] = jax.jit(lambda forward, *batch: single_pixel.batch_counts(
-          forward, self.normalization, importance, target, *batch))
-    fn = self._compiled[key]
+      if needs_key(spec):
+        base = cell_key(self.seed, spec, output)
+        keyed = lambda f, x, t, index_B: importance(f, x, t, key=jax.vmap(lambda i: jax.random.fold_in(base, i))(
+            index_B))
+      else:
+        keyed = lambda f, x, t, index_B: importance(f, x, t)
+
+      def program(forward, pix, nopix, labels, location, index_B):
+        return single_pixel.batch_outcomes(forward, self.normalization,
+                                           lambda f, x, t: keyed(f, x, t, index_B), target, pix, nopix, labels,
+                                           location)
+
+      self._compiled[key] = jax.jit(program)
+    return self._compiled[key]
+
+  def outcomes(self, spec: grid.MethodSpec, target: str, output: str, pix, nopix, labels, location,
+               index=None) -> dict[str, np.ndarray]:
+    """Per image (see `single_pixel.batch_outcomes`), as numpy arrays. `index`: each image's
+    index in the test split (its random key's; default 0..N-1)."""
+    fn = self._program(spec, target, output)
+    index = np.arange(len(labels)) if index is None else np.asarray(index)
+    batch_size = _bucket(len(labels), self.batch_size, self.mesh.size)
     sharding = NamedSharding(self.mesh, P(DATA_AXIS))
-    total = None
-    for start in range(0, len(labels), self.batch_size):
-      batch = [a[start:start + self.batch_size] for a in (pix, nopix, labels, location)]
-      n = len(batch[2])
-      pad = self.batch_size - n
-      valid = np.arange(self.batch_size) < n
+    parts = []
+    for start in range(0, len(labels), batch_size):
+      batch = [a[start:start + batch_size] for a in (pix, nopix, labels, location, index)]
+      pad = batch_size - len(batch[2])
       batch = [np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) if pad else a for a in batch]
-      args = jax.device_put([*batch, valid], sharding)
-      counts = fn(self.forward, *args)
-      # Summed on device; read once per cell, so batches dispatch back to back.
-      total = counts if total is None else jax.tree.map(jnp.add, total, counts)
-    return {k: int(v) for k, v in jax.device_get(total).items()}
+      # Dispatched back to back; read once, after the last batch.
+      parts.append((fn(self.forward, *jax.device_put(batch, sharding)), batch_size - pad))
+    parts = jax.device_get(parts)
+    return {k: np.concatenate([p[k][:n] for p, n in parts]) for k in parts[0][0]}
 
-  def maps(self, spec: grid.MethodSpec, target: str, output: str, pix, labels) -> np.ndarray:
+  def counts(self, spec: grid.MethodSpec, target: str, output: str, pix, nopix, labels, location) -> dict:
+    outcomes = self.outcomes(spec, target, output, pix, nopix, labels, location)
+    return {k: int(v) for k, v in single_pixel.counts_from_outcomes(outcomes, labels).items()}
+
+  def maps(self, spec: grid.MethodSpec, target: str, output: str, pix, labels, index=None) -> np.ndarray:
     """(B, H, W) importance maps of a few images, for the example figure."""
+    index = jnp.arange(len(labels)) if index is None else jnp.asarray(index)
     importance = importance_fn(spec, output, self.normalization, self.chunk_size)
+    base = cell_key(self.seed, spec, output)
 
-    def run(forward, pix, labels):
+    def run(forward, pix, labels, index):
       x = self.normalization(pix)
       t = jnp.argmax(forward(x), axis=-1) if target == "predicted" else labels
-      return importance(forward, x, t.astype(jnp.int32))
+      extra = {"key": jax.vmap(lambda i: jax.random.fold_in(base, i))(index)} if needs_key(spec) else {}
+      return importance(forward, x, t.astype(jnp.int32), **extra)
 
-    return np.asarray(jax.jit(run)(self.forward, jnp.asarray(pix), jnp.asarray(labels)))
+    return np.asarray(jax.jit(run)(self.forward, jnp.asarray(pix), jnp.asarray(labels), index))
+
+
+def _per_image_path(out_dir: pathlib.Path, key: tuple[str, ...]) -> pathlib.Path:
+  return out_dir / "per_image" / (hashlib.sha1("|".join(key).encode()).hexdigest()[:16] + ".npz")
+
+
+def _save_outcomes(path: pathlib.Path, outcomes: dict, index: np.ndarray) -> None:
+  with files.atomic_open(path, "wb") as f:
+    np.savez(f, index=index, **outcomes)
+
+
+def _load_outcomes(path: pathlib.Path, index: np.ndarray) -> dict | None:
+  """A finished cell's per-image outcomes, if saved for these very images; else None (a missing or
+  unreadable file only costs a recomputation)."""
+  try:
+    with np.load(path) as z:
+      if not np.array_equal(z["index"], index):
+        return None
+      return {k: z[k] for k in z.files if k != "index"}
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+    return None
 
 
 def evaluate(config, workdir: str | pathlib.Path, *, model=None, variables=None, epoch: int | None = None,
              data: data_lib.Prepared | None = None, devices=None) -> list[dict]:
   """Run the grid of `config.single_pixel` on the trained model in `workdir` (or the given
-  `model`/`variables` after `epoch` epochs). Returns this grid's rows, computed or read back."""
+  `model`/`variables` after `epoch` epochs). Returns this grid's rows, computed or read back.
+
+  No map is computed twice: where the model's prediction equals the label, the two targets
+  explain the same class, so the second target's cell reuses the first one's per-image outcomes
+  (kept in `single_pixel/per_image/`) and computes only the images where they differ.
+  """
   from saliency_jax.training import train  # pylint: disable=g-import-not-at-top
 
   sp = config.single_pixel
@@ -128,11 +211,12 @@ def evaluate(config, workdir: str | pathlib.Path, *, model=None, variables=None,
   results_path = out_dir / "results.csv"
   all_rows = results.read_rows(results_path)
   done = {results.cell_key(r): r for r in all_rows}
-  runner = CellRunner(model, variables, data.normalization, sp.batch_size, sp.chunk_size, devices)
+  runner = CellRunner(model, variables, data.normalization, sp.batch_size, sp.chunk_size, devices, seed=config.seed)
   write = jax.process_index() == 0
+  index = test_indices(data, config.data.seed, sp.max_images)
 
   cells = [(j, m, t, o) for j in sp.test_jitter for m in methods for t in sp.targets for o in sp.outputs]
-  rows, computed = [], 0
+  rows, computed, reused, memory = [], 0, 0, {}
   sets = {}
   for i, (jitter, spec, target, output) in enumerate(cells):
     position_sd, colour_sd = float(jitter[0]), float(jitter[1])
@@ -151,27 +235,48 @@ def evaluate(config, workdir: str | pathlib.Path, *, model=None, variables=None,
       rows.append(done[key])
       continue
     t0 = time.perf_counter()
-    metrics = single_pixel.metrics_from_counts(runner.counts(spec, target, output, pix, nopix, labels, location))
+    # The other target's outcomes of this (jitter, method, output), if that cell is done.
+    other = next((t for t in sp.targets if t != target), None)
+    other_key = results.cell_key({**ident, "target": other})
+    prior = other and (memory.get(other_key) or (jax.process_count() == 1 and _load_outcomes(
+        _per_image_path(out_dir, other_key), index)))
+    if prior:
+      outcomes = {k: v.copy() for k, v in prior.items()}
+      differ = np.flatnonzero(prior["predicted"] != labels)
+      if differ.size:
+        sub = runner.outcomes(spec, target, output, pix[differ], nopix[differ], labels[differ], location[differ],
+                              index[differ])
+        for k, v in sub.items():
+          outcomes[k][differ] = v
+      reused += len(labels) - differ.size
+    else:
+      outcomes = runner.outcomes(spec, target, output, pix, nopix, labels, location, index)
+    counts = {k: int(v) for k, v in single_pixel.counts_from_outcomes(outcomes, labels).items()}
+    metrics = single_pixel.metrics_from_counts(counts)
     seconds = time.perf_counter() - t0
     row = {**ident, "num_missed": metrics["overall.attribution_incorrect"], **metrics, "seconds": round(seconds, 2)}
     rows.append(row)
     all_rows.append(row)
     done[key] = row
     computed += 1
+    memory = {key: outcomes}  # every process holds it: the next cell may be this one's other target
     if write:
+      _save_outcomes(_per_image_path(out_dir, key), outcomes, index)
       results.write_rows(results_path, all_rows)
     logging.info("single-pixel cell %d/%d  test jitter (%g, %g)  %s  target=%s output=%s: pointing %.1f%%, "
-                 "%d missed  (%.1f s, %.0f img/s)", i + 1, len(cells), position_sd, colour_sd, spec.label, target,
+                 "%d missed  (%.1f s, %.0f img/s%s)", i + 1, len(cells), position_sd, colour_sd, spec.label, target,
                  output, 100 * metrics["overall.attribution_correct_accuracy"], row["num_missed"], seconds,
-                 len(labels) / seconds)
-  logging.info("single-pixel grid: %d cells, %d computed, %d read from %s", len(cells), computed,
-               len(cells) - computed, results_path)
+                 len(labels) / seconds, f"; {len(labels) - differ.size} maps reused from target={other}" if prior
+                 else "")
+  logging.info("single-pixel grid: %d cells, %d computed (%d image maps reused across targets), %d read from %s",
+               len(cells), computed, reused, len(cells) - computed, results_path)
 
   if write and sp.examples and (computed or not (out_dir / "examples.png").exists()):
     from saliency_jax.evaluation import figures  # pylint: disable=g-import-not-at-top
     pix, _, labels, location = sets[sp.test_jitter[0]]
     n = min(sp.examples, len(labels))
-    maps = {spec.label: runner.maps(spec, sp.targets[0], sp.outputs[0], pix[:n], labels[:n]) for spec in methods}
+    maps = {spec.label: runner.maps(spec, sp.targets[0], sp.outputs[0], pix[:n], labels[:n], index[:n])
+            for spec in methods}
     figures.examples(out_dir / "examples.png", pix[:n], labels[:n], location[:n], maps,
                      title=f"{config.model.name}, target={sp.targets[0]}, output={sp.outputs[0]}, "
                            f"test jitter {tuple(sp.test_jitter[0])}")

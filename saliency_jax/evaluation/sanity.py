@@ -358,12 +358,12 @@ def run(config, workdir, *, model=None, variables=None, epoch: int | None = None
     model, variables, epoch = train.restore_latest(config, workdir, data.num_classes,
                                                    data.source.test.images.shape[1:])
   tests = data.tests.get("pixel") or data_lib.prepare(config, conditions=("pixel",)).tests["pixel"]
-  n = min(sc.num_images, len(tests.labels_B))
+  keep = data_lib.balanced_indices(tests.labels_B, sc.num_images, config.data.seed)
   variables = models.model_variables(variables)
   runner = MapRunner(model, variables, data.normalization, sc.batch_size, sc.chunk_size,
                      jax.random.fold_in(jax.random.key(sc.seed), 2), devices)
-  ctx = Context(config, model, variables, epoch, data.normalization, np.asarray(tests.images_BHWC[:n]),
-                np.asarray(tests.labels_B[:n]), data.num_classes, runner, workdir / "sanity")
+  ctx = Context(config, model, variables, epoch, data.normalization, np.asarray(tests.images_BHWC)[keep],
+                np.asarray(tests.labels_B)[keep], data.num_classes, runner, workdir / "sanity")
   out = {}
   for study in studies_of(sc):
     t0 = time.perf_counter()

@@ -2,7 +2,7 @@
 
 For each image: the importance map's maximal pixels (all of them, when tied) either include the
 discriminative pixel (a hit) or not (a miss). Five more versions of the image go through the model
-in one stacked forward pass; only per-batch sums leave the device.
+in one stacked forward pass; only a few integers per image leave the device.
 """
 
 from __future__ import annotations
@@ -41,32 +41,51 @@ def image_versions(pix_BHWC, nopix_BHWC, pixel_BHW, attributed_BHW) -> dict[str,
   }
 
 
-def batch_counts(forward: Callable, normalization: Callable, importance: Callable, target: str, pix_BHWC,
-                 nopix_BHWC, labels_B, location_B2, valid_B) -> dict[str, jax.Array]:
-  """Counts for one batch of uint8 images; `valid_B` masks padding.
+def batch_outcomes(forward: Callable, normalization: Callable, importance: Callable, target: str, pix_BHWC,
+                   nopix_BHWC, labels_B, location_B2) -> dict[str, jax.Array]:
+  """What happened to each image of a batch of uint8 images, all on device.
 
   `importance(forward, x_BHWC, target_B) -> (B, H, W)`: the method's map reduced over channels.
-  `target`: 'predicted' (the argmax at the input) or 'label'.
+  `target`: 'predicted' (the argmax at the input) or 'label'. Returns per image: `predicted`
+  (B,), the model's class at the input; `hit` (B,), whether the planted pixel is among the
+  attributed ones; `versions` (B, len(VERSIONS)), the model's class on each image version.
   """
   x = normalization(pix_BHWC)
-  predicted = jnp.argmax(forward(x), axis=-1)
-  target_B = predicted if target == "predicted" else labels_B
-  attributed = pointing_mask(importance(forward, x, target_B.astype(jnp.int32)))
+  predicted = jnp.argmax(forward(x), axis=-1).astype(jnp.int32)
+  target_B = predicted if target == "predicted" else jnp.asarray(labels_B, jnp.int32)
+  attributed = pointing_mask(importance(forward, x, target_B))
   pixel = location_mask(location_B2, pix_BHWC.shape[1:3])
   hit = jnp.any(attributed & pixel, axis=(1, 2))
   versions = image_versions(pix_BHWC, nopix_BHWC, pixel, attributed)
   stacked = jnp.concatenate(list(versions.values()))
   predictions = jnp.argmax(forward(normalization(stacked)), axis=-1).reshape(len(VERSIONS), -1)
+  return {"predicted": predicted, "hit": hit, "versions": predictions.T.astype(jnp.int32)}
+
+
+def counts_from_outcomes(outcomes: dict, labels_B, valid_B=None) -> dict:
+  """The counts SPEC section 4's columns are made of, over the images `valid_B` selects (all when
+  None). Works on device arrays inside a program and on numpy arrays alike."""
+  labels_B = jnp.asarray(labels_B)
+  predicted, hit = outcomes["predicted"], outcomes["hit"]
+  valid_B = jnp.ones(hit.shape, bool) if valid_B is None else valid_B
   missed = valid_B & ~hit
   count = lambda mask: jnp.sum(mask, dtype=jnp.int32)
   counts = {"images": count(valid_B), "attribution_correct": count(valid_B & hit), "missed": count(missed),
             "withpix_correct": count(valid_B & (predicted == labels_B)),
             "missed_withpix_correct": count(missed & (predicted == labels_B))}
-  for name, p in zip(VERSIONS, predictions):
+  for i, name in enumerate(VERSIONS):
+    p = outcomes["versions"][:, i]
     counts[f"{name}_correct"] = count(valid_B & (p == labels_B))
     counts[f"missed_{name}_correct"] = count(missed & (p == labels_B))
     counts[f"missed_{name}_preserved"] = count(missed & (p == predicted))
   return counts
+
+
+def batch_counts(forward: Callable, normalization: Callable, importance: Callable, target: str, pix_BHWC,
+                 nopix_BHWC, labels_B, location_B2, valid_B) -> dict[str, jax.Array]:
+  """`batch_outcomes` summed over the images `valid_B` selects (it masks padding)."""
+  outcomes = batch_outcomes(forward, normalization, importance, target, pix_BHWC, nopix_BHWC, labels_B, location_B2)
+  return counts_from_outcomes(outcomes, labels_B, valid_B)
 
 
 def metrics_from_counts(counts: dict) -> dict[str, float]:

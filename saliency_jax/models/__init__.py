@@ -107,11 +107,25 @@ def read_features(model: nn.Module, variables: Variables, x_BHWC, train: bool = 
   return {name: value[0] for name, value in state["intermediates"].items()}
 
 
+def feature_shapes(model: nn.Module, variables: Variables, x_BHWC) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shape and dtype of every tapped activation, in the order the network computes them
+  (nothing is run). `jax.eval_shape` hands dicts back with sorted keys, so the order is read
+  from the trace, where flax records taps as they are sown."""
+  order = []
+
+  def values(v, x):
+    feats = read_features(model, v, x)
+    order[:] = list(feats)
+    return [feats[n] for n in order]
+
+  shapes = jax.eval_shape(values, variables, x_BHWC)
+  return dict(zip(order, shapes))
+
+
 def feature_names(model: nn.Module, input_shape: Sequence[int] = (1, 32, 32, 3)) -> list[str]:
-  """Names of the tapped activations, sorted (computed from shapes only, nothing is run)."""
-  shapes = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), input_shape))
-  feats = jax.eval_shape(lambda v: read_features(model, v, jnp.zeros(input_shape)), shapes)
-  return list(feats)
+  """Names of the tapped activations, in the order the network computes them (from shapes only)."""
+  variables = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), input_shape))
+  return list(feature_shapes(model, variables, jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)))
 
 
 def feature_gradients(model: nn.Module, variables: Variables, x_BHWC, names: Sequence[str],
@@ -137,5 +151,5 @@ def feature_gradients(model: nn.Module, variables: Variables, x_BHWC, names: Seq
 
 __all__ = [
     "MODELS", "DTYPES", "create_model", "from_config", "init_variables", "model_variables", "count_params",
-    "read_features", "feature_names", "feature_gradients", "ResNet", "VGG", "MLP", "SmallCNN",
+    "read_features", "feature_shapes", "feature_names", "feature_gradients", "ResNet", "VGG", "MLP", "SmallCNN",
 ]
