@@ -17,6 +17,7 @@ SANITY_SEED=${SANITY_SEED:-0}
 JITTER=${JITTER:-"((3.0, 5.0),)"}
 JITTER_IMAGES=${JITTER_IMAGES:-500}
 mkdir -p "$OUT/logs"
+git rev-parse --short HEAD > "$OUT/COMMIT" 2>/dev/null || true  # the report names the commit the runs used
 DATA_FLAGS=(--config.data.source=folder --config.data.path="$DATA")
 
 stage() {  # name command...: its log in OUT_DIR/logs/NAME.log; a rerun resumes it

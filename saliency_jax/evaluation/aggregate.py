@@ -102,8 +102,6 @@ def write_summary(summary: pd.DataFrame, out_dir: str | pathlib.Path) -> dict[st
   return paths
 
 
-_WORKDIRS = flags.DEFINE_list("workdirs", None, "Run folders or glob patterns (quote them).")
-_OUT = flags.DEFINE_string("out", None, "Where summary.csv, summary.md and the figure go.")
 
 
 def main(argv):
@@ -116,5 +114,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Defined here, not on import: saliency_jax.report imports this module and has flags of these names.
+  _WORKDIRS = flags.DEFINE_list("workdirs", None, "Run folders or glob patterns (quote them).")
+  _OUT = flags.DEFINE_string("out", None, "Where summary.csv, summary.md and the figure go.")
   flags.mark_flags_as_required(["workdirs", "out"])
   app.run(main)

@@ -1,0 +1,306 @@
+"""The experiment's report, rebuilt from finished (or partly finished) workdirs:
+
+  python -m saliency_jax.report --workdirs='workdirs/cpu/*_seed*' --out=docs
+
+writes `OUT/results.md` and its figures under `OUT/results/`: model accuracies, pointing accuracy
+per method x target x output x test jitter, additive and subtractive importance on the misses, the
+sanity checks, example maps, and the wall time of every stage, all read from the workdirs
+(`metrics.csv`, `single_pixel/results.csv`, `sanity/*.csv`), so rerunning it after a change or after
+more runs finished regenerates the same document. Whatever a workdir does not have yet is said, not
+skipped silently. `--notes=FILE` adds a hand-written reading of the numbers as the last section.
+"""
+
+from __future__ import annotations
+
+import glob
+import pathlib
+import shutil
+
+import numpy as np
+import pandas as pd
+from absl import app, flags, logging
+from ml_collections import ConfigDict
+
+from saliency_jax import files
+from saliency_jax.config_checks import ConfigError
+from saliency_jax.evaluation import aggregate, figures, similarity
+from saliency_jax.training.metrics import read_csv
+
+CONDITIONS = {"test_pixel_accuracy": "with pixel", "test_nopix_accuracy": "without pixel",
+              "test_conflict_accuracy": "conflicting pixel"}
+HUES = (("predicted", "softmax"), ("predicted", "logit"), ("label", "softmax"), ("label", "logit"))
+IMPORTANCE = {"attribution_incorrect.blackbg_withpix_model_accuracy": "add: pix",
+              "attribution_incorrect.blackbg_withattrpix_model_accuracy": "add: attr",
+              "attribution_incorrect.truebg_withblackpix_model_accuracy": "sub: pix",
+              "attribution_incorrect.truebg_withblackattrpix_model_accuracy": "sub: attr"}
+POINTING = "overall.attribution_correct_accuracy"
+
+
+def _pct(mean, std=float("nan"), n=None) -> str:
+  if pd.isna(mean):
+    return "–"
+  text = f"{100 * mean:.1f}" + ("" if pd.isna(std) else f" ({100 * std:.1f})")
+  return text + ("" if n is None else f" [{n}]")
+
+
+def _model_seed(workdir: pathlib.Path) -> tuple[str, int]:
+  """'resnet18_seed2' -> ('resnet18', 2): the launchers' naming."""
+  model, _, seed = workdir.name.rpartition("_seed")
+  return model, int(seed) if seed.isdigit() else -1
+
+
+def training_table(workdirs: list[pathlib.Path]) -> tuple[pd.DataFrame, str]:
+  """Per run: epochs, final test accuracies, training time; and the markdown with means over seeds."""
+  rows = []
+  for w in workdirs:
+    metrics = read_csv(w / "metrics.csv")
+    model, seed = _model_seed(w)
+    if not metrics:
+      rows.append({"model": model, "seed": seed, "epochs": 0})
+      continue
+    last = metrics[-1]
+    rows.append({"model": model, "seed": seed, "epochs": int(last["epoch"]),
+                 "train accuracy": float(last["train_accuracy"]),
+                 **{c: float(last[c]) for c in CONDITIONS if c in last},
+                 "train seconds": sum(float(r["epoch_seconds"]) for r in metrics),
+                 "images/s": float(np.median([float(r["images_per_sec"]) for r in metrics]))})
+  runs = pd.DataFrame(rows)
+  lines = ["| model | seeds | epochs | train acc. | " + " | ".join(f"test: {v}" for v in CONDITIONS.values())
+           + " | training time |", "|---" * (5 + len(CONDITIONS)) + "|"]
+  for model, block in runs.groupby("model", sort=False):
+    block = block[block["epochs"] > 0]
+    if block.empty:
+      lines.append(f"| {model} | – | not trained yet |" + " |" * (2 + len(CONDITIONS)))
+      continue
+    accs = [_pct(block[c].mean(), block[c].std(ddof=1)) if c in block else "–"
+            for c in ("train accuracy", *CONDITIONS)]
+    lines.append(f"| {model} | {' '.join(map(str, block['seed']))} | {' '.join(map(str, block['epochs']))} | "
+                 + " | ".join(accs) + f" | {block['train seconds'].mean() / 60:.0f} min per seed "
+                 f"({block['images/s'].median():.0f} img/s) |")
+  per_seed = ["", "Per seed (with / without / conflicting pixel, %): " + "; ".join(
+      f"{r.model} seed {r.seed}: " + " / ".join(f"{100 * getattr(r, c.replace(' ', '_'), np.nan):.1f}"
+                                                for c in CONDITIONS)
+      for r in runs[runs["epochs"] > 0].rename(columns=lambda c: c.replace(" ", "_")).itertuples()) + "."]
+  waiting = runs[runs["epochs"] == 0]
+  if len(waiting):
+    per_seed.append("Runs not trained yet: " + ", ".join(f"{r.model} seed {r.seed}" for r in waiting.itertuples())
+                    + ".")
+  return runs, "\n".join(lines + per_seed)
+
+
+def pointing_tables(summary: pd.DataFrame, runs: pd.DataFrame) -> str:
+  """Pointing accuracy, mean (std) over seeds, a column per target/output; one table per model x jitter."""
+  parts = []
+  for (model, pos, col), block in summary.groupby(["model", "test_position_sd", "test_colour_sd"], sort=False):
+    mine = runs[(runs["model"] == model) & (runs["test_position_sd"] == pos) & (runs["test_colour_sd"] == col)]
+    n_images = ", ".join(sorted({str(int(v)) for v in mine["num_images"]}))
+    lines = [f"**{model}, test jitter (position sd {pos:g}, colour sd {col:g})**, {n_images} test images per seed, "
+             f"seeds {block['model_seeds'].iloc[0]}", "",
+             "| method | " + " | ".join(f"{t} / {o}" for t, o in HUES) + " |", "|---" * 5 + "|"]
+    for method, sub in block.groupby("method_label", sort=False):
+      cells = []
+      for t, o in HUES:
+        hit = sub[(sub["target"] == t) & (sub["output"] == o)]
+        cells.append(_pct(hit[f"{POINTING} mean"].iloc[0], hit[f"{POINTING} std"].iloc[0]) if len(hit) else "–")
+      lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    parts.append("\n".join(lines))
+  return "\n\n".join(parts)
+
+
+def importance_tables(runs: pd.DataFrame) -> str:
+  """Additive and subtractive accuracies on each method's misses: mean (std) [seeds averaged]."""
+  parts = []
+  group = ["model", "test_position_sd", "test_colour_sd"]
+  for (model, pos, col), block in runs.groupby(group, sort=False):
+    lines = [f"**{model}, test jitter ({pos:g}, {col:g})**", "",
+             "| method | target / output | missed (mean) | " + " | ".join(IMPORTANCE.values()) + " |",
+             "|---" * (3 + len(IMPORTANCE)) + "|"]
+    for (method, target, output), sub in block.groupby(["method_label", "target", "output"], sort=False):
+      cells = []
+      for c in IMPORTANCE:
+        v = sub[c].astype(float)
+        cells.append(_pct(v.mean(), v.std(ddof=1), n=int(v.notna().sum())))
+      lines.append(f"| {method} | {target} / {output} | {sub['overall.attribution_incorrect'].astype(float).mean():.1f} | "
+                   + " | ".join(cells) + " |")
+    parts.append("\n".join(lines))
+  return "\n\n".join(parts)
+
+
+def sanity_tables(workdirs: list[pathlib.Path]) -> tuple[str, list[pathlib.Path]]:
+  """Spearman |map| per study; returns the markdown and the figures found."""
+  parts, found = [], []
+  for w in workdirs:
+    for study in ("cascading", "independent", "class_sensitivity", "input_invariance"):
+      path = w / "sanity" / f"{study}.csv"
+      if not path.exists():
+        continue
+      df = pd.read_csv(path, dtype={"method_options": str})
+      df["method_options"] = df["method_options"].fillna("")
+      df["method_label"] = df["method"] + df["method_options"].map(lambda o: f"({o})" if o else "")
+      metric = "spearman_abs_mean"
+      calib = df[df["comparison"] == "random_map"].set_index("method_label")[metric]
+      head = f"**{w.name}: {study}**, Spearman rank correlation of |map| (mean over {df['num_images'].iloc[0]} images)"
+      if study in ("cascading", "independent"):
+        steps = df[df["comparison"] == "randomized"].copy()
+        steps["step"] = steps["step"].astype(int)
+        layers = ["trained" if l == "none" else l for l in steps.drop_duplicates("step").sort_values("step")["layer"]]
+        table = steps.pivot_table(index="method_label", columns="step", values=metric, sort=False)
+        lines = [head + "; a column per re-initialised layer" + (" (cumulative, from the logits down)"
+                                                                  if study == "cascading" else " (alone)"), "",
+                 "| method | " + " | ".join(layers) + " | random map |", "|---" * (len(layers) + 2) + "|"]
+        for method, values in table.iterrows():
+          lines.append(f"| {method} | " + " | ".join(f"{v:.2f}" for v in values) + f" | {calib.get(method, np.nan):.2f} |")
+      else:
+        rows = df[~df["comparison"].isin(("random_map", "edge_map"))]
+        comparisons = list(dict.fromkeys(rows["comparison"]))
+        lines = [head, "", "| method | " + " | ".join(comparisons) + " | random map |", "|---" * (len(comparisons) + 2) + "|"]
+        for method, sub in rows.groupby("method_label", sort=False):
+          values = sub.set_index("comparison")[metric]
+          lines.append(f"| {method} | " + " | ".join(f"{values.get(c, np.nan):.2f}" for c in comparisons)
+                       + f" | {calib.get(method, np.nan):.2f} |")
+      parts.append("\n".join(lines))
+      found += sorted((w / "sanity").glob(f"{study}_curves.png")) + sorted((w / "sanity").glob(f"{study}_strip0.png"))
+  return "\n\n".join(parts), found
+
+
+def wall_times(workdirs: list[pathlib.Path], runs: pd.DataFrame | None) -> str:
+  """Seconds per stage, from what each workdir recorded (sums over resumed runs too)."""
+  lines = ["| run | stage | wall time |", "|---|---|---|"]
+  for w in workdirs:
+    metrics = read_csv(w / "metrics.csv")
+    if metrics:
+      lines.append(f"| {w.name} | training, {len(metrics)} epochs | "
+                   f"{sum(float(r['epoch_seconds']) for r in metrics) / 60:.1f} min |")
+    if runs is not None:
+      mine = runs[runs["workdir"] == str(w)]
+      for (pos, col, n), block in mine.groupby(["test_position_sd", "test_colour_sd", "num_images"], sort=False):
+        ig = block[block["method"] == "integrated_gradients"]["seconds"].astype(float)
+        lines.append(f"| {w.name} | grid, jitter ({pos:g}, {col:g}), {n} images, {len(block)} cells | "
+                     f"{block['seconds'].astype(float).sum() / 60:.1f} min (IG cells {ig.sum() / 60:.1f} min) |")
+    for path in sorted((w / "sanity").glob("*.csv")):
+      seconds = pd.read_csv(path).drop_duplicates(["method", "method_options"])["seconds"].astype(float).sum()
+      lines.append(f"| {w.name} | sanity: {path.stem} | {seconds / 60:.1f} min |")
+  return "\n".join(lines)
+
+
+def config_differences(base: str, variant: str) -> str:
+  """The fields `variant` (configs/<variant>.py) sets differently from `base`: derived, not written."""
+  import importlib  # pylint: disable=g-import-not-at-top
+
+  flat = lambda c, p="": {k2: v2 for k, v in c.items() for k2, v2 in (
+      flat(v, f"{p}{k}.").items() if isinstance(v, ConfigDict) else {f"{p}{k}": v}.items())}
+  a = flat(importlib.import_module(f"configs.{base}").get_config())
+  b = flat(importlib.import_module(f"configs.{variant}").get_config())
+  rows = [f"| `{k}` | {a.get(k)!r} | {b.get(k)!r} |" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+  return "\n".join([f"| field | paper (`configs/{base}.py`) | here (`configs/{variant}.py`) |", "|---|---|---|", *rows])
+
+
+def _copy_figure(src: pathlib.Path, dst: pathlib.Path, max_bytes: int = 300_000) -> pathlib.Path | None:
+  """Copied as is when small enough, else re-encoded at a lower resolution until it is."""
+  dst.parent.mkdir(parents=True, exist_ok=True)
+  if src.stat().st_size <= max_bytes:
+    shutil.copyfile(src, dst)
+    return dst
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  image = plt.imread(src)
+  for step in (2, 3, 4):
+    plt.imsave(dst, image[::step, ::step])
+    if dst.stat().st_size <= max_bytes:
+      return dst
+  logging.warning("%s stays over %d bytes; left out", src, max_bytes)
+  dst.unlink()
+  return None
+
+
+def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", commit: str = "") -> pathlib.Path:
+  fig_dir = out / "results"
+  fig_dir.mkdir(parents=True, exist_ok=True)
+  runs_table, training_md = training_table(workdirs)
+  try:
+    runs = aggregate.read_runs([str(w) for w in workdirs])
+    summary = aggregate.summarize(runs)
+  except ConfigError:
+    runs = summary = None
+  runs_lookup = runs.assign(method_label=runs["method"] + runs["method_options"].map(
+      lambda o: f"({o})" if o else "")) if runs is not None else None
+
+  md = ["# Results: the single-pixel experiment on a 2-core CPU", "",
+        "Generated by `python -m saliency_jax.report` from the workdirs; do not edit by hand (rerun it).", "",
+        "**Scale.** Trained and evaluated on a 2-core CPU without a GPU, at the reduced scale of "
+        "`configs/resnet_cpu.py` / `configs/vgg16_cpu.py` (table below): a short schedule that stops once the model "
+        "has taken the shortcut, and the single-pixel grid on class-balanced test subsets rather than all 10,000 "
+        "images. The data is the JPEG re-encoded CIFAR-10 copy (all 60,000 images). No column comes from a GPU run.",
+        ""]
+  if commit:
+    md += [f"Runs made at commit `{commit}`.", ""]
+  md += ["## What differs from the paper", "", config_differences("resnet", "resnet_cpu"), "",
+         "`launch/reproduce_cpu.sh` adds a second grid at test jitter (3, 5) on 500 images per seed, and runs "
+         "the sanity checks on seed 0 of each model.", "",
+         "## Models", "", "Test accuracy (%) after the last epoch, mean (std over seeds; sample std).", "",
+         training_md, ""]
+  figures_md = []
+  if summary is not None:
+    md += ["## Pointing accuracy", "",
+           "How often the map's maximum (all tied pixels) includes the planted pixel, % as mean (std) over seeds. "
+           "Channel reduction: the signed mean over RGB (for `absolute_gradient` the mean of absolute values).",
+           "", pointing_tables(summary, runs), "",
+           "## Importance of the pixel a method chose instead (on its misses)", "",
+           "On the images where a method missed the planted pixel: the model's accuracy on a black image carrying "
+           "only the planted pixel (add: pix) or only the attributed pixel(s) (add: attr), and on the image with "
+           "that pixel set black (sub: pix, sub: attr). % as mean (std) [seeds averaged]. **Convention:** a seed "
+           "with no misses for a method has no value and is left out of the mean, so `[n]` counts the seeds that "
+           "had misses; `–` means no seed had any. The original code wrote 0 for such a seed and averaged it in.",
+           "", importance_tables(runs_lookup), ""]
+    for model, block in summary.groupby("model", sort=False):
+      path = fig_dir / f"pointing_accuracy_{model}.png"
+      figures.pointing_bars(path, block, title=f"{model}: pointing accuracy, mean (std) over model seeds")
+      figures_md.append(f"![pointing accuracy, {model}](results/{path.name})")
+  else:
+    md += ["## Pointing accuracy", "", "No single-pixel results yet.", ""]
+  for w in workdirs:
+    src = w / "single_pixel" / "examples.png"
+    if src.exists() and _model_seed(w)[1] == min(s for m, s in map(_model_seed, workdirs) if m == _model_seed(w)[0]):
+      dst = _copy_figure(src, fig_dir / f"examples_{w.name}.png")
+      if dst:
+        figures_md.append(f"![example maps, {w.name}](results/{dst.name})")
+  sanity_md, sanity_figs = sanity_tables(workdirs)
+  md += ["## Sanity checks", "", sanity_md or "No sanity results yet.", ""]
+  for src in sanity_figs:
+    dst = _copy_figure(src, fig_dir / f"{src.parent.parent.name}_{src.name}")
+    if dst:
+      figures_md.append(f"![{dst.stem}](results/{dst.name})")
+  md += ["## Figures", "", *[f + "\n" for f in figures_md], "## Wall time per stage", "",
+         "On this machine (2 CPU cores), summed over resumed runs.", "", wall_times(workdirs, runs), "",
+         "## Commands", "", "```bash",
+         "launch/reproduce_cpu.sh ../shared/data/cifar10-jpeg workdirs/cpu   # everything; a rerun resumes",
+         "python -m saliency_jax.report --workdirs='workdirs/cpu/*_seed*' --out=docs --notes=docs/results_notes.md",
+         "```", ""]
+  if notes:
+    md += ["## Reading", "", notes.strip(), ""]
+  path = out / "results.md"
+  with files.atomic_open(path, "w") as f:
+    f.write("\n".join(md))
+  return path
+
+
+
+
+def main(argv):
+  del argv
+  workdirs = sorted({pathlib.Path(p) for pattern in _WORKDIRS.value for p in (glob.glob(pattern) or [pattern])})
+  workdirs = [w for w in workdirs if w.is_dir()]
+  if not workdirs:
+    raise app.UsageError(f"--workdirs={_WORKDIRS.value} matched no folder")
+  notes = pathlib.Path(_NOTES.value).read_text() if _NOTES.value else ""
+  commit_file = workdirs[0].parent / "COMMIT"
+  commit = commit_file.read_text().strip() if commit_file.exists() else ""
+  path = build(workdirs, pathlib.Path(_OUT.value), notes, commit)
+  print(f"report: {path}")
+
+
+if __name__ == "__main__":
+  _WORKDIRS = flags.DEFINE_list("workdirs", None, "Run folders or glob patterns (quote them).")
+  _OUT = flags.DEFINE_string("out", "docs", "Where results.md and results/ go.")
+  _NOTES = flags.DEFINE_string("notes", "", "A markdown file with a hand-written reading, added as the last section.")
+  flags.mark_flags_as_required(["workdirs"])
+  app.run(main)
