@@ -82,7 +82,7 @@ def test_ig_completeness_small_cnn(small_cnn, output):
 
 def test_ig_chunked_equals_unchunked(small_cnn):
   forward, x, target = small_cnn
-  run = jax.jit(lambda f, x, t, chunk: A.integrated_gradients(f, x, t, steps=10, chunk_size=chunk),
+  run = jax.jit(lambda f, x, t, chunk: A.integrated_gradients(f, x, t, steps=10, chunk_size=chunk, normalization="unit"),
                 static_argnums=3)
   full = run(forward, x, target, None)
   scale = float(jnp.abs(full).max())
@@ -99,13 +99,20 @@ def test_baselines():
   np.testing.assert_allclose(A.make_baseline("black", x, normalization=norm)[0, 0, 0], -jnp.array([2.5, 1.6, 1.0]))
   np.testing.assert_allclose(A.make_baseline("white", x, normalization=norm)[1, 7, 7], [2.5, 2.4, 7 / 3], rtol=1e-6)
   np.testing.assert_array_equal(A.make_baseline("zero", x), 0)
-  np.testing.assert_array_equal(A.make_baseline("black", x), 0)  # no normalisation: pixels in [0, 1]
+  np.testing.assert_array_equal(A.make_baseline("white", x, normalization="unit"), 1)  # pixels in [0, 1]
+  # A colour without the input space is an error, never a guess: on normalised inputs [0, 1]'s
+  # black is not black (here it would be 0 instead of -2.5, -1.6, -1).
+  for colour in ("black", "white", "uniform"):
+    with pytest.raises(ValueError, match="needs the input space"):
+      A.make_baseline(colour, x, key=jax.random.key(0))
+  with pytest.raises(ValueError, match="needs the input space"):
+    A.integrated_gradients(lambda z: z.reshape(len(z), -1)[:, :3], x, jnp.zeros(2, jnp.int32))
   # Blurring keeps a constant image and the mean of a periodic one (reflecting borders aside).
   np.testing.assert_allclose(A.make_baseline("blur", 3 * x), 3 * x, rtol=1e-6)
   u = A.make_baseline("uniform", x, normalization=norm, key=jax.random.key(0))
   assert u.shape == x.shape and float(u.min()) >= -2.5 - 1e-6 and float(u.max()) <= 2.5 + 1e-6
   with pytest.raises(ConfigError, match="needs an explicit random key"):
-    A.make_baseline("uniform", x)
+    A.make_baseline("uniform", x, normalization=norm)
   with pytest.raises(ConfigError, match="baseline='grey' is not allowed"):
     A.make_baseline("grey", x)
 
@@ -327,8 +334,8 @@ def test_smoothgrad_with_sigma_zero_is_the_wrapped_method(small_cnn):
   np.testing.assert_allclose(A.smoothgrad(forward, x, target, sigma=0.0, samples=3, key=key),
                              A.gradient(forward, x, target), rtol=1e-6)
   ig = A.smoothgrad(forward, x, target, sigma=0.0, samples=2, key=key, method="integrated_gradients",
-                    method_options={"steps": 4})
-  np.testing.assert_allclose(ig, A.integrated_gradients(forward, x, target, steps=4), rtol=1e-6)
+                    method_options={"steps": 4, "normalization": "unit"})
+  np.testing.assert_allclose(ig, A.integrated_gradients(forward, x, target, steps=4, normalization="unit"), rtol=1e-6)
   np.testing.assert_allclose(A.vargrad(forward, x, target, sigma=0.0, samples=3, key=key), 0.0, atol=1e-12)
   noisy = A.smoothgrad(forward, x, target, sigma=0.2, samples=3, key=key)
   assert not np.allclose(noisy, A.gradient(forward, x, target))
@@ -358,8 +365,8 @@ def _options(name, batch):
 def test_every_method_batched_equals_one_by_one_and_4_devices_equal_1(small_cnn):
   forward, x, target = small_cnn
   x, target = jnp.concatenate([x, x[:2] * 0.5]), jnp.concatenate([target, target[:2]])  # 6: pads to 8 on 4
-  one = A.Explainer(forward.model, forward.variables, devices=jax.devices()[:1])
-  four = A.Explainer(forward.model, forward.variables, devices=jax.devices()[:4])
+  one = A.Explainer(forward.model, forward.variables, normalization="unit", devices=jax.devices()[:1])
+  four = A.Explainer(forward.model, forward.variables, normalization="unit", devices=jax.devices()[:4])
   assert four.mesh.size == 4
   for name in A.METHODS:
     batched = np.asarray(one(name, x, target, **_options(name, 6)))
@@ -377,7 +384,7 @@ def test_every_method_batched_equals_one_by_one_and_4_devices_equal_1(small_cnn)
 
 def test_explainer_runs_sharded_over_the_batch(small_cnn):
   forward, x, target = small_cnn
-  four = A.Explainer(forward.model, forward.variables, devices=jax.devices()[:4])
+  four = A.Explainer(forward.model, forward.variables, normalization="unit", devices=jax.devices()[:4])
   out = four("integrated_gradients", x, steps=4)
   assert out.sharding.spec[0] == "data" and len(out.sharding.device_set) == 4
   np.testing.assert_array_equal(four.targets(x), target)
@@ -388,9 +395,9 @@ def test_explainer_runs_sharded_over_the_batch(small_cnn):
 
 def test_registry_from_config(small_cnn):
   forward, x, target = small_cnn
-  cfg = ml_collections.ConfigDict({"name": "integrated_gradients", "options": {"steps": 5, "rule": "trapezoid"}})
+  cfg = ml_collections.ConfigDict({"name": "integrated_gradients", "options": {"steps": 5, "rule": "trapezoid", "normalization": "unit"}})
   np.testing.assert_allclose(A.from_config(cfg)(forward, x, target),
-                             A.integrated_gradients(forward, x, target, steps=5, rule="trapezoid"), rtol=1e-6)
+                             A.integrated_gradients(forward, x, target, steps=5, rule="trapezoid", normalization="unit"), rtol=1e-6)
   with pytest.raises(ConfigError, match="attribution.method='gradcm' is not allowed; choose one of: .*'gradcam'"):
     A.get("gradcm")
   with pytest.raises(ConfigError, match="option 'step' is not known for attribution.method='integrated_gradients'"):

@@ -143,8 +143,8 @@ def test_feature_gradients_match_closed_form():
 def test_layers_are_listed_in_the_order_the_network_computes_them():
   # Alphabetical order would put 'layer4' before 'stem' and 'block5' before 'conv1_1'.
   assert models.feature_names(models.create_model("resnet18")) == [
-      "stem", "layer1.0", "layer1.1", "layer1", "layer2.0", "layer2.1", "layer2", "layer3.0", "layer3.1", "layer3",
-      "layer4.0", "layer4.1", "layer4", "pooled", "logits"]
+      "stem", "layer1_0", "layer1_1", "layer1", "layer2_0", "layer2_1", "layer2", "layer3_0", "layer3_1", "layer3",
+      "layer4_0", "layer4_1", "layer4", "pooled", "logits"]
   vgg = models.feature_names(models.create_model("vgg16"))
   assert vgg[:3] == ["conv1_1", "conv1_2", "block1"] and vgg[-6:] == ["conv5_2", "conv5_3", "block5", "fc1", "fc2",
                                                                      "logits"]

@@ -169,8 +169,9 @@ def test_shifted_twin_computes_the_same_function_and_only_the_gradient_is_invari
   # zero here: at x = 0 the untrained MLP's pre-activations are exactly 0, a ReLU tie that rounding
   # in the twin breaks either way.)
   shifted = invariance.shifted_baseline(lambda f, z, tt, **kw: A.integrated_gradients(
-      f, z, tt, steps=16, rule="trapezoid", **kw), shift, None, baseline="white")
-  np.testing.assert_allclose(shifted(f2, x + shift, t), ig(f1, x, baseline="white"), rtol=1e-3, atol=1e-5)
+      f, z, tt, steps=16, rule="trapezoid", **kw), shift, "unit", baseline="white")
+  np.testing.assert_allclose(shifted(f2, x + shift, t), ig(f1, x, baseline="white", normalization="unit"), rtol=1e-3,
+                             atol=1e-5)
 
 
 def test_label_permutation_is_deterministic_from_the_data_seed(tiny_config):

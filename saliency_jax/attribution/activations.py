@@ -77,13 +77,13 @@ class RectifiedReLU:
     return _rectified_relu(float(self.percentile), bool(self.absolute), x)
 
 
-@register("guided_backprop")
+@register("guided_backprop", needs=("model", "activations"))
 def guided_backprop(forward, x_BHWC, target_B, *, output: str = "logit"):
   forward = require_model_forward(forward, "guided_backprop").with_activation(guided_relu)
   return input_gradient(forward, x_BHWC, target_B, output)
 
 
-@register("deconvnet")
+@register("deconvnet", needs=("model", "activations"))
 def deconvnet(forward, x_BHWC, target_B, *, output: str = "logit"):
   forward = require_model_forward(forward, "deconvnet").with_activation(deconv_relu)
   return input_gradient(forward, x_BHWC, target_B, output)
@@ -95,5 +95,5 @@ def _rectgrad(forward, x_BHWC, target_B, *, output: str = "logit", percentile: f
   return input_gradient(forward, x_BHWC, target_B, output)
 
 
-rectgrad = register("rectgrad", absolute=False)(_rectgrad)
-rectgrad_mod = register("rectgrad_mod", absolute=True)(_rectgrad)
+rectgrad = register("rectgrad", needs=("model", "activations"), absolute=False)(_rectgrad)
+rectgrad_mod = register("rectgrad_mod", needs=("model", "activations"), absolute=True)(_rectgrad)

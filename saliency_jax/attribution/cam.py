@@ -55,12 +55,12 @@ def class_activation_map(forward, x_BHWC, target_B, *, output: str = "logit", la
   return upsample(cam_Bhw1, x_BHWC.shape)
 
 
-gradcam = register("gradcam", kind="gradcam")(class_activation_map)
-gradcam_pos = register("gradcam_pos", kind="gradcam_pos")(class_activation_map)
-gradcam_plusplus = register("gradcam_plusplus", kind="gradcam_plusplus")(class_activation_map)
+gradcam = register("gradcam", needs=("model", "layer"), kind="gradcam")(class_activation_map)
+gradcam_pos = register("gradcam_pos", needs=("model", "layer"), kind="gradcam_pos")(class_activation_map)
+gradcam_plusplus = register("gradcam_plusplus", needs=("model", "layer"), kind="gradcam_plusplus")(class_activation_map)
 
 
-@register("guided_gradcam")
+@register("guided_gradcam", needs=("model", "layer", "activations"))
 def guided_gradcam(forward, x_BHWC, target_B, *, output: str = "logit", layer: str | None = None):
   """GradCAM times Guided Backprop, elementwise."""
   cam = class_activation_map(forward, x_BHWC, target_B, output=output, layer=layer, kind="gradcam")
@@ -131,7 +131,7 @@ def _normalize_per_image(t):
   return t / jnp.where(peak > 0, peak, 1.0)
 
 
-@register("fullgrad")
+@register("fullgrad", needs=("model",))
 def fullgrad(forward, x_BHWC, target_B, *, output: str = "logit", blocks=None, with_input: bool = True):
   """FullGrad (Srinivas & Fleuret 2019): each term's absolute value, min-max normalised per image,
   summed over channels, resized to the input and added. Non-spatial (dense) bias terms are

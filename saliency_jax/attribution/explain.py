@@ -54,9 +54,7 @@ class Explainer:
     """The map of `method` (a registered name or a function) for `target`: 'predicted', 'label'
     (with `labels_B`) or an array of class indices."""
     if isinstance(method, str):
-      options = registry.check_options(method, options)
-      if "normalization" in registry.options_of(method) and self.normalization is not None:
-        options.setdefault("normalization", self.normalization)
+      options = registry.supply(method, registry.check_options(method, options), normalization=self.normalization)
       fn = registry.get(method)
     else:
       fn = method

@@ -20,6 +20,7 @@ from saliency_jax.config_checks import ConfigError, require_choice, require_posi
 
 RULES = ("original", "left", "right", "trapezoid", "gauss_legendre")
 BASELINES = ("black", "white", "zero", "uniform", "blur")
+PIXEL_BASELINES = ("black", "white", "uniform")  # colours: made through the inputs' normalization
 
 
 def path_points(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -68,16 +69,22 @@ def gaussian_blur(x_BHWC, sigma: float) -> jax.Array:
 def make_baseline(baseline, x_BHWC, *, normalization=None, key=None, blur_sigma: float = 5.0) -> jax.Array:
   """The reference image x' as an array shaped like `x_BHWC`.
 
-  Names are in pixel terms and go through `normalization` (a `data.Normalization`): 'black'
-  and 'white' are the normalised all-0 and all-255 images, 'uniform' is uniform random pixels
-  (needs `key`), 'zero' is 0 in the model's input space (the dataset mean when normalised),
-  'blur' is the input blurred with a Gaussian of `blur_sigma` pixels. Without a
-  normalization, inputs are taken to be pixel values in [0, 1].
+  'black', 'white' and 'uniform' are pixel colours, so they need the input space: `normalization`
+  is the `data.Normalization` the model's inputs went through (uint8 pixels -> inputs), or
+  'unit' for inputs that are pixels scaled to [0, 1]. Without one they are an error, never a
+  guess: on normalised inputs [0, 1]'s black is not black. 'black' and 'white' are the all-0 and
+  all-255 images, 'uniform' is uniform random pixels (needs `key`). 'zero' is 0 in the model's
+  input space (the dataset mean when normalised) and 'blur' the input blurred with a Gaussian of
+  `blur_sigma` pixels; neither needs a normalization.
   """
   if not isinstance(baseline, str):
     return jnp.broadcast_to(jnp.asarray(baseline, x_BHWC.dtype), x_BHWC.shape)
   require_choice("baseline", baseline, BASELINES)
-  to_input = (lambda u8: u8 / 255.0) if normalization is None else normalization
+  if baseline in PIXEL_BASELINES and normalization is None:
+    raise ValueError(f"baseline={baseline!r} is a pixel colour and needs the input space: pass normalization= "
+                     "(the data.Normalization of the model's inputs, e.g. Explainer(..., normalization=...)), or "
+                     "normalization='unit' for inputs that are pixels in [0, 1]")
+  to_input = (lambda u8: u8 / 255.0) if isinstance(normalization, str) and normalization == "unit" else normalization
   if baseline == "zero":
     return jnp.zeros_like(x_BHWC)
   if baseline == "black":
@@ -92,7 +99,7 @@ def make_baseline(baseline, x_BHWC, *, normalization=None, key=None, blur_sigma:
   return gaussian_blur(x_BHWC, blur_sigma)
 
 
-@register("integrated_gradients")
+@register("integrated_gradients", needs=("normalization", "path", "baseline", "key"))
 def integrated_gradients(forward, x_BHWC, target_B, *, output: str = "logit", baseline="black",
                          steps: int = 100, rule: str = "original", chunk_size: int | None = None,
                          normalization=None, key=None, blur_sigma: float = 5.0):

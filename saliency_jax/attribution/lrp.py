@@ -93,8 +93,8 @@ def _lrp(forward, x_BHWC, target_B, *, output: str = "logit", rule: str = "epsil
   return x_BHWC * input_gradient(forward, x_BHWC, target_B, output)
 
 
-lrp = register("lrp")(_lrp)
-lrp_0 = register("lrp_0", rule="zero")(_lrp)
-lrp_epsilon = register("lrp_epsilon", rule="epsilon")(_lrp)
-lrp_gamma = register("lrp_gamma", rule="gamma")(_lrp)
-lrp_alpha1beta0 = register("lrp_alpha1beta0", rule="alpha1beta0")(_lrp)
+lrp = register("lrp", needs=("model",))(_lrp)
+lrp_0 = register("lrp_0", needs=("model",), rule="zero")(_lrp)
+lrp_epsilon = register("lrp_epsilon", needs=("model",), rule="epsilon")(_lrp)
+lrp_gamma = register("lrp_gamma", needs=("model",), rule="gamma")(_lrp)
+lrp_alpha1beta0 = register("lrp_alpha1beta0", needs=("model",), rule="alpha1beta0")(_lrp)

@@ -53,7 +53,7 @@ def noisy_maps(forward, x_BHWC, target_B, *, output, method, samples, sigma, sig
   return jax.lax.map(one, noise_SBHWC, batch_size=int(chunk_size))
 
 
-@registry.register("smoothgrad")
+@registry.register("smoothgrad", needs=("key", "path"))
 def smoothgrad(forward, x_BHWC, target_B, *, output: str = "logit", method="gradient", samples: int = 50,
                sigma: float = 0.15, sigma_mode: str = "fraction", key=None, method_options=None,
                chunk_size: int | None = None):
@@ -63,7 +63,7 @@ def smoothgrad(forward, x_BHWC, target_B, *, output: str = "logit", method="grad
                     sigma_mode=sigma_mode, key=key, method_options=method_options, chunk_size=chunk_size).mean(0)
 
 
-@registry.register("vargrad")
+@registry.register("vargrad", needs=("key", "path"))
 def vargrad(forward, x_BHWC, target_B, *, output: str = "logit", method="gradient", samples: int = 50,
             sigma: float = 0.15, sigma_mode: str = "fraction", key=None, method_options=None,
             chunk_size: int | None = None):

@@ -1,7 +1,10 @@
 """Methods by name, so a config says `method='integrated_gradients'` plus an options dict.
 
 Adding a method is one file: write `def my_method(forward, x_BHWC, target_B, *, output='logit',
-**options)`, decorate it with `@register('my_method')`, import the file in `__init__`.
+**options)`, decorate it with `@register('my_method', needs=(...))`, import the file in `__init__`.
+`needs` declares, once, what a method takes from the run beyond images and targets (`NEEDS`);
+every runner (the Explainer, the single-pixel grid, the sanity studies) supplies it from there
+through `supply`, and nothing else infers it from parameter names.
 """
 
 from __future__ import annotations
@@ -12,19 +15,52 @@ from typing import Any, Callable, Mapping
 from saliency_jax.config_checks import ConfigError, require_choice
 
 METHODS: dict[str, Callable] = {}
+# What a method can need beyond (forward, images, targets); the runners supply the first three.
+NEEDS = {
+    "key": "a random key (`key=`: one, or one per image)",
+    "normalization": "the inputs' normalization (`normalization=`), to make named pixel baselines",
+    "path": "many gradient evaluations per image (`chunk_size=` bounds their memory, not their result)",
+    "model": "`ModelForward(model, variables)`, not only a function: it looks inside the network",
+    "layer": "a named layer of the model (`layer=`)",
+    "activations": "the network with its activation function replaced",
+    "baseline": "a reference input (`baseline=`), which input invariance shifts along with the input",
+}
+_NEEDS: dict[str, frozenset[str]] = {}
 
 
-def register(name: str, **defaults):
-  """Register a method under `name`. `defaults` pre-set options, so one function serves
-  several names (LRP rules, RectGrad and RectGrad_Mod)."""
+def register(name: str, *, needs=(), **defaults):
+  """Register a method under `name`, declaring what it `needs` (keys of `NEEDS`). `defaults`
+  pre-set options, so one function serves several names (LRP rules, RectGrad and RectGrad_Mod)."""
+  unknown = set(needs) - set(NEEDS)
+  if unknown:
+    raise ValueError(f"method {name!r} declares unknown needs {sorted(unknown)}; known: {', '.join(NEEDS)}")
 
   def wrap(fn):
     if name in METHODS:
       raise ValueError(f"attribution method {name!r} is registered twice")
     METHODS[name] = _with_defaults(fn, name, defaults) if defaults else fn
+    _NEEDS[name] = frozenset(needs)
     return METHODS[name]
 
   return wrap
+
+
+def needs(name: str) -> frozenset[str]:
+  """What method `name` declared it needs (see `NEEDS`)."""
+  get(name)
+  return _NEEDS[name]
+
+
+def supply(name: str, options: Mapping[str, Any], *, normalization=None, key=None, chunk_size=None) -> dict:
+  """`options` plus what the run provides and the method declared it needs, where the caller did
+  not set it: the normalization, a random key, the chunk size of a path method."""
+  options = dict(options)
+  wanted = needs(name)
+  for need, value in (("normalization", normalization), ("key", key), ("path", chunk_size)):
+    option = "chunk_size" if need == "path" else need
+    if need in wanted and value is not None:
+      options.setdefault(option, value)
+  return options
 
 
 def _with_defaults(fn, name, defaults):

@@ -62,7 +62,7 @@ def shifted_twin(model, variables, shift, input_shape) -> dict:
 
 
 def takes_baseline(name: str) -> bool:
-  return "baseline" in registry.options_of(name)
+  return "baseline" in registry.needs(name)
 
 
 def shifted_baseline(method: Callable, shift_C, normalization, baseline="black") -> Callable:

@@ -31,17 +31,10 @@ from saliency_jax.training.parallel import DATA_AXIS
 
 def method_fn(spec: grid.MethodSpec, output: str, normalization, chunk_size: int = 0, key=None):
   """`(forward, x, target, **overrides) -> map` of `spec` with its options, plus what the run
-  supplies: the normalization (named IG baselines), the chunk size and a random key, for methods
-  taking them."""
+  supplies where the method declared it needs it (`registry.supply`)."""
   fn = registry.get(spec.name)
-  accepted = registry.options_of(spec.name)
-  options = dict(spec.options)
-  if "normalization" in accepted:
-    options.setdefault("normalization", normalization)
-  if "chunk_size" in accepted and chunk_size:
-    options.setdefault("chunk_size", chunk_size)
-  if "key" in accepted and key is not None:
-    options.setdefault("key", key)
+  options = registry.supply(spec.name, dict(spec.options), normalization=normalization, key=key,
+                            chunk_size=chunk_size or None)
 
   def method(forward, x_BHWC, target_B, **overrides):
     return fn(forward, x_BHWC, target_B, output=output, **{**options, **overrides})
@@ -57,7 +50,7 @@ def importance_fn(spec: grid.MethodSpec, output: str, normalization, chunk_size:
 
 
 def needs_key(spec: grid.MethodSpec) -> bool:
-  return "key" in registry.options_of(spec.name) and "key" not in dict(spec.options)
+  return "key" in registry.needs(spec.name) and "key" not in dict(spec.options)
 
 
 def cell_key(seed: int, spec: grid.MethodSpec, output: str) -> jax.Array:

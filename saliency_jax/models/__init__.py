@@ -17,10 +17,12 @@ import math
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 
 from saliency_jax.config_checks import ConfigError, require_choice
+from saliency_jax.models import common
 from saliency_jax.models.resnet import ResNet
 from saliency_jax.models.small import MLP, SmallCNN
 from saliency_jax.models.vgg import VGG
@@ -101,10 +103,23 @@ def count_params(params) -> int:
   return sum(math.prod(p.shape) for p in jax.tree.leaves(params))
 
 
-def read_features(model: nn.Module, variables: Variables, x_BHWC, train: bool = False) -> dict[str, jax.Array]:
-  """Every tapped activation of `model` at `x_BHWC`, by name."""
+def _tap_name(path: tuple[str, ...]) -> str:
+  """A tap's public name: its path in the network, where a submodule's `common.OUTPUT` tap is
+  named as the submodule."""
+  if len(path) > 1 and path[-1] == common.OUTPUT:
+    path = path[:-1]
+  return "/".join(path)
+
+
+def _taps(model: nn.Module, variables: Variables, x_BHWC, train: bool = False) -> dict[tuple[str, ...], jax.Array]:
+  """Every tap by its path in the network, in the order the network computes them."""
   _, state = model.apply(dict(variables), x_BHWC, train=train, mutable=["intermediates"])
-  return {name: value[0] for name, value in state["intermediates"].items()}
+  return {path: value[0] for path, value in traverse_util.flatten_dict(state["intermediates"]).items()}
+
+
+def read_features(model: nn.Module, variables: Variables, x_BHWC, train: bool = False) -> dict[str, jax.Array]:
+  """Every tapped activation of `model` at `x_BHWC`, by name, in the order the network computes them."""
+  return {_tap_name(path): value for path, value in _taps(model, variables, x_BHWC, train).items()}
 
 
 def feature_shapes(model: nn.Module, variables: Variables, x_BHWC) -> dict[str, jax.ShapeDtypeStruct]:
@@ -135,18 +150,20 @@ def feature_gradients(model: nn.Module, variables: Variables, x_BHWC, names: Seq
   Returns `(features, gradients)`, two dicts keyed by name. The gradient is taken through
   zero 'perturbations' added at every tap, which leaves the forward pass unchanged.
   """
-  feats = read_features(model, variables, x_BHWC)
-  unknown = [n for n in names if n not in feats]
+  taps = _taps(model, variables, x_BHWC)
+  paths = {_tap_name(path): path for path in taps}
+  unknown = [n for n in names if n not in paths]
   if unknown:
-    raise ConfigError(f"layer {unknown[0]!r} is not a tapped activation of this model; allowed: {', '.join(feats)}")
-  zeros = jax.tree.map(jnp.zeros_like, feats)
+    raise ConfigError(f"layer {unknown[0]!r} is not a tapped activation of this model; allowed: {', '.join(paths)}")
+  # The perturbations mirror the taps' nesting: a submodule's tap is perturbed in its own scope.
+  zeros = traverse_util.unflatten_dict({path: jnp.zeros_like(v) for path, v in taps.items()})
 
   def scalar(perturbations):
     logits = model.apply({**variables, "perturbations": perturbations}, x_BHWC, train=False)
     return scalar_fn(logits)
 
-  grads = jax.grad(scalar)(zeros)
-  return {n: feats[n] for n in names}, {n: grads[n] for n in names}
+  grads = traverse_util.flatten_dict(jax.grad(scalar)(zeros))
+  return {n: taps[paths[n]] for n in names}, {n: grads[paths[n]] for n in names}
 
 
 __all__ = [

@@ -57,6 +57,11 @@ def dropout(module: nn.Module, x: jax.Array, rate: float, train: bool) -> jax.Ar
   return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
+# A tap of this name inside a submodule is that submodule's output, and is named as the submodule
+# (a ResNet block's output is 'layer3_1', like its parameters).
+OUTPUT = "output"
+
+
 def tap(module: nn.Module, name: str, x: jax.Array) -> jax.Array:
   """Expose an activation under `name`, to read and to differentiate.
 

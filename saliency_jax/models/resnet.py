@@ -35,11 +35,11 @@ class BasicBlock(nn.Module):
     if self.stride != 1 or x.shape[-1] != self.features:
       residual = conv(self.features, (1, 1), (self.stride, self.stride), padding="VALID", name="downsample_conv")(x)
       residual = norm(name="downsample_bn")(residual)
-    return self.activation(y + residual)
+    return common.tap(self, common.OUTPUT, self.activation(y + residual))
 
 
 class ResNet(nn.Module):
-  """Tapped activations: 'stem', 'layer1'..'layer4' (stage outputs), 'layerS.B' (block outputs, torchvision's module path),
+  """Tapped activations: 'stem', 'layer1'..'layer4' (stage outputs), 'layerS_B' (block outputs, named as the block's parameters),
   'pooled' (the 512-vector) and 'logits'."""
 
   num_classes: int = 10
@@ -65,7 +65,6 @@ class ResNet(nn.Module):
         stride = 2 if stage > 0 and block == 0 else 1
         name = f"layer{stage + 1}_{block}"
         x = BasicBlock(features, stride, self.activation, self.dtype, name=name)(x, train)
-        x = common.tap(self, f"layer{stage + 1}.{block}", x)
       # A stage's output is its last block's; the stage name is the one GradCAM users expect.
       x = common.tap(self, f"layer{stage + 1}", x)
     x = common.tap(self, "pooled", jnp.mean(x, axis=(1, 2)))

@@ -1,0 +1,175 @@
+"""Pixel-flipping throughput: the JAX deletion curve against Quantus's PixelFlipping, same CPU, one run.
+
+  pip install -e '.[compare]'
+  python benchmarks/faithfulness_throughput.py --images=200            # small_cnn, 5 maps per image
+  python benchmarks/faithfulness_throughput.py --images=1000 --model=resnet18
+
+One model, the same weights in both: a torch.nn net with its default (seeded) initialisation, imported
+into Flax by `models.torch_import.from_torch`. Maps for 5 "methods" per image: gradient, |gradient|,
+gradient x input, |gradient| x |input| (JAX, logit of the target, mean over channels) and a random map.
+Both sides then compute the deletion curve of the target's softmax probability, replacing removed
+values by 0.0 (the dataset mean after normalisation), most relevant first:
+
+- Quantus: `PixelFlipping(features_in_step=C*H*W/48 = 64, perturb_baseline=0.0, normalise=False, abs=False)`.
+  Quantus counts features per channel value (the (B,1,H,W) map is broadcast to (B,C,H,W)) but
+  requires features_in_step to divide H*W, so on RGB 32x32 images no step is a whole number of
+  pixels: 48 steps of 21 1/3 pixels.
+- JAX: `deletion_curve(steps=48)`, the same number of forward passes (49 with point 0); at every
+  third point (k = 3j) exactly 64 j whole pixels are gone in both, and those 16 points are compared.
+
+Printed: images/s of each (one image = its 5 curves), the ratio, and the largest difference on the
+shared points. JAX is timed after compilation (the compile time is printed apart). Threads: both
+libraries use the machine's cores unless --threads is set (torch.set_num_threads and XLA's flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+METHODS = ("gradient", "absolute_gradient", "gradient_x_input", "abs_gradient_x_abs_input", "random")
+
+
+def torch_small_cnn(channels=(32, 64), num_classes: int = 10, image_hw=(32, 32), in_channels: int = 3):
+  """The torch.nn twin of `models.small.SmallCNN`: conv1, conv2 (3x3, padding 1, bias) each with ReLU
+  and a 2x2/2 max-pool, then `out` = Linear on torch.flatten of the NCHW map (the layout that
+  `torch_import.from_torch(..., 'small_cnn')` reads)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch import nn  # pylint: disable=g-import-not-at-top
+
+  class SmallCNN(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      c_in = in_channels
+      for i, c in enumerate(channels, start=1):
+        setattr(self, f"conv{i}", nn.Conv2d(c_in, c, 3, padding=1))
+        c_in = c
+      scale = 2 ** len(channels)
+      self.out = nn.Linear(c_in * (image_hw[0] // scale) * (image_hw[1] // scale), num_classes)
+
+    def forward(self, x):
+      for i in range(1, len(channels) + 1):
+        x = torch.nn.functional.max_pool2d(torch.relu(getattr(self, f"conv{i}")(x)), 2)
+      return self.out(torch.flatten(x, 1))
+
+  return SmallCNN()
+
+
+def shared_model(name: str = "small_cnn", seed: int = 0, in_channels: int = 3):
+  """(torch net in eval mode, flax model, variables) with the same weights."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  from saliency_jax.models import torch_import  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(seed)
+  if name == "small_cnn":
+    net = torch_small_cnn(in_channels=in_channels)
+  else:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import torch_reference  # pylint: disable=g-import-not-at-top
+    net, _ = torch_reference.build_model(name, arch_source="torch.nn")
+  model, variables = torch_import.from_torch(net.state_dict(), name, input_shape=(1, 32, 32, in_channels))
+  return net.eval(), model, variables
+
+
+def method_maps(forward, x_BHWC, target_B, seed: int = 0) -> dict[str, np.ndarray]:
+  """(B, H, W) maps per method: the gradient family of the logit, mean over channels; and random."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from saliency_jax import attribution  # pylint: disable=g-import-not-at-top
+  maps = {}
+  for name in METHODS[:-1]:
+    fn = jax.jit(attribution.get(name))
+    maps[name] = np.asarray(fn(forward, x_BHWC, target_B).mean(-1))
+  maps["random"] = np.random.default_rng(seed).standard_normal(x_BHWC.shape[:3]).astype(np.float32)
+  return maps
+
+
+def quantus_pixel_flipping(net, x_BCHW, target_B, maps_BHW, steps: int, batch_size: int) -> np.ndarray:
+  """Quantus's curves (B, steps): softmax probability after each step, baseline 0.0."""
+  import quantus  # pylint: disable=g-import-not-at-top
+  features = x_BCHW[0].size  # Quantus counts channel values
+  metric = quantus.PixelFlipping(features_in_step=features // steps, perturb_baseline=0.0, normalise=False, abs=False,
+                                 disable_warnings=True, display_progressbar=False)
+  scores = metric(model=net, x_batch=x_BCHW, y_batch=target_B, a_batch=maps_BHW[:, None], channel_first=True,
+                  softmax=True, device="cpu", batch_size=batch_size)
+  return np.asarray(scores, np.float64)
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--images", type=int, default=1000)
+  parser.add_argument("--batch_size", type=int, default=100, help="Images per JAX call and per Quantus batch.")
+  parser.add_argument("--model", default="small_cnn", choices=("small_cnn", "resnet18", "vgg16"))
+  parser.add_argument("--steps", type=int, default=48, help="Curve steps, 3 x a divisor of 1024; JAX runs the same.")
+  parser.add_argument("--threads", type=int, default=0, help="Threads for both libraries; 0: their defaults.")
+  parser.add_argument("--json", default="")
+  args = parser.parse_args(argv)
+  if args.threads:  # before jax starts
+    eigen = "false" if args.threads == 1 else "true"
+    os.environ["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen={eigen} "
+                               f"intra_op_parallelism_threads={args.threads}").strip()
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+
+  from saliency_jax import attribution  # pylint: disable=g-import-not-at-top
+  from saliency_jax.evaluation import faithfulness  # pylint: disable=g-import-not-at-top
+  if args.threads:
+    torch.set_num_threads(args.threads)
+  if args.steps % 3 or 1024 % (args.steps // 3):
+    raise SystemExit(f"--steps={args.steps} must be 3 x a divisor of 1024: Quantus's features_in_step = 3072 / steps "
+                     "must divide 1024, and every third point must be whole pixels")
+
+  net, model, variables = shared_model(args.model)
+  forward = attribution.ModelForward(model, variables)
+  rng = np.random.default_rng(0)
+  x_BCHW = rng.standard_normal((args.images, 3, 32, 32)).astype(np.float32)
+  x_BHWC = jnp.asarray(x_BCHW.transpose(0, 2, 3, 1))
+  with torch.no_grad():
+    target = net(torch.from_numpy(x_BCHW)).argmax(-1).numpy()
+  maps = method_maps(forward, x_BHWC, jnp.asarray(target))
+
+  curve = jax.jit(lambda f, x, m, t: faithfulness.deletion_curve(f, x, m, t, steps=args.steps, replacement="mean"))
+  bs = args.batch_size
+  t0 = time.perf_counter()
+  jax.block_until_ready(curve(forward, x_BHWC[:bs], jnp.asarray(maps["random"][:bs]), jnp.asarray(target[:bs])))
+  compile_s = time.perf_counter() - t0
+  jax_curves, t0 = {}, time.perf_counter()
+  for name, m in maps.items():
+    parts = [curve(forward, x_BHWC[i:i + bs], jnp.asarray(m[i:i + bs]), jnp.asarray(target[i:i + bs])).scores
+             for i in range(0, args.images, bs)]
+    jax_curves[name] = np.concatenate([np.asarray(p) for p in parts])
+  jax_s = time.perf_counter() - t0
+
+  quantus_curves, t0 = {}, time.perf_counter()
+  for name, m in maps.items():
+    quantus_curves[name] = quantus_pixel_flipping(net, x_BCHW, target, m, args.steps, bs)
+  quantus_s = time.perf_counter() - t0
+
+  shared = np.arange(3, args.steps + 1, 3)  # JAX point k = 3j <-> Quantus step index 3j - 1
+  diffs = {n: float(np.abs(jax_curves[n][:, shared] - quantus_curves[n][:, shared - 1]).max()) for n in maps}
+  ties = {n: int(sum(len(np.unique(m[i])) < m[i].size for i in range(len(m)))) for n, m in maps.items()}
+  result = dict(model=args.model, images=args.images, methods=list(maps), steps=args.steps, batch_size=bs,
+                threads=args.threads or "default", jax_compile_s=round(compile_s, 2), jax_s=round(jax_s, 2),
+                quantus_s=round(quantus_s, 2), jax_images_per_s=round(args.images / jax_s, 1),
+                quantus_images_per_s=round(args.images / quantus_s, 1), speedup=round(quantus_s / jax_s, 1),
+                max_abs_diff_shared_points=diffs, maps_with_tied_values=ties)
+  print(f"{args.model}, {args.images} images x {len(maps)} maps, {args.steps} steps, batch {bs}: "
+        f"JAX {result['jax_images_per_s']} images/s (compile {result['jax_compile_s']} s), "
+        f"Quantus {result['quantus_images_per_s']} images/s, JAX/Quantus = {result['speedup']}x; "
+        f"max |diff| on the {len(shared)} shared points: {max(diffs.values()):.2e}")
+  print(json.dumps(result))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(result, f, indent=1)
+  return result
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,184 @@
+"""Importing PyTorch state_dicts (models/torch_import.py): a round trip without torch, then
+logits and input gradients against the same weights in torch (skipped without torch)."""
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from saliency_jax import attribution, models
+from saliency_jax.models import torch_import
+
+
+def _random_variables(name, seed=0, input_shape=(1, 32, 32, 3), **options):
+  """A model and variables of its own shapes, every leaf random (so no two leaves coincide, as
+  BatchNorm's init scale 1 and var 1 would)."""
+  model = models.create_model(name, **options)
+  shapes = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), input_shape))
+  rng = np.random.default_rng(seed)
+  variables = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes)
+  return model, variables
+
+
+# torchvision's vgg16: the Conv2d indices in `features` (ReLUs and max-pools take the others), and
+# the Flax VGG's conv names (their index in VGG16_LAYOUT), in the same order.
+TORCHVISION_VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+FLAX_VGG16_CONVS = (0, 1, 3, 4, 6, 7, 8, 10, 11, 12, 14, 15, 16)
+
+
+def _hand_made_state_dict(variables, flat_nhwc=None):
+  """The inverse mapping, written out independently of the importer: torchvision names and
+  layouts from Flax's. `flat_nhwc`: {dense layer: (H, W, C)} of layers on a NHWC-flattened map."""
+  vgg_convs = {f"features_{f}": f"features.{t}" for f, t in zip(FLAX_VGG16_CONVS, TORCHVISION_VGG16_CONVS)}
+  state = {}
+  for collection, tree in variables.items():
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+      names = [p.key for p in path]
+      module = ".".join(vgg_convs.get(n, n) for n in names[:-1])
+      module = module.replace("downsample_conv", "downsample.0").replace("downsample_bn", "downsample.1")
+      module = module.replace("_", ".")  # layer1_0 -> layer1.0, classifier_3 -> classifier.3
+      leaf = np.asarray(leaf)
+      if collection == "batch_stats":
+        state[f"{module}.running_{names[-1]}"] = leaf
+        state[f"{module}.num_batches_tracked"] = np.asarray(7, np.int64)
+      elif names[-1] == "scale":
+        state[f"{module}.weight"] = leaf
+      elif names[-1] == "kernel" and leaf.ndim == 4:
+        state[f"{module}.weight"] = np.ascontiguousarray(leaf.transpose(3, 2, 0, 1))
+      elif names[-1] == "kernel" and flat_nhwc and names[-2] in flat_nhwc:
+        h, w, c = flat_nhwc[names[-2]]
+        state[f"{module}.weight"] = leaf.reshape(h, w, c, -1).transpose(3, 2, 0, 1).reshape(leaf.shape[1], -1)
+      elif names[-1] == "kernel":
+        state[f"{module}.weight"] = np.ascontiguousarray(leaf.T)
+      else:
+        state[f"{module}.{names[-1]}"] = leaf
+  return state
+
+
+FLAT_NHWC = {"resnet18": None, "vgg16": None, "small_cnn": {"out": (8, 8, 64)}}
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg16", "small_cnn"])
+def test_round_trip_of_a_hand_made_state_dict(name):
+  _, variables = _random_variables(name)
+  state = _hand_made_state_dict(variables, FLAT_NHWC[name])
+  _, imported = torch_import.from_torch(state, name)
+  assert jax.tree.structure(imported) == jax.tree.structure(variables)
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(imported)[0], jax.tree.leaves(variables)):
+    np.testing.assert_array_equal(np.asarray(a), b, err_msg=jax.tree_util.keystr(path))
+
+
+def test_resnet_key_names_are_torchvisions():
+  _, variables = _random_variables("resnet18")
+  keys = set(_hand_made_state_dict(variables))
+  assert {"conv1.weight", "bn1.running_var", "layer2.0.downsample.0.weight", "layer2.0.downsample.1.weight",
+          "layer4.1.bn2.bias", "fc.weight", "fc.bias"} <= keys
+  assert "layer1.0.downsample.0.weight" not in keys  # stage 1 keeps its shape: no downsample
+
+
+def test_vgg_key_names_are_torchvisions():
+  _, variables = _random_variables("vgg16")
+  keys = set(_hand_made_state_dict(variables))
+  expected = {f"features.{i}.{p}" for i in TORCHVISION_VGG16_CONVS for p in ("weight", "bias")}
+  expected |= {f"classifier.{i}.{p}" for i in (0, 3, 6) for p in ("weight", "bias")}
+  assert keys == expected
+
+
+def test_npz_file_round_trip(tmp_path):
+  _, variables = _random_variables("small_cnn")
+  state = _hand_made_state_dict(variables, FLAT_NHWC["small_cnn"])
+  np.savez(tmp_path / "small.npz", **state)
+  _, imported = torch_import.from_torch(tmp_path / "small.npz", "small_cnn")
+  np.testing.assert_array_equal(imported["params"]["out"]["kernel"], variables["params"]["out"]["kernel"])
+
+
+def test_every_missing_or_unexpected_key_and_shape_mismatch_is_named():
+  _, variables = _random_variables("resnet18")
+  state = _hand_made_state_dict(variables)
+  del state["fc.bias"]
+  state["fc.extra"] = np.zeros(3, np.float32)
+  state["conv1.weight"] = np.zeros((64, 3, 7, 7), np.float32)  # torchvision's standard stem
+  with pytest.raises(ValueError) as info:
+    torch_import.from_torch(state, "resnet18")
+  message = str(info.value)
+  assert "missing key 'fc.bias' (expected shape (10,))" in message
+  assert "unexpected key 'fc.extra'" in message
+  assert "key 'conv1.weight' has shape (64, 3, 7, 7), expected (64, 3, 3, 3)" in message and "7x7" in message
+
+
+def test_num_batches_tracked_only_ignored_on_batchnorms():
+  _, variables = _random_variables("small_cnn")
+  state = _hand_made_state_dict(variables, FLAT_NHWC["small_cnn"])
+  state["conv1.num_batches_tracked"] = np.asarray(1)  # conv1 is no BatchNorm here
+  with pytest.raises(ValueError, match="unexpected key 'conv1.num_batches_tracked'"):
+    torch_import.from_torch(state, "small_cnn")
+
+
+def test_the_module_imports_without_torch():
+  code = "import sys; sys.modules['torch'] = None; import saliency_jax.models.torch_import"
+  subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# With torch: the same weights in torch.nn and in Flax give the same logits and input gradients.
+
+
+def _torch_model(name):
+  torch = pytest.importorskip("torch")
+  from benchmarks import faithfulness_throughput, torch_reference  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  if name == "small_cnn":
+    net = faithfulness_throughput.torch_small_cnn()
+  else:
+    net, _ = torch_reference.build_model(name, arch_source="torch.nn")
+  with torch.no_grad():  # random biases and BatchNorm statistics, so every mapped tensor matters
+    for module in net.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.normal_(0, 0.1)
+        module.running_mean.normal_(0, 0.1)
+        module.running_var.uniform_(0.5, 2.0)
+      elif getattr(module, "bias", None) is not None:
+        module.bias.normal_(0, 0.1)
+  return torch, net.eval()
+
+
+def _torch_input_gradient(torch, net, x, target):
+  """captum's Saliency without abs (the plain input gradient) when captum is there, else autograd."""
+  try:
+    from captum.attr import Saliency  # pylint: disable=g-import-not-at-top
+    return Saliency(net).attribute(x, target=target, abs=False).numpy()
+  except ImportError:
+    x = x.clone().requires_grad_(True)
+    net(x).gather(1, target[:, None]).sum().backward()
+    return x.grad.numpy()
+
+
+# 64x64 for vgg16: on 32x32 its 7x7 adaptive pool replicates a 1x1 map, which would hide a wrong
+# spatial order of classifier.0's rows; at 64x64 the last map is 2x2 and the 49 bins differ.
+@pytest.mark.parametrize("name,size", [("resnet18", 32), ("vgg16", 64), ("small_cnn", 32)])
+def test_logits_and_input_gradients_match_torch(name, size, tmp_path):
+  torch, net = _torch_model(name)
+  torch.set_num_threads(1)
+  path = tmp_path / "weights.pt"
+  torch.save(net.state_dict(), path)
+  model, variables = torch_import.from_torch(path, name, input_shape=(1, size, size, 3))
+
+  rng = np.random.default_rng(1)
+  x_nchw = rng.standard_normal((2, 3, size, size)).astype(np.float32)
+  target = np.array([3, 7])
+  with torch.no_grad():
+    expected = net(torch.from_numpy(x_nchw)).numpy()
+  x_nhwc = jnp.asarray(x_nchw.transpose(0, 2, 3, 1))
+  logits = np.asarray(model.apply(variables, x_nhwc, train=False))
+  # float32 throughout, with different summation orders (oneDNN vs XLA): the rounding differences
+  # grow to ~1e-6 of the logits' scale over the network; a mapping error is of order 1.
+  scale = np.abs(expected).max()
+  np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5 * scale)
+
+  grad_torch = _torch_input_gradient(torch, net, torch.from_numpy(x_nchw), torch.from_numpy(target))
+  grad = attribution.gradient(attribution.ModelForward(model, variables), x_nhwc, jnp.asarray(target))
+  grad = np.asarray(grad).transpose(0, 3, 1, 2)
+  np.testing.assert_allclose(grad, grad_torch, rtol=0, atol=1e-5 * np.abs(grad_torch).max())
