@@ -78,9 +78,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   # The sanity checks (SPEC section 5) on the trained model: workdir/sanity/<study>.csv and figures.
   config.sanity = ml_collections.ConfigDict()
-  # Comma-separated, run in this order after training and the single-pixel grid; empty: none.
+  # Run in this order after training and the single-pixel grid; empty: none. On the command line
+  # either spelling: --config.sanity.studies="('cascading', 'independent')" or =cascading,independent.
   # cascading | independent | class_sensitivity | input_invariance | label_randomization
-  config.sanity.studies = ""
+  config.sanity.studies = ()
   # The gradient family, and the positive aggregation / propagation comparisons: GradCAM vs
   # GradCAM_Pos, GradCAM++ and FullGrad; Guided Backprop and RectGrad vs the gradient and
   # RectGrad_Mod; LRP-gamma=inf vs LRP-0.

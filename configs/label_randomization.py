@@ -17,5 +17,5 @@ def get_config(base: str = "resnet"):
   config.train.stop_at_train_accuracy = 0.95
   config.train.epochs = 4 * config.train.epochs  # a cap: random labels take longer to fit
   config.single_pixel.enabled = False
-  config.sanity.studies = "label_randomization"
+  config.sanity.studies = ("label_randomization",)
   return config

@@ -20,6 +20,12 @@ def get_config():
   config.train.eval_batch_size = 500
   # A small grid, so the run ends with a results table: every default method, one test jitter.
   config.single_pixel.test_jitter = ((0.0, 0.0),)
-  config.single_pixel.methods = tuple(m.replace("steps=100", "steps=16") for m in config.single_pixel.methods)
+  config.single_pixel.methods = (
+      "absolute_gradient",
+      "gradient_x_input",
+      "abs_gradient_x_abs_input",
+      "integrated_gradients(baseline='black', steps=16, rule='original')",
+      "integrated_gradients(baseline='white', steps=16, rule='original')",
+  )
   config.single_pixel.max_images = 250
   return config

@@ -23,7 +23,7 @@ from ml_collections import ConfigDict
 
 from saliency_jax import files
 from saliency_jax.config_checks import ConfigError
-from saliency_jax.evaluation import aggregate, figures, similarity
+from saliency_jax.evaluation import aggregate, figures
 from saliency_jax.training.metrics import read_csv
 
 CONDITIONS = {"test_pixel_accuracy": "with pixel", "test_nopix_accuracy": "without pixel",

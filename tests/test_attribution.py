@@ -395,9 +395,13 @@ def test_explainer_runs_sharded_over_the_batch(small_cnn):
 
 def test_registry_from_config(small_cnn):
   forward, x, target = small_cnn
-  cfg = ml_collections.ConfigDict({"name": "integrated_gradients", "options": {"steps": 5, "rule": "trapezoid", "normalization": "unit"}})
-  np.testing.assert_allclose(A.from_config(cfg)(forward, x, target),
-                             A.integrated_gradients(forward, x, target, steps=5, rule="trapezoid", normalization="unit"), rtol=1e-6)
+  expected = A.integrated_gradients(forward, x, target, steps=5, rule="trapezoid", normalization="unit")
+  cfg = ml_collections.ConfigDict({"name": "integrated_gradients",
+                                   "options": {"steps": 5, "rule": "trapezoid", "normalization": "unit"}})
+  np.testing.assert_allclose(A.from_config(cfg)(forward, x, target), expected, rtol=1e-6)
+  # The one grammar of configs and the command line gives the same method.
+  spec = "integrated_gradients(steps=5, rule='trapezoid', normalization='unit')"
+  np.testing.assert_allclose(A.from_config(spec)(forward, x, target), expected, rtol=1e-6)
   with pytest.raises(ConfigError, match="attribution.method='gradcm' is not allowed; choose one of: .*'gradcam'"):
     A.get("gradcm")
   with pytest.raises(ConfigError, match="option 'step' is not known for attribution.method='integrated_gradients'"):

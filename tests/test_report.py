@@ -11,7 +11,7 @@ def test_report_is_rebuilt_from_workdirs_and_quotes_their_numbers(tmp_path, tiny
   sp = config.single_pixel
   sp.methods, sp.targets, sp.outputs = ("absolute_gradient", "gradient_x_input"), ("predicted", "label"), ("logit",)
   sp.max_images, sp.batch_size, sp.examples = 20, 10, 2
-  config.sanity.studies, config.sanity.methods, config.sanity.num_images = "class_sensitivity", ("gradient",), 10
+  config.sanity.studies, config.sanity.methods, config.sanity.num_images = ("class_sensitivity",), ("gradient",), 10
   workdirs = [tmp_path / "runs" / "small_cnn_seed0", tmp_path / "runs" / "small_cnn_seed1",
               tmp_path / "runs" / "small_cnn_seed2"]
   for seed, w in enumerate(workdirs[:2]):

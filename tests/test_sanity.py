@@ -9,10 +9,11 @@ import pytest
 import scipy.stats
 
 from saliency_jax import attribution as A
+from saliency_jax.attribution import registry
 from saliency_jax import data as data_lib
 from saliency_jax import models, pipeline
 from saliency_jax.config_checks import ConfigError
-from saliency_jax.evaluation import grid, invariance, randomization, sanity, similarity
+from saliency_jax.evaluation import invariance, randomization, sanity, similarity
 
 
 def _noise(seed, shape=(24, 32, 32, 3)):
@@ -109,7 +110,7 @@ def test_randomised_models_mapped_together_equal_one_model_at_a_time(devices):
   runner = sanity.MapRunner(model, variables, None, batch_size=4, chunk_size=0, key=None,
                             devices=jax.devices()[:devices])
   targets = np.arange(6) % 10
-  spec = grid.parse_method("gradient")
+  spec = registry.parse("gradient")
   together = runner.randomized_maps(spec, "logit", variables["params"], rnd, order, which, {}, x, targets,
                                     model_chunk=3)
   assert together.shape == (4, 6, 8, 8, 3)
@@ -132,7 +133,7 @@ def test_class_sensitivity_is_low_when_classes_read_disjoint_inputs():
   top = runner.targets(runner.forward, x, "top", np.zeros(10))
   bottom = runner.targets(runner.forward, x, "bottom", np.zeros(10))
   assert np.all(top != bottom)
-  spec = grid.parse_method("gradient")
+  spec = registry.parse("gradient")
   maps_top, maps_bottom = (runner.maps(spec, "logit", runner.forward, x, t) for t in (top, bottom))
   assert not np.any((maps_top != 0) & (maps_bottom != 0))  # disjoint supports
   low = similarity.summarize(similarity.compare(maps_top, maps_bottom))
@@ -209,7 +210,7 @@ def test_sanity_studies_on_a_trained_workdir_write_tables_and_figures_and_resume
   config.train.epochs = 1
   config.single_pixel.enabled = False
   s = config.sanity
-  s.studies = "cascading,class_sensitivity,input_invariance,label_randomization"
+  s.studies = ("cascading", "class_sensitivity", "input_invariance", "label_randomization")
   s.methods = ("gradient", "integrated_gradients(baseline='black', steps=4)", "gradcam_pos")
   s.num_images, s.batch_size, s.strip_images, s.model_chunk = 6, 4, 1, 2
   s.reference_workdir = str(tmp_path)  # itself: a stand-in for the true-label run
@@ -240,12 +241,12 @@ def test_sanity_studies_on_a_trained_workdir_write_tables_and_figures_and_resume
 
 def test_sanity_settings_are_checked_with_the_field_named(tiny_config):
   s = tiny_config.sanity
-  s.studies = "cascading,pixel_flipping"
+  s.studies = ("cascading", "pixel_flipping")
   with pytest.raises(ConfigError, match="sanity.studies"):
     sanity.check_config(s)
-  s.studies = "label_randomization"
+  s.studies = ("label_randomization",)
   with pytest.raises(ConfigError, match="sanity.reference_workdir"):
     sanity.check_config(s)
-  s.studies, s.methods = "cascading", ("gradient(steps=3)",)
+  s.studies, s.methods = ("cascading",), ("gradient(steps=3)",)
   with pytest.raises(ConfigError, match="steps"):
     sanity.check_config(s)

@@ -8,7 +8,7 @@ import pytest
 
 from saliency_jax import data as data_lib
 from saliency_jax import pipeline
-from saliency_jax.attribution import display, gradients
+from saliency_jax.attribution import display, gradients, registry
 from saliency_jax.config_checks import ConfigError
 from saliency_jax.evaluation import aggregate, grid, results, run, single_pixel
 
@@ -129,15 +129,15 @@ def test_ties_all_count_as_attributed():
 
 
 def test_method_specs_parse_and_bad_ones_name_the_setting():
-  spec = grid.parse_method("integrated_gradients(baseline='white', steps=100, chunk_size=5, reduce='abs_mean')")
+  spec = registry.parse("integrated_gradients(baseline='white', steps=100, chunk_size=5, reduce='abs_mean')")
   assert spec.name == "integrated_gradients" and spec.reduction == "abs_mean"
   assert spec.options_text == "baseline='white', steps=100"  # chunk_size changes memory, not the map
-  assert grid.parse_method("gradient").options == ()
+  assert registry.parse("gradient").options == ()
   for bad, match in [("gradient(", "name\\(option=value"), ("no_such_method", "single_pixel.methods"),
                      ("gradient(steps=3)", "steps"), ("gradient(reduce='median')", "reduce"),
                      ("gradient(sigma=x)", "literals")]:
     with pytest.raises(ConfigError, match=match):
-      grid.parse_method(bad)
+      registry.parse(bad, "single_pixel.methods")
 
 
 def _eval_config(tiny_config):
@@ -188,7 +188,7 @@ def test_four_devices_count_as_one(tmp_path, tiny_config):
   config.single_pixel.enabled = False
   trained = pipeline.run(config, tmp_path)["train"]
   pix, nopix, labels, location = run.test_sets(trained.data, 0, 1.0, 3.0, max_images=30)
-  spec = grid.parse_method("integrated_gradients(baseline='black', steps=8)")
+  spec = registry.parse("integrated_gradients(baseline='black', steps=8)")
   counts = [run.CellRunner(trained.model, trained.state.variables, trained.data.normalization, 12, 4, devices=d)
             .counts(spec, "label", "softmax", pix, nopix, labels, location) for d in (jax.devices()[:1], jax.devices())]
   assert counts[0] == counts[1] and counts[0]["images"] == 30

@@ -156,8 +156,11 @@ def _torch_input_gradient(torch, net, x, target):
     return x.grad.numpy()
 
 
-# 64x64 for vgg16: on 32x32 its 7x7 adaptive pool replicates a 1x1 map, which would hide a wrong
-# spatial order of classifier.0's rows; at 64x64 the last map is 2x2 and the 49 bins differ.
+# Logits of vgg16 at 64x64: on 32x32 its 7x7 adaptive pool replicates a 1x1 map, which would hide a
+# wrong spatial order of classifier.0's rows; at 64x64 the last map is 2x2 and the 49 bins differ.
+# Gradients at 32x32: a max-pool window whose two largest values are closer than float32 rounding
+# routes the gradient to either one (torch and XLA round differently), a legitimate difference that
+# the many windows of VGG16 at 64x64 do hit (seed 1: one block-3 window, 0.565984 vs 0.5659844).
 @pytest.mark.parametrize("name,size", [("resnet18", 32), ("vgg16", 64), ("small_cnn", 32)])
 def test_logits_and_input_gradients_match_torch(name, size, tmp_path):
   torch, net = _torch_model(name)
@@ -168,17 +171,17 @@ def test_logits_and_input_gradients_match_torch(name, size, tmp_path):
 
   rng = np.random.default_rng(1)
   x_nchw = rng.standard_normal((2, 3, size, size)).astype(np.float32)
-  target = np.array([3, 7])
   with torch.no_grad():
     expected = net(torch.from_numpy(x_nchw)).numpy()
-  x_nhwc = jnp.asarray(x_nchw.transpose(0, 2, 3, 1))
-  logits = np.asarray(model.apply(variables, x_nhwc, train=False))
+  logits = np.asarray(model.apply(variables, jnp.asarray(x_nchw.transpose(0, 2, 3, 1)), train=False))
   # float32 throughout, with different summation orders (oneDNN vs XLA): the rounding differences
   # grow to ~1e-6 of the logits' scale over the network; a mapping error is of order 1.
-  scale = np.abs(expected).max()
-  np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5 * scale)
+  np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
+  x_nchw = x_nchw[:, :, :32, :32].copy()
+  target = np.array([3, 7])
   grad_torch = _torch_input_gradient(torch, net, torch.from_numpy(x_nchw), torch.from_numpy(target))
-  grad = attribution.gradient(attribution.ModelForward(model, variables), x_nhwc, jnp.asarray(target))
+  forward = attribution.ModelForward(model, variables)
+  grad = attribution.gradient(forward, jnp.asarray(x_nchw.transpose(0, 2, 3, 1)), jnp.asarray(target))
   grad = np.asarray(grad).transpose(0, 3, 1, 2)
   np.testing.assert_allclose(grad, grad_torch, rtol=0, atol=1e-5 * np.abs(grad_torch).max())

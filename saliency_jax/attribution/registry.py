@@ -9,9 +9,12 @@ through `supply`, and nothing else infers it from parameter names.
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import inspect
 from typing import Any, Callable, Mapping
 
+from saliency_jax.attribution import display
 from saliency_jax.config_checks import ConfigError, require_choice
 
 METHODS: dict[str, Callable] = {}
@@ -96,10 +99,14 @@ def check_options(name: str, options: Mapping[str, Any]) -> dict:
 
 
 def from_config(method_config) -> Callable:
-  """`method_config` has `name` and optional `options` (a dict or ConfigDict); returns
-  `fn(forward, x, target)` with the options bound, checked against the method's signature."""
-  name = method_config["name"]
-  options = check_options(name, dict(method_config.get("options", None) or {}))
+  """`fn(forward, x, target)` with the options bound and checked: `method_config` is a spec string,
+  'name(option=value, ...)' (see `parse`), or a mapping with `name` and optional `options`."""
+  if isinstance(method_config, str):
+    spec = parse(method_config)
+    name, options = spec.name, dict(spec.options)
+  else:
+    name = method_config["name"]
+    options = check_options(name, dict(method_config.get("options", None) or {}))
   fn = get(name)
 
   def method(forward, x_BHWC, target_B):
@@ -107,3 +114,55 @@ def from_config(method_config) -> Callable:
 
   method.__name__ = name
   return method
+
+
+# Options that change memory or speed, never the map: not part of a cell's identity.
+EXECUTION_OPTIONS = ("chunk_size",)
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+  name: str
+  options: tuple[tuple[str, Any], ...] = ()
+  reduction: str = "mean"
+
+  @property
+  def options_text(self) -> str:
+    """The options as written in results.csv: sorted `key=value`, without execution options."""
+    return ", ".join(f"{k}={v!r}" for k, v in self.options if k not in EXECUTION_OPTIONS)
+
+  @property
+  def label(self) -> str:
+    return f"{self.name}({self.options_text})" if self.options_text else self.name
+
+
+def _literal(node):
+  """A Python literal, or `inf` (LRP-gamma's positive-weight limit, `gamma=inf`)."""
+  if isinstance(node, ast.Name) and node.id == "inf":
+    return float("inf")
+  return ast.literal_eval(node)
+
+
+def parse(spec: str, field: str = "method") -> MethodSpec:
+  """'name' or 'name(option=literal, ...)' -> MethodSpec: the one grammar of a method everywhere
+  (configs, the command line, the sanity studies, `from_config`), checked against the registry;
+  `inf` is a literal, `reduce=` the channel reduction. Errors name `field`."""
+  try:
+    node = ast.parse(spec.strip(), mode="eval").body
+  except SyntaxError:
+    node = None
+  if isinstance(node, ast.Name):
+    name, options = node.id, {}
+  elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.args:
+    try:
+      name, options = node.func.id, {kw.arg: _literal(kw.value) for kw in node.keywords}
+    except ValueError as e:
+      raise ConfigError(f"{field} entry {spec!r}: option values must be literals ({e})") from None
+  else:
+    raise ConfigError(f"{field} entry {spec!r} is not 'name' or 'name(option=value, ...)', "
+                      "e.g. \"integrated_gradients(baseline='black', steps=100)\"")
+  require_choice(field, name, sorted(METHODS))
+  reduction = options.pop("reduce", "mean")
+  require_choice(f"{field} ({name}) reduce", reduction, display.REDUCTIONS)
+  check_options(name, options)
+  return MethodSpec(name, tuple(sorted(options.items())), reduction)

@@ -1,18 +1,15 @@
 """The grid of a single-pixel evaluation: which methods, targets, outputs and test jitters.
 
 A method is named in the config as a string, `name` or `name(option=value, ...)`, e.g.
-"integrated_gradients(baseline='black', steps=100)"; any registered attribution method works.
-`reduce=` picks the channel reduction of its map (default 'mean': the signed mean, which for
+"integrated_gradients(baseline='black', steps=100)", parsed by `attribution.registry.parse` (the
+one grammar of config, command line and sanity studies); any registered method works. `reduce=`
+picks the channel reduction of its map (default 'mean': the signed mean, which for
 `absolute_gradient` is the mean of absolute values).
 """
 
 from __future__ import annotations
 
-import ast
-import dataclasses
-from typing import Any
-
-from saliency_jax.attribution import core, display, registry
+from saliency_jax.attribution import core, registry
 from saliency_jax.config_checks import ConfigError, require_choice, require_non_negative, require_positive
 
 # What SPEC section 4 calls the original's columns, in its order.
@@ -33,61 +30,11 @@ ID_COLUMNS = ("model", "model_seed", "data_seed", "checkpoint_epoch", "train_pos
 # A cell is done when a row with these values exists (the rest are its results).
 CELL_KEY = ("checkpoint_epoch", "test_position_sd", "test_colour_sd", "method", "method_options", "reduction",
             "target", "output", "num_images")
-# Options that change memory or speed, never the map: not part of a cell's identity.
-EXECUTION_OPTIONS = ("chunk_size",)
-
-
-@dataclasses.dataclass(frozen=True)
-class MethodSpec:
-  name: str
-  options: tuple[tuple[str, Any], ...] = ()
-  reduction: str = "mean"
-
-  @property
-  def options_text(self) -> str:
-    """The options as written in results.csv: sorted `key=value`, without execution options."""
-    return ", ".join(f"{k}={v!r}" for k, v in self.options if k not in EXECUTION_OPTIONS)
-
-  @property
-  def label(self) -> str:
-    return f"{self.name}({self.options_text})" if self.options_text else self.name
-
-
-def _literal(node):
-  """A Python literal, or `inf` (LRP-gamma's positive-weight limit, `gamma=inf`)."""
-  if isinstance(node, ast.Name) and node.id == "inf":
-    return float("inf")
-  return ast.literal_eval(node)
-
-
-def parse_method(spec: str, field: str = "single_pixel.methods") -> MethodSpec:
-  """'name' or 'name(option=literal, ...)' -> MethodSpec, checked against the registry; `inf` is a literal."""
-  try:
-    node = ast.parse(spec.strip(), mode="eval").body
-  except SyntaxError:
-    node = None
-  if isinstance(node, ast.Name):
-    name, options = node.id, {}
-  elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.args:
-    try:
-      name, options = node.func.id, {kw.arg: _literal(kw.value) for kw in node.keywords}
-    except ValueError as e:
-      raise ConfigError(f"{field} entry {spec!r}: option values must be literals ({e})") from None
-  else:
-    raise ConfigError(f"{field} entry {spec!r} is not 'name' or 'name(option=value, ...)', "
-                      "e.g. \"integrated_gradients(baseline='black', steps=100)\"")
-  require_choice(field, name, sorted(registry.METHODS))
-  reduction = options.pop("reduce", "mean")
-  require_choice(f"{field} ({name}) reduce", reduction, display.REDUCTIONS)
-  registry.check_options(name, options)
-  return MethodSpec(name, tuple(sorted(options.items())), reduction)
-
-
-def check_config(sp) -> list[MethodSpec]:
+def check_config(sp) -> list[registry.MethodSpec]:
   """The `single_pixel` section, checked; returns the parsed methods."""
   if not sp.methods:
     raise ConfigError("single_pixel.methods is empty; name at least one attribution method")
-  methods = [parse_method(m) for m in sp.methods]
+  methods = [registry.parse(m, "single_pixel.methods") for m in sp.methods]
   labels = [m.label + m.reduction for m in methods]
   if len(set(labels)) != len(labels):
     raise ConfigError(f"single_pixel.methods names the same method twice: {list(sp.methods)}")

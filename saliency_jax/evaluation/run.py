@@ -29,7 +29,7 @@ from saliency_jax.evaluation import grid, results, single_pixel
 from saliency_jax.training.parallel import DATA_AXIS
 
 
-def method_fn(spec: grid.MethodSpec, output: str, normalization, chunk_size: int = 0, key=None):
+def method_fn(spec: registry.MethodSpec, output: str, normalization, chunk_size: int = 0, key=None):
   """`(forward, x, target, **overrides) -> map` of `spec` with its options, plus what the run
   supplies where the method declared it needs it (`registry.supply`)."""
   fn = registry.get(spec.name)
@@ -42,18 +42,18 @@ def method_fn(spec: grid.MethodSpec, output: str, normalization, chunk_size: int
   return method
 
 
-def importance_fn(spec: grid.MethodSpec, output: str, normalization, chunk_size: int = 0):
+def importance_fn(spec: registry.MethodSpec, output: str, normalization, chunk_size: int = 0):
   """`(forward, x, target, **overrides) -> (B, H, W)`: the method's map, reduced over channels."""
   method = method_fn(spec, output, normalization, chunk_size)
   return lambda forward, x_BHWC, target_B, **overrides: display.reduce_channels(
       method(forward, x_BHWC, target_B, **overrides), spec.reduction)
 
 
-def needs_key(spec: grid.MethodSpec) -> bool:
+def needs_key(spec: registry.MethodSpec) -> bool:
   return "key" in registry.needs(spec.name) and "key" not in dict(spec.options)
 
 
-def cell_key(seed: int, spec: grid.MethodSpec, output: str) -> jax.Array:
+def cell_key(seed: int, spec: registry.MethodSpec, output: str) -> jax.Array:
   """The random key of a method's cells (SmoothGrad, VarGrad, a uniform IG baseline): drawn from
   the model seed and the method and output, not the target, so the two targets see the same noise;
   image i of the test split gets `fold_in(this key, i)`, so its map does not depend on the batch it
@@ -105,7 +105,7 @@ class CellRunner:
     self.seed = seed
     self._compiled = {}
 
-  def _program(self, spec: grid.MethodSpec, target: str, output: str):
+  def _program(self, spec: registry.MethodSpec, target: str, output: str):
     key = (spec, target, output)
     if key not in self._compiled:
       importance = importance_fn(spec, output, self.normalization, self.chunk_size)
@@ -124,7 +124,7 @@ class CellRunner:
       self._compiled[key] = jax.jit(program)
     return self._compiled[key]
 
-  def outcomes(self, spec: grid.MethodSpec, target: str, output: str, pix, nopix, labels, location,
+  def outcomes(self, spec: registry.MethodSpec, target: str, output: str, pix, nopix, labels, location,
                index=None) -> dict[str, np.ndarray]:
     """Per image (see `single_pixel.batch_outcomes`), as numpy arrays. `index`: each image's
     index in the test split (its random key's; default 0..N-1)."""
@@ -142,11 +142,11 @@ class CellRunner:
     parts = jax.device_get(parts)
     return {k: np.concatenate([p[k][:n] for p, n in parts]) for k in parts[0][0]}
 
-  def counts(self, spec: grid.MethodSpec, target: str, output: str, pix, nopix, labels, location) -> dict:
+  def counts(self, spec: registry.MethodSpec, target: str, output: str, pix, nopix, labels, location) -> dict:
     outcomes = self.outcomes(spec, target, output, pix, nopix, labels, location)
     return {k: int(v) for k, v in single_pixel.counts_from_outcomes(outcomes, labels).items()}
 
-  def maps(self, spec: grid.MethodSpec, target: str, output: str, pix, labels, index=None) -> np.ndarray:
+  def maps(self, spec: registry.MethodSpec, target: str, output: str, pix, labels, index=None) -> np.ndarray:
     """(B, H, W) importance maps of a few images, for the example figure."""
     index = jnp.arange(len(labels)) if index is None else jnp.asarray(index)
     importance = importance_fn(spec, output, self.normalization, self.chunk_size)

@@ -1,6 +1,6 @@
 """The sanity checks (SPEC section 5) on a trained workdir: `run(config, workdir)`.
 
-Studies (`config.sanity.studies`, comma-separated):
+Studies (`config.sanity.studies`, a tuple):
 
 - `cascading`, `independent`: model-parameter randomisation (`randomization.py`); every step's
   model is a pytree, and all steps' maps come from one compiled program (`lax.map` over the
@@ -36,9 +36,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from saliency_jax import data as data_lib
 from saliency_jax import files
 from saliency_jax import models
-from saliency_jax.attribution import Explainer, core
+from saliency_jax.attribution import Explainer, core, registry
 from saliency_jax.config_checks import ConfigError, require_choice, require_non_negative, require_positive
-from saliency_jax.evaluation import grid, invariance, randomization, results, similarity
+from saliency_jax.evaluation import invariance, randomization, results, similarity
 from saliency_jax.evaluation.run import method_fn
 from saliency_jax.training.parallel import DATA_AXIS
 
@@ -52,18 +52,21 @@ _DONE_KEY = ("checkpoint_epoch", "study", "method", "method_options", "output", 
 
 
 def studies_of(sc) -> list[str]:
-  studies = [s.strip() for s in str(sc.studies).split(",") if s.strip()]
+  """The studies, in order. A command-line `--config.sanity.studies=a,b` arrives as ('a,b',), so
+  entries are split at commas too."""
+  entries = (sc.studies,) if isinstance(sc.studies, str) else tuple(sc.studies)
+  studies = [s.strip() for entry in entries for s in str(entry).split(",") if s.strip()]
   for s in studies:
     require_choice("sanity.studies", s, STUDIES)
   return studies
 
 
-def check_config(sc) -> list[grid.MethodSpec]:
+def check_config(sc) -> list[registry.MethodSpec]:
   """The `sanity` section, checked; returns the parsed methods."""
   studies = studies_of(sc)
   if not sc.methods:
     raise ConfigError("sanity.methods is empty; name at least one attribution method")
-  methods = [grid.parse_method(m, "sanity.methods") for m in sc.methods]
+  methods = [registry.parse(m, "sanity.methods") for m in sc.methods]
   require_choice("sanity.target", sc.target, core.TARGETS)
   require_choice("sanity.output", sc.output, core.OUTPUTS)
   require_choice("sanity.distribution", sc.distribution, randomization.DISTRIBUTIONS)
@@ -112,7 +115,7 @@ class MapRunner:
     variables = models.model_variables(variables)
     return core.ModelForward(self.model, jax.device_put(variables, NamedSharding(self.mesh, P())))
 
-  def method(self, spec: grid.MethodSpec, output: str) -> Callable:
+  def method(self, spec: registry.MethodSpec, output: str) -> Callable:
     return method_fn(spec, output, self.normalization, self.chunk_size, self.key)
 
   def run(self, key, fn: Callable, per_image: tuple, *shared, image_axis: int = 0) -> np.ndarray:
@@ -171,7 +174,7 @@ def _structure(forward):
   return jax.tree.structure(forward)
 
 
-def _ident(ctx: Context, study: str, spec: grid.MethodSpec, target: str) -> dict:
+def _ident(ctx: Context, study: str, spec: registry.MethodSpec, target: str) -> dict:
   c = ctx.config
   return {"model": c.model.name, "model_seed": c.seed, "data_seed": c.data.seed, "checkpoint_epoch": ctx.epoch,
           "study": study, "method": spec.name, "method_options": spec.options_text, "output": c.sanity.output,
@@ -300,7 +303,7 @@ def _done_key(row: dict) -> tuple:
   return tuple(str(row[k]) for k in _DONE_KEY)
 
 
-def run_study(ctx: Context, study: str, methods: list[grid.MethodSpec]) -> list[dict]:
+def run_study(ctx: Context, study: str, methods: list[registry.MethodSpec]) -> list[dict]:
   """One study over every method; returns its rows (read back where already computed)."""
   path = ctx.out_dir / f"{study}.csv"
   strips_path = ctx.out_dir / f"{study}_maps.npz"
