@@ -13,14 +13,15 @@ from saliency_jax import attribution, models
 from saliency_jax.models import torch_import
 
 
-def _random_variables(name, seed=0, input_shape=(1, 32, 32, 3), **options):
+def _random_variables(name, seed=0, input_shape=(1, 32, 32, 3), zeros=False):
   """A model and variables of its own shapes, every leaf random (so no two leaves coincide, as
-  BatchNorm's init scale 1 and var 1 would)."""
-  model = models.create_model(name, **options)
+  BatchNorm's init scale 1 and var 1 would); `zeros`: free read-only zeros, for names only."""
+  model = models.create_model(name)
   shapes = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), input_shape))
   rng = np.random.default_rng(seed)
-  variables = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes)
-  return model, variables
+  draw = ((lambda s: np.broadcast_to(np.float32(0), s.shape)) if zeros
+          else (lambda s: rng.standard_normal(s.shape, dtype=np.float32)))
+  return model, jax.tree.map(draw, shapes)
 
 
 # torchvision's vgg16: the Conv2d indices in `features` (ReLUs and max-pools take the others), and
@@ -47,12 +48,12 @@ def _hand_made_state_dict(variables, flat_nhwc=None):
       elif names[-1] == "scale":
         state[f"{module}.weight"] = leaf
       elif names[-1] == "kernel" and leaf.ndim == 4:
-        state[f"{module}.weight"] = np.ascontiguousarray(leaf.transpose(3, 2, 0, 1))
+        state[f"{module}.weight"] = leaf.transpose(3, 2, 0, 1)
       elif names[-1] == "kernel" and flat_nhwc and names[-2] in flat_nhwc:
         h, w, c = flat_nhwc[names[-2]]
         state[f"{module}.weight"] = leaf.reshape(h, w, c, -1).transpose(3, 2, 0, 1).reshape(leaf.shape[1], -1)
       elif names[-1] == "kernel":
-        state[f"{module}.weight"] = np.ascontiguousarray(leaf.T)
+        state[f"{module}.weight"] = leaf.T
       else:
         state[f"{module}.{names[-1]}"] = leaf
   return state
@@ -72,7 +73,7 @@ def test_round_trip_of_a_hand_made_state_dict(name):
 
 
 def test_resnet_key_names_are_torchvisions():
-  _, variables = _random_variables("resnet18")
+  _, variables = _random_variables("resnet18", zeros=True)
   keys = set(_hand_made_state_dict(variables))
   assert {"conv1.weight", "bn1.running_var", "layer2.0.downsample.0.weight", "layer2.0.downsample.1.weight",
           "layer4.1.bn2.bias", "fc.weight", "fc.bias"} <= keys
@@ -80,7 +81,7 @@ def test_resnet_key_names_are_torchvisions():
 
 
 def test_vgg_key_names_are_torchvisions():
-  _, variables = _random_variables("vgg16")
+  _, variables = _random_variables("vgg16", zeros=True)
   keys = set(_hand_made_state_dict(variables))
   expected = {f"features.{i}.{p}" for i in TORCHVISION_VGG16_CONVS for p in ("weight", "bias")}
   expected |= {f"classifier.{i}.{p}" for i in (0, 3, 6) for p in ("weight", "bias")}

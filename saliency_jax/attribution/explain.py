@@ -4,24 +4,23 @@
     maps_BHWC = explain("integrated_gradients", x_BHWC, steps=100, baseline="black")
 
 Each (method, output, options) compiles once. Options holding arrays (random keys, baseline
-images) are traced arguments; the rest are compile-time constants. The batch is split over
-the devices like the training step (padded to a multiple of their number, then cut back),
-and the variables are traced, not baked into the program.
+images) are traced arguments; the rest are compile-time constants. The batch goes through a
+`BatchRunner`, as the grid's and the sanity studies' do: split over the devices (padded, then cut
+back), the variables replicated and traced, not baked into the program.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from saliency_jax import models
 from saliency_jax.attribution import registry
+from saliency_jax.attribution.batching import BatchRunner
 from saliency_jax.attribution.core import ModelForward, select_targets
-from saliency_jax.training.parallel import DATA_AXIS
 
 
 def _holds_arrays(value) -> bool:
@@ -29,25 +28,20 @@ def _holds_arrays(value) -> bool:
 
 
 class Explainer:
-  """Binds `model` and `variables`; `normalization` (a `data.Normalization`) is passed to every
-  method that takes one (the named IG baselines). `devices`: where the batch is split
-  (default: every local device)."""
+  """Binds `model` and `variables`; `normalization` (a `data.Normalization`, or 'unit' for inputs
+  that are pixels in [0, 1]) is passed to every method that declared it needs one (the named IG
+  baselines). `devices`: where the batch is split (default: every local device)."""
 
   def __init__(self, model, variables, *, normalization=None, devices: Sequence[jax.Device] | None = None):
-    devices = list(devices) if devices is not None else jax.local_devices()
-    # Auto axes: methods vmap paths and noise over a sharded batch, and XLA should place
-    # those intermediate reshapes itself rather than ask for an explicit sharding each time.
-    self.mesh = jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
-                              devices=devices)
-    self._batch = NamedSharding(self.mesh, P(DATA_AXIS))
-    variables = models.model_variables(variables)
-    self.forward = ModelForward(model, jax.device_put(variables, NamedSharding(self.mesh, P())))
+    self.runner = BatchRunner(devices)
+    self.mesh = self.runner.mesh
+    self.forward = ModelForward(model, self.runner.replicate(models.model_variables(variables)))
     self.normalization = normalization
-    self._compiled: dict[Any, Callable] = {}
 
   def targets(self, x_BHWC, labels_B=None, which: str = "predicted") -> jax.Array:
-    return self._run(("targets", which), lambda fwd, x, _, dyn: select_targets(fwd, x, dyn["labels"], which),
-                     x_BHWC, jnp.zeros(len(x_BHWC), jnp.int32), {"labels": labels_B})
+    labels = {} if labels_B is None else {"labels": labels_B}
+    return self.runner.run(("targets", which), lambda fwd, x, per_image: select_targets(
+        fwd, x, per_image.get("labels"), which), (jnp.asarray(x_BHWC, jnp.float32), labels), (self.forward,))
 
   def __call__(self, method: str | Callable, x_BHWC, target="predicted", *, labels_B=None, output: str = "logit",
                **options) -> jax.Array:
@@ -60,30 +54,21 @@ class Explainer:
       fn = method
     if isinstance(target, str):
       target = self.targets(x_BHWC, labels_B, target)
+    B = x_BHWC.shape[0]
     static = {k: v for k, v in options.items() if not _holds_arrays(v)}
     dynamic = {k: v for k, v in options.items() if _holds_arrays(v)}
+    # Arrays with a row per image (per-image keys, a baseline per image) travel with the images.
+    per_image = {k: v for k, v in dynamic.items() if _per_image(v, B)}
+    shared = {k: v for k, v in dynamic.items() if k not in per_image}
 
-    def run(forward, x, t, dyn):
-      return fn(forward, x, t, output=output, **static, **dyn)
+    def run(forward, shared, x, t, per_image):
+      return fn(forward, x, t, output=output, **static, **shared, **per_image)
 
-    key = (method, output, repr(sorted(static.items())))
-    return self._run(key, run, x_BHWC, target, dynamic)
+    name = (method, output, repr(sorted(static.items())), tuple(sorted(per_image)))
+    return self.runner.run(name, run, (jnp.asarray(x_BHWC, jnp.float32), jnp.asarray(target), per_image),
+                           (self.forward, self.runner.replicate(shared)))
 
-  def _run(self, key, fn, x_BHWC, target_B, dynamic):
-    if key not in self._compiled:
-      self._compiled[key] = jax.jit(fn)
-    B = x_BHWC.shape[0]
-    pad = -B % self.mesh.size
 
-    def batch(a):
-      # Per-image arrays (inputs, targets, per-image keys) are padded and split; the rest replicated.
-      a = jnp.asarray(a) if isinstance(a, np.ndarray) else a
-      if not isinstance(a, jax.Array) or a.ndim == 0 or a.shape[0] != B:
-        return a
-      if pad:
-        a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)])
-      return jax.device_put(a, self._batch)
-
-    out = self._compiled[key](self.forward, batch(jnp.asarray(x_BHWC, jnp.float32)), batch(jnp.asarray(target_B)),
-                              jax.tree.map(batch, dynamic))
-    return out[:B] if pad else out
+def _per_image(value, batch: int) -> bool:
+  leaves = jax.tree.leaves(value)
+  return bool(leaves) and all(getattr(a, "ndim", 0) > 0 and a.shape[0] == batch for a in leaves)

@@ -9,7 +9,6 @@ the local devices; only counts come back.
 from __future__ import annotations
 
 import hashlib
-import math
 import pathlib
 import time
 import zipfile
@@ -19,14 +18,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from saliency_jax import data as data_lib
 from saliency_jax import files
-from saliency_jax.attribution import Explainer, display, registry
+from saliency_jax import models
+from saliency_jax.attribution import core, display, registry
+from saliency_jax.attribution.batching import BatchRunner
 from saliency_jax.data import pixel
 from saliency_jax.evaluation import grid, results, single_pixel
-from saliency_jax.training.parallel import DATA_AXIS
 
 
 def method_fn(spec: registry.MethodSpec, output: str, normalization, chunk_size: int = 0, key=None):
@@ -83,64 +82,41 @@ def test_sets(data: data_lib.Prepared, data_seed: int, position_sd: float, colou
           np.asarray(pix.location_B2)[keep])
 
 
-def _bucket(n: int, batch_size: int, multiple: int) -> int:
-  """The batch shape for n images: `batch_size`, or for fewer the next power of two (rounded to
-  the devices), so a small remainder neither pays for a full batch nor compiles for every n."""
-  if n >= batch_size:
-    return batch_size
-  return min(batch_size, math.ceil(2 ** math.ceil(math.log2(max(n, 1))) / multiple) * multiple)
-
-
 class CellRunner:
   """Compiles one program per (method, target, output) and runs it over a test set in batches."""
 
   def __init__(self, model, variables, normalization, batch_size: int, chunk_size: int = 0, devices=None,
                seed: int = 0):
-    # The Explainer's mesh and replicated forward: batches are split as its methods' are.
-    explainer = Explainer(model, variables, normalization=normalization, devices=devices)
-    self.mesh, self.forward = explainer.mesh, explainer.forward
+    self.runner = BatchRunner(devices, batch_size)
+    self.mesh = self.runner.mesh
+    self.forward = core.ModelForward(model, self.runner.replicate(models.model_variables(variables)))
     self.normalization = normalization
-    self.batch_size = math.ceil(batch_size / self.mesh.size) * self.mesh.size
     self.chunk_size = chunk_size
     self.seed = seed
-    self._compiled = {}
 
-  def _program(self, spec: registry.MethodSpec, target: str, output: str):
-    key = (spec, target, output)
-    if key not in self._compiled:
-      importance = importance_fn(spec, output, self.normalization, self.chunk_size)
-      if needs_key(spec):
-        base = cell_key(self.seed, spec, output)
-        keyed = lambda f, x, t, index_B: importance(f, x, t, key=jax.vmap(lambda i: jax.random.fold_in(base, i))(
-            index_B))
-      else:
-        keyed = lambda f, x, t, index_B: importance(f, x, t)
-
-      def program(forward, pix, nopix, labels, location, index_B):
-        return single_pixel.batch_outcomes(forward, self.normalization,
-                                           lambda f, x, t: keyed(f, x, t, index_B), target, pix, nopix, labels,
-                                           location)
-
-      self._compiled[key] = jax.jit(program)
-    return self._compiled[key]
+  def _importance(self, spec: registry.MethodSpec, output: str):
+    """`(forward, x, target, index_B) -> (B, H, W)`; methods that need a random key get image i's
+    `fold_in(cell_key(...), i)`."""
+    importance = importance_fn(spec, output, self.normalization, self.chunk_size)
+    if not needs_key(spec):
+      return lambda f, x, t, index_B: importance(f, x, t)
+    base = cell_key(self.seed, spec, output)
+    return lambda f, x, t, index_B: importance(f, x, t, key=jax.vmap(lambda i: jax.random.fold_in(base, i))(index_B))
 
   def outcomes(self, spec: registry.MethodSpec, target: str, output: str, pix, nopix, labels, location,
                index=None) -> dict[str, np.ndarray]:
     """Per image (see `single_pixel.batch_outcomes`), as numpy arrays. `index`: each image's
     index in the test split (its random key's; default 0..N-1)."""
-    fn = self._program(spec, target, output)
+    importance = self._importance(spec, output)
+
+    def program(forward, pix, nopix, labels, location, index_B):
+      return single_pixel.batch_outcomes(forward, self.normalization, lambda f, x, t: importance(f, x, t, index_B),
+                                         target, pix, nopix, labels, location)
+
     index = np.arange(len(labels)) if index is None else np.asarray(index)
-    batch_size = _bucket(len(labels), self.batch_size, self.mesh.size)
-    sharding = NamedSharding(self.mesh, P(DATA_AXIS))
-    parts = []
-    for start in range(0, len(labels), batch_size):
-      batch = [a[start:start + batch_size] for a in (pix, nopix, labels, location, index)]
-      pad = batch_size - len(batch[2])
-      batch = [np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) if pad else a for a in batch]
-      # Dispatched back to back; read once, after the last batch.
-      parts.append((fn(self.forward, *jax.device_put(batch, sharding)), batch_size - pad))
-    parts = jax.device_get(parts)
-    return {k: np.concatenate([p[k][:n] for p, n in parts]) for k in parts[0][0]}
+    out = self.runner.run(("outcomes", spec, target, output), program, (pix, nopix, labels, location, index),
+                          (self.forward,))
+    return {k: np.asarray(v) for k, v in jax.device_get(out).items()}
 
   def counts(self, spec: registry.MethodSpec, target: str, output: str, pix, nopix, labels, location) -> dict:
     outcomes = self.outcomes(spec, target, output, pix, nopix, labels, location)
@@ -148,17 +124,15 @@ class CellRunner:
 
   def maps(self, spec: registry.MethodSpec, target: str, output: str, pix, labels, index=None) -> np.ndarray:
     """(B, H, W) importance maps of a few images, for the example figure."""
-    index = jnp.arange(len(labels)) if index is None else jnp.asarray(index)
-    importance = importance_fn(spec, output, self.normalization, self.chunk_size)
-    base = cell_key(self.seed, spec, output)
+    importance = self._importance(spec, output)
 
-    def run(forward, pix, labels, index):
+    def program(forward, pix, labels, index_B):
       x = self.normalization(pix)
       t = jnp.argmax(forward(x), axis=-1) if target == "predicted" else labels
-      extra = {"key": jax.vmap(lambda i: jax.random.fold_in(base, i))(index)} if needs_key(spec) else {}
-      return importance(forward, x, t.astype(jnp.int32), **extra)
+      return importance(forward, x, t.astype(jnp.int32), index_B)
 
-    return np.asarray(jax.jit(run)(self.forward, jnp.asarray(pix), jnp.asarray(labels), index))
+    index = np.arange(len(labels)) if index is None else np.asarray(index)
+    return np.asarray(self.runner.run(("maps", spec, target, output), program, (pix, labels, index), (self.forward,)))
 
 
 def _per_image_path(out_dir: pathlib.Path, key: tuple[str, ...]) -> pathlib.Path:

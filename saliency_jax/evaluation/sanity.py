@@ -31,16 +31,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from saliency_jax import data as data_lib
 from saliency_jax import files
 from saliency_jax import models
-from saliency_jax.attribution import Explainer, core, registry
+from saliency_jax.attribution import core, registry
+from saliency_jax.attribution.batching import BatchRunner
 from saliency_jax.config_checks import ConfigError, require_choice, require_non_negative, require_positive
 from saliency_jax.evaluation import invariance, randomization, results, similarity
 from saliency_jax.evaluation.run import method_fn
-from saliency_jax.training.parallel import DATA_AXIS
 
 STUDIES = ("cascading", "independent", "class_sensitivity", "input_invariance", "label_randomization")
 ID_COLUMNS = ("model", "model_seed", "data_seed", "checkpoint_epoch", "study", "method", "method_options", "output",
@@ -104,37 +103,21 @@ class MapRunner:
   """
 
   def __init__(self, model, variables, normalization, batch_size: int, chunk_size: int, key, devices=None):
-    explainer = Explainer(model, variables, normalization=normalization, devices=devices)
-    self.mesh, self.forward = explainer.mesh, explainer.forward
+    self.runner = BatchRunner(devices, batch_size)
+    self.mesh = self.runner.mesh
     self.model, self.normalization, self.chunk_size, self.key = model, normalization, chunk_size, key
-    self.batch_size = -(-batch_size // self.mesh.size) * self.mesh.size
-    self._compiled: dict = {}
+    self.forward = self.bind(variables)
 
   def bind(self, variables) -> core.ModelForward:
     """Another set of variables of the same model (a twin, a reference run), replicated."""
-    variables = models.model_variables(variables)
-    return core.ModelForward(self.model, jax.device_put(variables, NamedSharding(self.mesh, P())))
+    return core.ModelForward(self.model, self.runner.replicate(models.model_variables(variables)))
 
   def method(self, spec: registry.MethodSpec, output: str) -> Callable:
     return method_fn(spec, output, self.normalization, self.chunk_size, self.key)
 
   def run(self, key, fn: Callable, per_image: tuple, *shared, image_axis: int = 0) -> np.ndarray:
-    """`fn(*shared, *per_image_batch)` over batches of the per-image arrays, concatenated on host
-    along `image_axis` of the output. `key` names the compiled program."""
-    if key not in self._compiled:
-      self._compiled[key] = jax.jit(fn)
-    n = len(per_image[0])
-    sharding = NamedSharding(self.mesh, P(DATA_AXIS))
-    outs = []
-    for start in range(0, n, self.batch_size):
-      batch = [np.asarray(a[start:start + self.batch_size]) for a in per_image]
-      size = len(batch[0])
-      pad = -size % self.mesh.size
-      if pad:
-        batch = [np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for a in batch]
-      out = np.asarray(self._compiled[key](*shared, *jax.device_put(batch, sharding)))
-      outs.append(np.take(out, np.arange(size), axis=image_axis))
-    return np.concatenate(outs, axis=image_axis)
+    """`fn(*shared, *per_image_batch)` over the images, as one numpy array."""
+    return np.asarray(self.runner.run(key, fn, per_image, shared, image_axis=image_axis))
 
   def targets(self, forward, x, which: str, labels) -> np.ndarray:
     """'predicted', 'label', or 'top' / 'bottom': the highest- and lowest-scoring class."""
@@ -164,8 +147,7 @@ class MapRunner:
 
       return jax.lax.map(one, which_SL, batch_size=min(model_chunk, len(which_SL)))
 
-    replicated = NamedSharding(self.mesh, P())
-    shared = jax.device_put((params, randomized, jnp.asarray(which_SL), batch_stats), replicated)
+    shared = self.runner.replicate((params, randomized, jnp.asarray(which_SL), batch_stats))
     return self.run((spec, output, "randomized", tuple(order), which_SL.shape, model_chunk), all_steps, (x, targets),
                     *shared, image_axis=1)
 
