@@ -1,8 +1,10 @@
-"""Atomic file writes: results, metrics and caches are whole or absent, never half written."""
+"""Atomic file writes: results, metrics and caches are whole or absent, never half written; and
+the one CSV reader of the metrics and result tables."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import pathlib
 import tempfile
@@ -29,3 +31,12 @@ def atomic_open(path: str | pathlib.Path, mode: str = "w", **kwargs):
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def read_csv(path: str | pathlib.Path) -> list[dict[str, str]]:
+  """The rows of a CSV written by `atomic_open`, as dicts of strings; no file: no rows."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    return []
+  with path.open(newline="") as f:
+    return list(csv.DictReader(f))

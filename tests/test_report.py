@@ -3,7 +3,7 @@
 import pandas as pd
 
 from saliency_jax import pipeline, report
-from saliency_jax.evaluation import results
+from saliency_jax.evaluation import grid
 
 
 def test_report_is_rebuilt_from_workdirs_and_quotes_their_numbers(tmp_path, tiny_config):
@@ -26,7 +26,7 @@ def test_report_is_rebuilt_from_workdirs_and_quotes_their_numbers(tmp_path, tiny
     assert heading in text
   assert "| `train.learning_rate` | 0.001 | 0.01 |" in text  # derived from the two configs
 
-  rows = [r for w in workdirs[:2] for r in results.read_rows(w / "single_pixel" / "results.csv")]
+  rows = [r for w in workdirs[:2] for r in grid.TABLE.read(w / "single_pixel" / "results.csv")]
   pointing = pd.Series([float(r["overall.attribution_correct_accuracy"]) for r in rows
                         if r["method"] == "gradient_x_input" and r["target"] == "label"])
   expected = f"{100 * pointing.mean():.1f} ({100 * pointing.std(ddof=1):.1f})"

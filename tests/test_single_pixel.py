@@ -10,7 +10,7 @@ from saliency_jax import data as data_lib
 from saliency_jax import pipeline
 from saliency_jax.attribution import display, gradients, registry
 from saliency_jax.config_checks import ConfigError
-from saliency_jax.evaluation import aggregate, grid, results, run, single_pixel
+from saliency_jax.evaluation import aggregate, grid, run, single_pixel
 
 LOC = (2, 3)
 
@@ -156,10 +156,10 @@ def test_grid_resumes_computing_only_missing_cells_and_evaluates_a_trained_workd
   rows = out["single_pixel"]
   assert len(rows) == 4 and (tmp_path / "single_pixel" / "examples.png").exists()
   path = tmp_path / "single_pixel" / "results.csv"
-  saved = results.read_rows(path)
+  saved = grid.TABLE.read(path)
   assert [r["num_images"] for r in saved] == ["40"] * 4
-  assert list(saved[0]) == list(results.COLUMNS)
-  results.write_rows(path, saved[:1] + saved[2:])  # as if killed before that cell
+  assert list(saved[0]) == list(grid.TABLE.columns)
+  grid.TABLE.write(path, saved[:1] + saved[2:])  # as if killed before that cell
 
   calls = []
   outcomes = run.CellRunner.outcomes
@@ -174,11 +174,11 @@ def test_grid_resumes_computing_only_missing_cells_and_evaluates_a_trained_workd
   wrong = round(40 * (1 - float(predicted_cell["overall.withpix_model_accuracy"])))
   assert 0 < wrong < 40, "the test needs a model that is neither always right nor always wrong"
   assert calls == [("absolute_gradient", "label", wrong)]
-  again_saved = results.read_rows(path)
+  again_saved = grid.TABLE.read(path)
   assert len(again_saved) == 4
-  by_key = {results.cell_key(r): r for r in again_saved}
+  by_key = {grid.TABLE.key_of(r): r for r in again_saved}
   for r in saved:  # the recomputed cell equals what the first run wrote
-    assert by_key[results.cell_key(r)]["overall.attribution_correct_accuracy"] == r[
+    assert by_key[grid.TABLE.key_of(r)]["overall.attribution_correct_accuracy"] == r[
         "overall.attribution_correct_accuracy"]
   assert len(again) == 4
 
@@ -205,7 +205,7 @@ def _fake_results(workdir, seed, pointing):
     row["overall.attribution_correct_accuracy"] = p
     row["overall.attribution_incorrect"] = 10 * (seed + 1)
     rows.append(row)
-  results.write_rows(workdir / "single_pixel" / "results.csv", rows)
+  grid.TABLE.write(workdir / "single_pixel" / "results.csv", rows)
 
 
 def test_aggregation_of_three_runs_gives_mean_and_std(tmp_path):

@@ -17,7 +17,7 @@ from absl import app, flags, logging
 
 from saliency_jax import files
 from saliency_jax.config_checks import ConfigError
-from saliency_jax.evaluation import figures
+from saliency_jax.evaluation import figures, grid, results
 from saliency_jax.evaluation.grid import METRIC_COLUMNS
 
 GROUP = ["model", "test_position_sd", "test_colour_sd", "method", "method_options", "reduction", "target", "output"]
@@ -41,8 +41,7 @@ def read_runs(patterns: list[str]) -> pd.DataFrame:
     if not path.exists():
       logging.warning("no results in %s; skipped", path)
       continue
-    df = pd.read_csv(path, dtype={"method_options": str})
-    df["method_options"] = df["method_options"].fillna("")
+    df = grid.TABLE.frame(path).drop(columns=["method_label"])
     df = df[df["checkpoint_epoch"] == df["checkpoint_epoch"].max()]
     frames.append(df.assign(workdir=w))
   if not frames:
@@ -62,7 +61,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
   std = grouped[list(METRIC_COLUMNS)].std(ddof=1).add_suffix(" std")
   seeds = grouped["model_seed"].agg(lambda s: " ".join(str(v) for v in sorted(s))).rename("model_seeds")
   out = pd.concat([grouped.size().rename("runs"), seeds, mean, std], axis=1).reset_index()
-  out["method_label"] = out["method"] + out["method_options"].map(lambda o: f"({o})" if o else "")
+  out["method_label"] = results.method_label(out["method"], out["method_options"])
   return out
 
 

@@ -80,7 +80,6 @@ def removal_ranks(maps_BHW, order: str = "morf") -> jax.Array:
   _check("order", order, ORDERS)
   flat = maps_BHW.reshape(maps_BHW.shape[0], -1)
   key = -flat if order == "morf" else flat
-  # -0.0 sorts before 0.0 otherwise
   order_BN = jnp.argsort(key, axis=-1, stable=True)
   return jnp.argsort(order_BN, axis=-1, stable=True).astype(jnp.int32)  # the inverse permutation
 

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from saliency_jax import files  # noqa: E402
+from saliency_jax.evaluation import results  # noqa: E402
 
 
 def _save(fig, path: str | pathlib.Path) -> None:
@@ -172,7 +173,7 @@ def sanity(out_dir, study: str, rows: list[dict], strips: dict, images_NHWC, tit
   for c in table.columns:
     if c.endswith(("_mean", "_std")):
       table[c] = pd.to_numeric(table[c], errors="coerce")
-  table["method_label"] = table["method"] + table["method_options"].fillna("").map(lambda o: f"({o})" if o else "")
+  table["method_label"] = results.method_label(table["method"], table["method_options"])
   labels = [m for m in dict.fromkeys(table["method_label"]) if f"{m}|maps" in strips]
   for i in range(len(images_NHWC)):
     maps = [strips[f"{m}|maps"][:, i] for m in labels if strips[f"{m}|maps"].shape[1] > i]

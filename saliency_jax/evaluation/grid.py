@@ -10,6 +10,7 @@ picks the channel reduction of its map (default 'mean': the signed mean, which f
 from __future__ import annotations
 
 from saliency_jax.attribution import core, registry
+from saliency_jax.evaluation import results
 from saliency_jax.config_checks import ConfigError, require_choice, require_non_negative, require_positive
 
 # What SPEC section 4 calls the original's columns, in its order.
@@ -24,12 +25,13 @@ METRIC_COLUMNS = (
     "attribution_incorrect.truebg_withblackpix_preserved_accuracy",
 )
 # Which run and which cell a row is.
-ID_COLUMNS = ("model", "model_seed", "data_seed", "checkpoint_epoch", "train_position_sd", "train_colour_sd",
-              "test_position_sd", "test_colour_sd", "method", "method_options", "reduction", "target", "output",
-              "num_images", "num_missed")
+ID_COLUMNS = (*results.RUN_COLUMNS, "train_position_sd", "train_colour_sd", "test_position_sd", "test_colour_sd",
+              *results.METHOD_COLUMNS, "reduction", "target", "output", "num_images", "num_missed")
 # A cell is done when a row with these values exists (the rest are its results).
 CELL_KEY = ("checkpoint_epoch", "test_position_sd", "test_colour_sd", "method", "method_options", "reduction",
             "target", "output", "num_images")
+# results.csv: one row per cell.
+TABLE = results.Table(columns=(*ID_COLUMNS, *METRIC_COLUMNS, "seconds"), key=CELL_KEY)
 def check_config(sp) -> list[registry.MethodSpec]:
   """The `single_pixel` section, checked; returns the parsed methods."""
   if not sp.methods:

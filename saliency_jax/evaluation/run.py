@@ -176,8 +176,8 @@ def evaluate(config, workdir: str | pathlib.Path, *, model=None, variables=None,
                                                    data.source.test.images.shape[1:])
   out_dir = workdir / "single_pixel"
   results_path = out_dir / "results.csv"
-  all_rows = results.read_rows(results_path)
-  done = {results.cell_key(r): r for r in all_rows}
+  all_rows = grid.TABLE.read(results_path)
+  done = {grid.TABLE.key_of(r): r for r in all_rows}
   runner = CellRunner(model, variables, data.normalization, sp.batch_size, sp.chunk_size, devices, seed=config.seed)
   write = jax.process_index() == 0
   index = test_indices(data, config.data.seed, sp.max_images)
@@ -191,20 +191,19 @@ def evaluate(config, workdir: str | pathlib.Path, *, model=None, variables=None,
       sets[jitter] = test_sets(data, config.data.seed, position_sd, colour_sd, sp.max_images)
     pix, nopix, labels, location = sets[jitter]
     ident = {
-        "model": config.model.name, "model_seed": config.seed, "data_seed": config.data.seed,
-        "checkpoint_epoch": epoch, "train_position_sd": float(config.pixel.position_sd),
+        **results.run_columns(config, epoch), "train_position_sd": float(config.pixel.position_sd),
         "train_colour_sd": float(config.pixel.colour_sd), "test_position_sd": position_sd,
-        "test_colour_sd": colour_sd, "method": spec.name, "method_options": spec.options_text,
-        "reduction": spec.reduction, "target": target, "output": output, "num_images": len(labels),
+        "test_colour_sd": colour_sd, **results.method_columns(spec), "reduction": spec.reduction, "target": target,
+        "output": output, "num_images": len(labels),
     }
-    key = results.cell_key(ident)
+    key = grid.TABLE.key_of(ident)
     if key in done:
       rows.append(done[key])
       continue
     t0 = time.perf_counter()
     # The other target's outcomes of this (jitter, method, output), if that cell is done.
     other = next((t for t in sp.targets if t != target), None)
-    other_key = results.cell_key({**ident, "target": other})
+    other_key = grid.TABLE.key_of({**ident, "target": other})
     prior = other and (memory.get(other_key) or (jax.process_count() == 1 and _load_outcomes(
         _per_image_path(out_dir, other_key), index)))
     if prior:
@@ -229,7 +228,7 @@ def evaluate(config, workdir: str | pathlib.Path, *, model=None, variables=None,
     memory = {key: outcomes}  # every process holds it: the next cell may be this one's other target
     if write:
       _save_outcomes(_per_image_path(out_dir, key), outcomes, index)
-      results.write_rows(results_path, all_rows)
+      grid.TABLE.write(results_path, all_rows)
     logging.info("single-pixel cell %d/%d  test jitter (%g, %g)  %s  target=%s output=%s: pointing %.1f%%, "
                  "%d missed  (%.1f s, %.0f img/s%s)", i + 1, len(cells), position_sd, colour_sd, spec.label, target,
                  output, 100 * metrics["overall.attribution_correct_accuracy"], row["num_missed"], seconds,
@@ -260,7 +259,7 @@ def summary_text(rows: list[dict]) -> str:
   pct = lambda c: (100 * df[c].astype(float)).round(1)
   table = pd.DataFrame({
       "test jitter": "(" + df["test_position_sd"].astype(str) + ", " + df["test_colour_sd"].astype(str) + ")",
-      "method": df["method"] + df["method_options"].map(lambda o: f"({o})" if o else ""),
+      "method": results.method_label(df["method"], df["method_options"]),
       "target": df["target"], "output": df["output"],
       "pointing %": pct("overall.attribution_correct_accuracy"),
       "withpix %": pct("overall.withpix_model_accuracy"), "nopix %": pct("overall.nopix_model_accuracy"),

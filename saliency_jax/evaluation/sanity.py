@@ -42,12 +42,13 @@ from saliency_jax.evaluation import invariance, randomization, results, similari
 from saliency_jax.evaluation.run import method_fn
 
 STUDIES = ("cascading", "independent", "class_sensitivity", "input_invariance", "label_randomization")
-ID_COLUMNS = ("model", "model_seed", "data_seed", "checkpoint_epoch", "study", "method", "method_options", "output",
-              "target", "num_images", "comparison", "step", "layer")
+ID_COLUMNS = (*results.RUN_COLUMNS, "study", *results.METHOD_COLUMNS, "output", "target", "num_images", "comparison",
+              "step", "layer")
 COLUMNS = (*ID_COLUMNS, *(f"{m}_{s}" for m in similarity.METRICS for s in ("mean", "std", "undefined")),
            "max_relative_difference", "seconds")
-# What makes a method's rows done, for resuming.
-_DONE_KEY = ("checkpoint_epoch", "study", "method", "method_options", "output", "target", "num_images")
+# <study>.csv: a method's rows are done together (its unit of work).
+TABLE = results.Table(columns=COLUMNS, key=("checkpoint_epoch", "study", "method", "method_options", "output", "target",
+                                            "num_images"))
 
 
 def studies_of(sc) -> list[str]:
@@ -158,9 +159,8 @@ def _structure(forward):
 
 def _ident(ctx: Context, study: str, spec: registry.MethodSpec, target: str) -> dict:
   c = ctx.config
-  return {"model": c.model.name, "model_seed": c.seed, "data_seed": c.data.seed, "checkpoint_epoch": ctx.epoch,
-          "study": study, "method": spec.name, "method_options": spec.options_text, "output": c.sanity.output,
-          "target": target, "num_images": len(ctx.labels)}
+  return {**results.run_columns(c, ctx.epoch), "study": study, **results.method_columns(spec),
+          "output": c.sanity.output, "target": target, "num_images": len(ctx.labels)}
 
 
 def _row(ident: dict, comparison: str, values: dict, step="", layer="", **extra) -> dict:
@@ -281,23 +281,19 @@ _STUDY_FNS = {
 }
 
 
-def _done_key(row: dict) -> tuple:
-  return tuple(str(row[k]) for k in _DONE_KEY)
-
-
 def run_study(ctx: Context, study: str, methods: list[registry.MethodSpec]) -> list[dict]:
   """One study over every method; returns its rows (read back where already computed)."""
   path = ctx.out_dir / f"{study}.csv"
   strips_path = ctx.out_dir / f"{study}_maps.npz"
-  all_rows = results.read_rows(path)
+  all_rows = TABLE.read(path)
   strips = dict(np.load(strips_path)) if strips_path.exists() else {}
   write = jax.process_index() == 0
   extras = None
   rows = []
   for i, spec in enumerate(methods):
     target = "top_vs_bottom" if study == "class_sensitivity" else ctx.config.sanity.target
-    key = _done_key(_ident(ctx, study, spec, target))
-    done = [r for r in all_rows if _done_key(r) == key]
+    key = TABLE.key_of(_ident(ctx, study, spec, target))
+    done = [r for r in all_rows if TABLE.key_of(r) == key]
     if done:
       rows += done
       continue
@@ -313,7 +309,7 @@ def run_study(ctx: Context, study: str, methods: list[registry.MethodSpec]) -> l
     strips[f"{spec.label}|columns"] = np.asarray(columns)
     strips[f"{spec.label}|maps"] = maps
     if write:
-      results.write_rows(path, all_rows, COLUMNS)
+      TABLE.write(path, all_rows)
       with files.atomic_open(strips_path, "wb") as f:
         np.savez(f, **strips)
     # The number worth a glance: randomisation's last step (everything re-initialised), else the first row.
@@ -370,7 +366,7 @@ def summary_text(rows: list[dict]) -> str:
   last = df[df["comparison"] == "randomized"].groupby(["study", "method", "method_options"])["step"].transform("max")
   keep = (df["comparison"] != "randomized") | (df["step"] == last.reindex(df.index))
   table = df[keep & (df["comparison"] != "edge_map")].copy()
-  table["method"] = table["method"] + table["method_options"].map(lambda o: f"({o})" if o else "")
+  table["method"] = results.method_label(table["method"], table["method_options"])
   cols = ["study", "method", "comparison", "layer"] + [f"{m}_mean" for m in similarity.METRICS]
   for c in cols[4:]:
     table[c] = pd.to_numeric(table[c]).round(3)

@@ -8,15 +8,7 @@ from typing import Mapping
 
 from absl import logging
 
-from saliency_jax.files import atomic_open
-
-
-def read_csv(path: str | pathlib.Path) -> list[dict[str, str]]:
-  path = pathlib.Path(path)
-  if not path.exists():
-    return []
-  with path.open(newline="") as f:
-    return list(csv.DictReader(f))
+from saliency_jax.files import atomic_open, read_csv
 
 
 class MetricsWriter:
