@@ -18,7 +18,8 @@ from saliency_jax.training import train
 
 def run(config, workdir: str | pathlib.Path) -> dict:
   """Returns {'train': TrainResult or None, 'single_pixel': rows or None, 'sanity': {study: rows} or
-  None} and logs each stage's time."""
+  None} and logs each stage's time. The trained model is handed to the evaluations once
+  (`train.Trained`): from training, or restored from the workdir's newest checkpoint."""
   studies = sanity.studies_of(config.sanity)
   if not (config.train.enabled or config.single_pixel.enabled or studies):
     raise ConfigError("train.enabled and single_pixel.enabled are False and sanity.studies is empty; nothing to run")
@@ -27,18 +28,25 @@ def run(config, workdir: str | pathlib.Path) -> dict:
   if studies:
     sanity.check_config(config.sanity)
   out = {"train": None, "single_pixel": None, "sanity": None}
-  kwargs = {}
+  trained = None
   if config.train.enabled:
     t0 = time.perf_counter()
-    result = out["train"] = train.train_and_evaluate(config, workdir)
+    out["train"] = train.train_and_evaluate(config, workdir)
+    trained = out["train"].trained
     logging.info("stage train: %.1f s", time.perf_counter() - t0)
-    kwargs = dict(model=result.model, variables=result.state.variables, epoch=result.epoch, data=result.data)
+  if (config.single_pixel.enabled or studies) and trained is None:
+    trained = train.restore(config, workdir)
   if config.single_pixel.enabled:
     t0 = time.perf_counter()
-    out["single_pixel"] = single_pixel_run.evaluate(config, workdir, **kwargs)
+    out["single_pixel"] = single_pixel_run.evaluate(config, workdir, trained)
     logging.info("stage single_pixel: %.1f s", time.perf_counter() - t0)
   if studies:
     t0 = time.perf_counter()
-    out["sanity"] = sanity.run(config, workdir, **kwargs)
+    reference = None
+    if "label_randomization" in studies:
+      reference = train.restore(config, config.sanity.reference_workdir, data=trained.data)
+      logging.info("label randomisation: reference model from %s (epoch %d)", config.sanity.reference_workdir,
+                   reference.epoch)
+    out["sanity"] = sanity.run(config, workdir, trained, reference=reference)
     logging.info("stage sanity: %.1f s", time.perf_counter() - t0)
   return out

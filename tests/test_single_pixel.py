@@ -169,7 +169,7 @@ def test_grid_resumes_computing_only_missing_cells_and_evaluates_a_trained_workd
   again = pipeline.run(config, tmp_path)["single_pixel"]
   # Only the missing cell, and of it only the images whose prediction differs from the label: the
   # others' maps are the predicted target's, whose per-image outcomes the first run kept.
-  _, _, labels, _ = run.test_sets(out["train"].data, 0, 0.0, 0.0, max_images=40)
+  _, _, labels, _ = run.test_sets(out["train"].data, 0.0, 0.0, max_images=40)
   predicted_cell = next(r for r in saved if r["method"] == "absolute_gradient" and r["target"] == "predicted")
   wrong = round(40 * (1 - float(predicted_cell["overall.withpix_model_accuracy"])))
   assert 0 < wrong < 40, "the test needs a model that is neither always right nor always wrong"
@@ -187,7 +187,7 @@ def test_four_devices_count_as_one(tmp_path, tiny_config):
   config = _eval_config(tiny_config)
   config.single_pixel.enabled = False
   trained = pipeline.run(config, tmp_path)["train"]
-  pix, nopix, labels, location = run.test_sets(trained.data, 0, 1.0, 3.0, max_images=30)
+  pix, nopix, labels, location = run.test_sets(trained.data, 1.0, 3.0, max_images=30)
   spec = registry.parse("integrated_gradients(baseline='black', steps=8)")
   counts = [run.CellRunner(trained.model, trained.state.variables, trained.data.normalization, 12, 4, devices=d)
             .counts(spec, "label", "softmax", pix, nopix, labels, location) for d in (jax.devices()[:1], jax.devices())]

@@ -75,10 +75,19 @@ class Prepared:
   normalization: Normalization
   train: PixelSet  # the `pixel` condition under the training jitter
   tests: dict[str, PixelSet]  # condition -> test set, same jitter
+  seed: int = 0  # the data seed every draw comes from
 
   @property
   def num_classes(self) -> int:
     return self.source.num_classes
+
+  def test_set(self, condition: str = "pixel", position_sd: float = 0.0, colour_sd: float = 0.0) -> PixelSet:
+    """The test split under `condition` and a jitter: the one place test sets are made. Draws
+    depend on the data seed and the condition alone, so an image gets the same draw in training's
+    evaluation, the single-pixel grid and the sanity studies."""
+    key = pixel.condition_key(jax.random.key(self.seed), "test", condition)
+    return apply_condition(self.source.test.images, self.source.test.labels, condition, self.spec, key,
+                           position_sd=position_sd, colour_sd=colour_sd)
 
 
 def permuted_labels(labels_B, key: jax.Array) -> jax.Array:
@@ -121,13 +130,13 @@ def prepare(config, conditions=CONDITIONS) -> Prepared:
   jitter = dict(position_sd=config.pixel.position_sd, colour_sd=config.pixel.colour_sd)
   train = apply_condition(source.train.images, source.train.labels, "pixel", spec,
                           pixel.condition_key(data_key, "train", "pixel"), **jitter)
-  tests = {c: apply_condition(source.test.images, source.test.labels, c, spec,
-                              pixel.condition_key(data_key, "test", c), **jitter) for c in conditions}
   if config.data.get("permute_train_labels", False):
     # Data randomisation (SPEC section 5): the images keep their true class's pixel, so it says
     # nothing about the label a model must now fit; test labels stay true.
     train = train._replace(labels_B=permuted_labels(train.labels_B, jax.random.fold_in(data_key, 3)))
-  return Prepared(source, spec, make_normalization(config.data.normalization, source.train.images), train, tests)
+  prepared = Prepared(source, spec, make_normalization(config.data.normalization, source.train.images), train, {},
+                      config.data.seed)
+  return dataclasses.replace(prepared, tests={c: prepared.test_set(c, **jitter) for c in conditions})
 
 
 __all__ = [

@@ -26,13 +26,17 @@ Conventions, shared by all functions:
   `normalization(zeros)`, broadcastable to x), 'mean' (`value`, default 0.0: the dataset mean after
   the project's normalisation), 'blur' (`attribution.integrated.gaussian_blur(x, blur_sigma)`).
   Replacement is per position and fixed, so removing n pixels at once equals removing them one
-  step at a time (Quantus's PixelFlipping perturbs cumulatively; with a constant baseline that is
-  the same curve, without our point 0).
+  step at a time. Quantus's PixelFlipping perturbs cumulatively and has no point 0; it counts
+  `features_in_step` in channel values of the channel-broadcast map and requires it to divide H*W,
+  so on RGB 32x32 its steps are never whole pixels; with `perturb_baseline=<constant>` and
+  features_in_step=64 (48 steps), every third point equals ours at steps=48 (its 'black' and 'mean'
+  are the current image's min and mean, which 'mean' recomputes after every step).
 - ROAD (Rong et al. 2022): at each percentage p, n = int(H * W * p / 100) pixels are removed, the
   p% most relevant (MoRF) or the p% least relevant (LeRF; the original code's `remove=False` at
   th_p=q removes the (1-q) least relevant instead, i.e. its q is our 100 - p). Removed pixels are
   imputed by `noisy_linear_imputation`; returned are the score and whether the argmax is still
-  `target_B` (the paper's accuracy), per image and percentage.
+  `target_B` (the paper's accuracy), per image and percentage. (Quantus 0.6's ROAD agrees on
+  one-channel images; on RGB it fails, indexing the channel-broadcast map's C*H*W order as pixels.)
 """
 
 from __future__ import annotations
@@ -179,8 +183,9 @@ def noisy_linear_imputation(x_HWC, removed_HW, *, noise=0.0, key=None, tol: floa
   """ROAD's noisy linear imputation of one image: every removed pixel becomes the weighted mean
   (weights 1/6 direct, 1/12 diagonal, over its neighbours inside the image, renormalised at the
   border) of its neighbours, removed ones included, jointly for all removed pixels and per channel;
-  then `noise` * N(0, 1) is added to each removed value (`noise` broadcastable to (C,), in the
-  model's input space: the ROAD code's 0.01 is in [0, 1] pixel space, i.e. 0.01 / std normalised).
+  then, if a `key` is given, `noise` * N(0, 1) is added to each removed value (`noise` broadcastable
+  to (C,), in the model's input space: the ROAD code's 0.01 is in [0, 1] pixel space, i.e. 0.01 / std
+  after normalisation; without a key no noise is added).
 
   The linear system is the ROAD code's (there a sparse LU solve per image): for removed i,
   d_i u_i - sum_{j removed} w_ij u_j = sum_{j kept} w_ij x_j, with d_i = sum of i's in-image

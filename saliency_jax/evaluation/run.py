@@ -24,7 +24,6 @@ from saliency_jax import files
 from saliency_jax import models
 from saliency_jax.attribution import core, display, registry
 from saliency_jax.attribution.batching import BatchRunner
-from saliency_jax.data import pixel
 from saliency_jax.evaluation import grid, results, single_pixel
 
 
@@ -61,23 +60,18 @@ def cell_key(seed: int, spec: registry.MethodSpec, output: str) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 4), zlib.crc32(label.encode()))
 
 
-def test_indices(data: data_lib.Prepared, data_seed: int, max_images: int = 0) -> np.ndarray:
+def test_indices(data: data_lib.Prepared, max_images: int = 0) -> np.ndarray:
   """Which test images a grid evaluates: all, or a class-balanced subset of `max_images` drawn
   from the data seed (`data.balanced_indices`), the same for every jitter and model seed."""
-  return data_lib.balanced_indices(data.source.test.labels, max_images, data_seed)
+  return data_lib.balanced_indices(data.source.test.labels, max_images, data.seed)
 
 
-def test_sets(data: data_lib.Prepared, data_seed: int, position_sd: float, colour_sd: float, max_images: int = 0):
+def test_sets(data: data_lib.Prepared, position_sd: float, colour_sd: float, max_images: int = 0):
   """The test images with the pixel and without it, under the test jitter, as numpy arrays: the
-  subset `test_indices` picks. The keys are those of training's test sets: jitter draws depend on
-  the data seed alone, and an image's draw does not depend on the subset."""
-  data_key = jax.random.key(data_seed)
-  split = data.source.test
-  sets = {c: data_lib.apply_condition(split.images, split.labels, c, data.spec,
-                                      pixel.condition_key(data_key, "test", c), position_sd=position_sd,
-                                      colour_sd=colour_sd) for c in ("pixel", "nopix")}
-  keep = test_indices(data, data_seed, max_images)
-  pix, nopix = sets["pixel"], sets["nopix"]
+  subset `test_indices` picks (`Prepared.test_set` makes them; an image's draw does not depend
+  on the subset)."""
+  keep = test_indices(data, max_images)
+  pix, nopix = (data.test_set(c, position_sd, colour_sd) for c in ("pixel", "nopix"))
   return (np.asarray(pix.images_BHWC)[keep], np.asarray(nopix.images_BHWC)[keep], np.asarray(pix.labels_B)[keep],
           np.asarray(pix.location_B2)[keep])
 
@@ -156,31 +150,25 @@ def _load_outcomes(path: pathlib.Path, index: np.ndarray) -> dict | None:
     return None
 
 
-def evaluate(config, workdir: str | pathlib.Path, *, model=None, variables=None, epoch: int | None = None,
-             data: data_lib.Prepared | None = None, devices=None) -> list[dict]:
-  """Run the grid of `config.single_pixel` on the trained model in `workdir` (or the given
-  `model`/`variables` after `epoch` epochs). Returns this grid's rows, computed or read back.
+def evaluate(config, workdir: str | pathlib.Path, trained) -> list[dict]:
+  """Run the grid of `config.single_pixel` on `trained` (a `training.train.Trained`), writing into
+  `workdir`. Returns this grid's rows, computed or read back.
 
   No map is computed twice: where the model's prediction equals the label, the two targets
   explain the same class, so the second target's cell reuses the first one's per-image outcomes
   (kept in `single_pixel/per_image/`) and computes only the images where they differ.
   """
-  from saliency_jax.training import train  # pylint: disable=g-import-not-at-top
-
   sp = config.single_pixel
   methods = grid.check_config(sp)
   workdir = pathlib.Path(workdir)
-  data = data or data_lib.prepare(config, conditions=())
-  if model is None:
-    model, variables, epoch = train.restore_latest(config, workdir, data.num_classes,
-                                                   data.source.test.images.shape[1:])
+  model, variables, epoch, data = trained.model, trained.variables, trained.epoch, trained.data
   out_dir = workdir / "single_pixel"
   results_path = out_dir / "results.csv"
   all_rows = grid.TABLE.read(results_path)
   done = {grid.TABLE.key_of(r): r for r in all_rows}
-  runner = CellRunner(model, variables, data.normalization, sp.batch_size, sp.chunk_size, devices, seed=config.seed)
+  runner = CellRunner(model, variables, data.normalization, sp.batch_size, sp.chunk_size, seed=config.seed)
   write = jax.process_index() == 0
-  index = test_indices(data, config.data.seed, sp.max_images)
+  index = test_indices(data, sp.max_images)
 
   cells = [(j, m, t, o) for j in sp.test_jitter for m in methods for t in sp.targets for o in sp.outputs]
   rows, computed, reused, memory = [], 0, 0, {}
@@ -188,7 +176,7 @@ def evaluate(config, workdir: str | pathlib.Path, *, model=None, variables=None,
   for i, (jitter, spec, target, output) in enumerate(cells):
     position_sd, colour_sd = float(jitter[0]), float(jitter[1])
     if jitter not in sets:
-      sets[jitter] = test_sets(data, config.data.seed, position_sd, colour_sd, sp.max_images)
+      sets[jitter] = test_sets(data, position_sd, colour_sd, sp.max_images)
     pix, nopix, labels, location = sets[jitter]
     ident = {
         **results.run_columns(config, epoch), "train_position_sd": float(config.pixel.position_sd),

@@ -94,6 +94,7 @@ class Context:
   num_classes: int
   maps: "MapRunner"
   out_dir: pathlib.Path
+  reference: object = None  # label_randomization: the variables of the model trained on true labels
 
 
 class MapRunner:
@@ -258,18 +259,11 @@ def _study_extras(ctx: Context, study: str) -> dict:
                  np.asarray(shift).tolist(), _relative_difference(y1, y2))
     extras.update(shift=np.asarray(shift), twin=twin)
   if study == "label_randomization":
-    reference = extras["reference"] = ctx.maps.bind(_restore_reference(ctx))
+    if ctx.reference is None:
+      raise ValueError("label_randomization needs the reference model (sanity.run(..., reference=...))")
+    reference = extras["reference"] = ctx.maps.bind(ctx.reference)
     extras["reference_targets"] = ctx.maps.targets(reference, x, sc.target, ctx.labels)
   return extras
-
-
-def _restore_reference(ctx: Context) -> dict:
-  from saliency_jax.training import train  # pylint: disable=g-import-not-at-top
-
-  path = pathlib.Path(ctx.config.sanity.reference_workdir)
-  _, variables, epoch = train.restore_latest(ctx.config, path, ctx.num_classes, ctx.images_u8.shape[1:])
-  logging.info("label randomisation: reference model from %s (epoch %d)", path, epoch)
-  return variables
 
 
 _STUDY_FNS = {
@@ -326,25 +320,21 @@ def run_study(ctx: Context, study: str, methods: list[registry.MethodSpec]) -> l
   return rows
 
 
-def run(config, workdir, *, model=None, variables=None, epoch: int | None = None,
-        data: data_lib.Prepared | None = None, devices=None) -> dict[str, list[dict]]:
-  """Every study of `config.sanity.studies` on the trained model of `workdir` (or the given one)."""
-  from saliency_jax.training import train  # pylint: disable=g-import-not-at-top
-
+def run(config, workdir, trained, *, reference=None, devices=None) -> dict[str, list[dict]]:
+  """Every study of `config.sanity.studies` on `trained` (a `training.train.Trained`), writing into
+  `workdir`; `reference`: the same model trained on true labels, for `label_randomization`."""
   sc = config.sanity
   methods = check_config(sc)
   workdir = pathlib.Path(workdir)
-  data = data or data_lib.prepare(config, conditions=("pixel",))
-  if model is None:
-    model, variables, epoch = train.restore_latest(config, workdir, data.num_classes,
-                                                   data.source.test.images.shape[1:])
-  tests = data.tests.get("pixel") or data_lib.prepare(config, conditions=("pixel",)).tests["pixel"]
-  keep = data_lib.balanced_indices(tests.labels_B, sc.num_images, config.data.seed)
-  variables = models.model_variables(variables)
+  model, variables, epoch, data = trained.model, trained.variables, trained.epoch, trained.data
+  # Test images with the pixel under training's jitter: the images the model was trained on.
+  tests = data.test_set("pixel", config.pixel.position_sd, config.pixel.colour_sd)
+  keep = data_lib.balanced_indices(tests.labels_B, sc.num_images, data.seed)
   runner = MapRunner(model, variables, data.normalization, sc.batch_size, sc.chunk_size,
                      jax.random.fold_in(jax.random.key(sc.seed), 2), devices)
   ctx = Context(config, model, variables, epoch, data.normalization, np.asarray(tests.images_BHWC)[keep],
-                np.asarray(tests.labels_B)[keep], data.num_classes, runner, workdir / "sanity")
+                np.asarray(tests.labels_B)[keep], data.num_classes, runner, workdir / "sanity",
+                reference.variables if reference is not None else None)
   out = {}
   for study in studies_of(sc):
     t0 = time.perf_counter()

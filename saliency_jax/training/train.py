@@ -28,6 +28,17 @@ class TrainingDiverged(RuntimeError):
   """The loss became NaN or infinite; the message names the epoch and step."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Trained:
+  """What training hands to every evaluation, once: the model, its variables (parameters and
+  BatchNorm statistics, no optimiser state), the epochs it was trained for, and its data."""
+
+  model: Any
+  variables: dict
+  epoch: int
+  data: data_lib.Prepared
+
+
 @dataclasses.dataclass
 class TrainResult:
   state: TrainState
@@ -35,6 +46,10 @@ class TrainResult:
   data: data_lib.Prepared
   metrics: list[dict]  # one row per epoch, as in metrics.csv
   epoch: int  # epochs the state has been trained for
+
+  @property
+  def trained(self) -> Trained:
+    return Trained(self.model, models.model_variables(self.state.variables), self.epoch, self.data)
 
 
 def check_config(config, num_devices: int) -> None:
@@ -182,11 +197,12 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, mesh: jax.shardin
   return TrainResult(state=state, model=model, data=data, metrics=writer.rows, epoch=last)
 
 
-def restore_latest(config, workdir: str | pathlib.Path, num_classes: int, image_shape: tuple[int, int, int],
-                   mesh: jax.sharding.Mesh | None = None):
-  """(model, variables, epoch) from `workdir`'s newest checkpoint, for evaluating a finished run."""
+def restore(config, workdir: str | pathlib.Path, data: data_lib.Prepared | None = None,
+            mesh: jax.sharding.Mesh | None = None) -> Trained:
+  """The newest checkpoint of `workdir`, trained as `config` says, for evaluating a finished run."""
   mesh = mesh or parallel.make_mesh()
-  model = models.from_config(config.model, num_classes, dtype=config.train.dtype)
+  data = data or data_lib.prepare(config, conditions=())
+  model = models.from_config(config.model, data.num_classes, dtype=config.train.dtype)
   optimizer = make_optimizer(config.train)
   checkpoints = Checkpoints(pathlib.Path(workdir) / "checkpoints", keep=config.train.keep_checkpoints)
   try:
@@ -195,9 +211,9 @@ def restore_latest(config, workdir: str | pathlib.Path, num_classes: int, image_
       raise ConfigError(f"no checkpoint in {pathlib.Path(workdir) / 'checkpoints'}; train first "
                         "(train.enabled=True) or point --workdir at a trained run")
     with jax.set_mesh(mesh):
-      init = functools.partial(init_state, model, optimizer, input_shape=(1, *image_shape))
+      init = functools.partial(init_state, model, optimizer, input_shape=(1, *data.source.test.images.shape[1:]))
       abstract = abstract_like(jax.eval_shape(init, jax.random.key(0)), parallel.replicated(mesh))
       state = checkpoints.restore(epoch, abstract)
   finally:
     checkpoints.close()
-  return model, state.variables, epoch
+  return Trained(model, models.model_variables(state.variables), epoch, data)
