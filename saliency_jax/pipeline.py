@@ -7,7 +7,13 @@ from __future__ import annotations
 import pathlib
 import time
 
+import jax
+import jax.numpy as jnp
 from absl import logging
+
+from saliency_jax import data as data_lib
+from saliency_jax import models
+from saliency_jax.attribution import core, registry
 
 from saliency_jax.config_checks import ConfigError
 from saliency_jax.evaluation import grid
@@ -23,19 +29,26 @@ def run(config, workdir: str | pathlib.Path) -> dict:
   studies = sanity.studies_of(config.sanity)
   if not (config.train.enabled or config.single_pixel.enabled or studies):
     raise ConfigError("train.enabled and single_pixel.enabled are False and sanity.studies is empty; nothing to run")
+  # Every setting is checked before hours of training, not after: the fields, then the data, then
+  # every method of every stage traced once on the model (nothing is computed).
+  methods = []
   if config.single_pixel.enabled:
-    grid.check_config(config.single_pixel)  # before hours of training, not after
+    methods += [("single_pixel.methods", m, config.single_pixel.outputs[0]) for m in grid.check_config(config.single_pixel)]
   if studies:
-    sanity.check_config(config.sanity)
+    methods += [("sanity.methods", m, config.sanity.output) for m in sanity.check_config(config.sanity)]
+  if config.train.enabled:
+    train.check_config(config, jax.device_count())
+  data = data_lib.prepare(config, conditions=tuple(config.train.eval_conditions) if config.train.enabled else ())
+  check_methods_build(config, data, methods)
   out = {"train": None, "single_pixel": None, "sanity": None}
   trained = None
   if config.train.enabled:
     t0 = time.perf_counter()
-    out["train"] = train.train_and_evaluate(config, workdir)
+    out["train"] = train.train_and_evaluate(config, workdir, data=data)
     trained = out["train"].trained
     logging.info("stage train: %.1f s", time.perf_counter() - t0)
   if (config.single_pixel.enabled or studies) and trained is None:
-    trained = train.restore(config, workdir)
+    trained = train.restore(config, workdir, data=data)
   if config.single_pixel.enabled:
     t0 = time.perf_counter()
     out["single_pixel"] = single_pixel_run.evaluate(config, workdir, trained)
@@ -50,3 +63,16 @@ def run(config, workdir: str | pathlib.Path) -> dict:
     out["sanity"] = sanity.run(config, workdir, trained, reference=reference)
     logging.info("stage sanity: %.1f s", time.perf_counter() - t0)
   return out
+
+
+def check_methods_build(config, data: data_lib.Prepared, methods) -> None:
+  """Each (field, method spec, output) traced on the configured model with abstract variables."""
+  if not methods:
+    return
+  model = models.from_config(config.model, data.num_classes, dtype=config.train.dtype)
+  shape = (2, *data.source.test.images.shape[1:])
+  variables = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), shape))
+  forward = core.ModelForward(model, models.model_variables(variables))
+  x, t = jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct(shape[:1], jnp.int32)
+  for field, spec, output in methods:
+    registry.check_builds(spec, forward, x, t, output=output, normalization=data.normalization, field=field)

@@ -249,3 +249,22 @@ def test_the_label_cell_that_reuses_the_predicted_maps_equals_one_computed_alone
   for cell, row in reused.items():
     for column in grid.METRIC_COLUMNS:
       np.testing.assert_equal(float(alone[cell][column]), float(row[column]), err_msg=f"{cell} {column}")
+
+
+@pytest.mark.parametrize("field, spec, message", [
+    ("single_pixel.methods", "integrated_gradients(baseline='purple')", "baseline='purple' is not allowed"),
+    ("single_pixel.methods", "integrated_gradients(steps=-5)", "steps=-5"),
+    ("single_pixel.methods", "gradcam(layer='nope')", "layer='nope' is not a layer of SmallCNN"),
+    ("single_pixel.methods", "gradient(output='logit')", "output"),
+    ("sanity.methods", "fullgrad(blocks=('layer9',))", "'layer9' is not a layer with a bias"),
+])
+def test_a_method_that_cannot_run_is_refused_before_training_naming_the_field(tmp_path, tiny_config, field, spec,
+                                                                              message):
+  config = _eval_config(tiny_config)
+  if field == "sanity.methods":
+    config.sanity.studies, config.sanity.methods = ("class_sensitivity",), ("gradient", spec)
+  else:
+    config.single_pixel.methods = ("absolute_gradient", spec)
+  with pytest.raises(ConfigError, match=f"{field} entry .*{message}"):
+    pipeline.run(config, tmp_path)
+  assert not (tmp_path / "metrics.csv").exists() and not (tmp_path / "checkpoints").exists()  # nothing trained

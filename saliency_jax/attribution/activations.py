@@ -16,7 +16,6 @@ import jax.numpy as jnp
 
 from saliency_jax.attribution.core import input_gradient, require_model_forward
 from saliency_jax.attribution.registry import register
-from saliency_jax.config_checks import ConfigError
 
 
 @jax.custom_vjp
@@ -71,7 +70,7 @@ class RectifiedReLU:
 
   def __post_init__(self):
     if not 0 <= self.percentile <= 100:
-      raise ConfigError(f"percentile={self.percentile!r} is not allowed; it must be in [0, 100]")
+      raise ValueError(f"percentile={self.percentile!r} is not allowed; it must be in [0, 100]")
 
   def __call__(self, x):
     return _rectified_relu(float(self.percentile), bool(self.absolute), x)

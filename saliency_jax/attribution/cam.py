@@ -14,7 +14,6 @@ from saliency_jax.attribution.activations import guided_backprop
 from saliency_jax.attribution.core import (batchnorm_affine, module_interceptor, require_model_forward, scores,
                                            shift_bias, upsample)
 from saliency_jax.attribution.registry import register
-from saliency_jax.config_checks import ConfigError
 from saliency_jax.models.common import InputShiftBias
 
 
@@ -26,7 +25,7 @@ def default_layer(forward, x_BHWC) -> str:
   shapes = forward.tap_shapes(x_BHWC)
   spatial = [name for name, s in shapes.items() if len(s.shape) == 4 and s.shape[1] * s.shape[2] > 1]
   if not spatial:
-    raise ConfigError(f"{type(forward.model).__name__} has no spatial layer for a CAM method")
+    raise ValueError(f"{type(forward.model).__name__} has no spatial layer for a CAM method")
   return spatial[-1]
 
 
@@ -49,7 +48,7 @@ def class_activation_map(forward, x_BHWC, target_B, *, output: str = "logit", la
   layer = layer or default_layer(forward, x_BHWC)
   a_BhwK, g_BhwK = forward.layer_and_gradient(x_BHWC, target_B, layer, output)
   if a_BhwK.ndim != 4:
-    raise ConfigError(f"layer={layer!r} has shape {a_BhwK.shape}; {kind} needs a spatial (B, h, w, C) layer")
+    raise ValueError(f"layer={layer!r} has shape {a_BhwK.shape}; {kind} needs a spatial (B, h, w, C) layer")
   weights_BK = _channel_weights(kind, a_BhwK, g_BhwK)
   cam_Bhw1 = jax.nn.relu(jnp.einsum("bhwk,bk->bhw", a_BhwK, weights_BK))[..., None]
   return upsample(cam_Bhw1, x_BHWC.shape)
@@ -146,7 +145,7 @@ def fullgrad(forward, x_BHWC, target_B, *, output: str = "logit", blocks=None, w
     known = list(dict.fromkeys(layer for layer, _ in named))
     for block in blocks:
       if block not in known:
-        raise ConfigError(f"fullgrad blocks entry {block!r} is not a layer with a bias; choose from: "
+        raise ValueError(f"fullgrad blocks entry {block!r} is not a layer with a bias; choose from: "
                           f"{', '.join(map(repr, known))}")
     named = [(layer, term) for layer, term in named if layer in blocks]
   total_BHW1 = jnp.zeros((*x_BHWC.shape[:3], 1), x_BHWC.dtype)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from saliency_jax import models
-from saliency_jax.config_checks import ConfigError, require_choice
+from saliency_jax.checks import require_choice
 
 Forward = Callable[[jax.Array], jax.Array]
 OUTPUTS = ("logit", "softmax")
@@ -51,7 +51,7 @@ def select_targets(forward: Forward, x_BHWC, labels_B=None, which: str = "predic
   require_choice("target", which, TARGETS)
   if which == "label":
     if labels_B is None:
-      raise ConfigError("target='label' needs the labels; pass labels_B")
+      raise ValueError("target='label' needs the labels; pass labels_B")
     return jnp.asarray(labels_B, jnp.int32)
   return jnp.argmax(forward(x_BHWC), axis=-1).astype(jnp.int32)
 
@@ -78,7 +78,7 @@ class ModelForward:
   def with_activation(self, activation: Callable) -> "ModelForward":
     """The same network with every activation replaced (Guided Backprop, Deconvnet, RectGrad)."""
     if not hasattr(self.model, "activation"):
-      raise ConfigError(f"{type(self.model).__name__} has no 'activation' option to replace")
+      raise TypeError(f"{type(self.model).__name__} has no 'activation' option to replace")
     return self.replace(model=self.model.clone(activation=activation))
 
   def layer_names(self, x_BHWC) -> list[str]:
@@ -94,7 +94,7 @@ class ModelForward:
     scores with respect to it."""
     shapes = self.tap_shapes(x_BHWC)
     if layer not in shapes:
-      raise ConfigError(f"layer={layer!r} is not a layer of {type(self.model).__name__}; "
+      raise ValueError(f"layer={layer!r} is not a layer of {type(self.model).__name__}; "
                         f"choose one of: {', '.join(map(repr, shapes))}")
     picked = lambda logits_BK: scores(lambda _: logits_BK, x_BHWC, target_B, output).sum()
     features, grads = models.feature_gradients(self.model, self.variables, x_BHWC, [layer], picked)
@@ -114,7 +114,7 @@ class ModelForward:
 
 def require_model_forward(forward, method: str) -> ModelForward:
   if not isinstance(forward, ModelForward):
-    raise ConfigError(f"{method} looks inside the network, so it needs "
+    raise TypeError(f"{method} looks inside the network, so it needs "
                       "saliency_jax.attribution.ModelForward(model, variables) rather than a plain function")
   return forward
 

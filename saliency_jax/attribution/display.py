@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from saliency_jax.config_checks import require_choice
+from saliency_jax.checks import require_choice
 
 REDUCTIONS = ("mean", "abs_mean", "max", "abs_max", "sum")
 DISPLAY_MODES = ("absolute", "signed")

@@ -16,7 +16,7 @@ import numpy as np
 
 from saliency_jax.attribution.core import input_gradient
 from saliency_jax.attribution.registry import register
-from saliency_jax.config_checks import ConfigError, require_choice, require_positive
+from saliency_jax.checks import require_choice, require_positive
 
 RULES = ("original", "left", "right", "trapezoid", "gauss_legendre")
 BASELINES = ("black", "white", "zero", "uniform", "blur")
@@ -33,7 +33,7 @@ def path_points(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
   require_positive("steps", steps, integer=True)
   steps = int(steps)
   if rule in ("original", "trapezoid") and steps < 2:
-    raise ConfigError(f"steps={steps} is not allowed for rule={rule!r}; it needs at least 2 (both ends)")
+    raise ValueError(f"steps={steps} is not allowed for rule={rule!r}; it needs at least 2 (both ends)")
   i = np.arange(steps, dtype=np.float64)
   if rule == "original":
     alphas, weights = i / (steps - 1), np.full(steps, 1.0 / steps)
@@ -93,7 +93,7 @@ def make_baseline(baseline, x_BHWC, *, normalization=None, key=None, blur_sigma:
     return jnp.broadcast_to(to_input(jnp.full(x_BHWC.shape, 255.0)), x_BHWC.shape)
   if baseline == "uniform":
     if key is None:
-      raise ConfigError("baseline='uniform' needs an explicit random key; pass key=jax.random.key(...)")
+      raise ValueError("baseline='uniform' needs an explicit random key; pass key=jax.random.key(...)")
     return to_input(jax.random.uniform(key, x_BHWC.shape, jnp.float32, 0.0, 255.0)).astype(x_BHWC.dtype)
   require_positive("blur_sigma", blur_sigma)
   return gaussian_blur(x_BHWC, blur_sigma)

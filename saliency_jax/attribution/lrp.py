@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from saliency_jax.attribution.core import (batchnorm_affine, input_gradient, module_interceptor, require_model_forward,
                                            shift_bias)
 from saliency_jax.attribution.registry import register
-from saliency_jax.config_checks import require_choice, require_non_negative
+from saliency_jax.checks import require_choice, require_non_negative
 from saliency_jax.models.common import InputShiftBias
 
 RULES = ("zero", "epsilon", "gamma", "alpha1beta0")

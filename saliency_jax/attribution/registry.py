@@ -15,6 +15,7 @@ import inspect
 from typing import Any, Callable, Mapping
 
 from saliency_jax.attribution import display
+from saliency_jax import checks
 from saliency_jax.config_checks import ConfigError, require_choice
 
 METHODS: dict[str, Callable] = {}
@@ -86,7 +87,7 @@ def options_of(name: str) -> list[str]:
 
 
 def get(name: str) -> Callable:
-  require_choice("attribution.method", name, sorted(METHODS))
+  checks.require_choice("attribution.method", name, sorted(METHODS))
   return METHODS[name]
 
 
@@ -94,7 +95,7 @@ def check_options(name: str, options: Mapping[str, Any]) -> dict:
   allowed = options_of(name)
   for key in options:
     if key not in allowed:
-      raise ConfigError(f"option {key!r} is not known for attribution.method={name!r}; allowed: {', '.join(allowed)}")
+      raise ValueError(f"option {key!r} is not known for attribution.method={name!r}; allowed: {', '.join(allowed)}")
   return dict(options)
 
 
@@ -164,5 +165,23 @@ def parse(spec: str, field: str = "method") -> MethodSpec:
   require_choice(field, name, sorted(METHODS))
   reduction = options.pop("reduce", "mean")
   require_choice(f"{field} ({name}) reduce", reduction, display.REDUCTIONS)
-  check_options(name, options)
+  try:
+    check_options(name, options)
+  except ValueError as e:
+    raise ConfigError(f"{field} entry {spec!r}: {e}") from None
   return MethodSpec(name, tuple(sorted(options.items())), reduction)
+
+
+def check_builds(spec: MethodSpec, forward, x_BHWC, target_B, *, output: str = "logit", normalization=None,
+                 field: str = "method") -> None:
+  """Trace `spec` once on abstract inputs (`jax.ShapeDtypeStruct`s; nothing is computed), so an
+  option value the method rejects, a layer the model lacks or a clash with what the run supplies
+  is found before any work, as a ConfigError naming `field` and the entry."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  fn = get(spec.name)
+  options = supply(spec.name, dict(spec.options), normalization=normalization, key=jax.random.key(0))
+  try:
+    jax.eval_shape(lambda f, x, t: fn(f, x, t, output=output, **options), forward, x_BHWC, target_B)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"{field} entry {spec.label!r} does not build for this model: {e}") from None

@@ -154,7 +154,7 @@ def feature_gradients(model: nn.Module, variables: Variables, x_BHWC, names: Seq
   paths = {_tap_name(path): path for path in taps}
   unknown = [n for n in names if n not in paths]
   if unknown:
-    raise ConfigError(f"layer {unknown[0]!r} is not a tapped activation of this model; allowed: {', '.join(paths)}")
+    raise ValueError(f"layer {unknown[0]!r} is not a tapped activation of this model; allowed: {', '.join(paths)}")
   # The perturbations mirror the taps' nesting: a submodule's tap is perturbed in its own scope.
   zeros = traverse_util.unflatten_dict({path: jnp.zeros_like(v) for path, v in taps.items()})
 

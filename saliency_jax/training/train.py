@@ -109,17 +109,19 @@ def _log_epoch(epoch: int, epochs: int, row: dict) -> None:
                row["train_loss"], 100 * row["train_accuracy"], tests, row["images_per_sec"], row["epoch_seconds"])
 
 
-def train_and_evaluate(config, workdir: str | pathlib.Path, *, mesh: jax.sharding.Mesh | None = None) -> TrainResult:
+def train_and_evaluate(config, workdir: str | pathlib.Path, *, mesh: jax.sharding.Mesh | None = None,
+                       data: data_lib.Prepared | None = None) -> TrainResult:
   """Train `config` in `workdir`, resuming from its latest checkpoint, and test every epoch.
 
-  Writes `metrics.csv` (and TensorBoard events) and `checkpoints/`. `mesh` defaults to all devices.
+  Writes `metrics.csv` (and TensorBoard events) and `checkpoints/`. `mesh` defaults to all devices;
+  `data`: `data.prepare(config)`'s, when the caller has it already.
   """
   workdir = pathlib.Path(workdir)
   mesh = mesh or parallel.make_mesh()
   check_config(config, mesh.size)
   tc = config.train
 
-  data = data_lib.prepare(config, conditions=tuple(tc.eval_conditions))
+  data = data or data_lib.prepare(config, conditions=tuple(tc.eval_conditions))
   model = models.from_config(config.model, data.num_classes, dtype=tc.dtype)
   optimizer = make_optimizer(tc)
   eval_batch = math.ceil(tc.eval_batch_size / mesh.size) * mesh.size
