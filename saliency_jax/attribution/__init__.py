@@ -10,6 +10,9 @@ model in one line per call: `Explainer`. Turning maps into images: `reduce_chann
 `normalize_for_display`.
 """
 
+import importlib
+import pkgutil
+
 from saliency_jax.attribution import registry
 from saliency_jax.attribution.activations import (RectifiedReLU, deconv_relu, deconvnet, guided_backprop, guided_relu,
                                                   rectgrad, rectgrad_mod)
@@ -34,3 +37,15 @@ __all__ = [
     "guided_gradcam", "fullgrad", "fullgrad_decomposition", "lrp", "lrp_0", "lrp_epsilon", "lrp_gamma",
     "lrp_alpha1beta0", "lrp_forward", "reduce_channels", "normalize_for_display",
 ]
+
+# Every module of the package is imported, so a method's file registers it: adding a method is one
+# file (and its test) and nothing else; it is then `attribution.<name>` and known by name to the
+# Explainer, the single-pixel grid and the sanity studies.
+for _module in pkgutil.iter_modules(__path__):
+  importlib.import_module(f"{__name__}.{_module.name}")
+
+
+def __getattr__(name: str):
+  if name in METHODS:
+    return METHODS[name]
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
