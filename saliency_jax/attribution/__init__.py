@@ -12,6 +12,7 @@ model in one line per call: `Explainer`. Turning maps into images: `reduce_chann
 
 import importlib
 import pkgutil
+import types
 
 from saliency_jax.attribution import registry
 from saliency_jax.attribution.activations import (RectifiedReLU, deconv_relu, deconvnet, guided_backprop, guided_relu,
@@ -39,13 +40,10 @@ __all__ = [
 ]
 
 # Every module of the package is imported, so a method's file registers it: adding a method is one
-# file (and its test) and nothing else; it is then `attribution.<name>` and known by name to the
-# Explainer, the single-pixel grid and the sanity studies.
+# file (and its test) and nothing else; it is then `attribution.<name>` (over a module of the same
+# name) and known by name to the Explainer, the single-pixel grid and the sanity studies.
 for _module in pkgutil.iter_modules(__path__):
   importlib.import_module(f"{__name__}.{_module.name}")
-
-
-def __getattr__(name: str):
-  if name in METHODS:
-    return METHODS[name]
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+for _name, _method in METHODS.items():
+  if not callable(globals().get(_name)) or isinstance(globals()[_name], types.ModuleType):
+    globals()[_name] = _method
