@@ -354,11 +354,14 @@ def test_smoothgrad_noise_scale():
 
 
 def _options(name, batch):
-  if name in ("smoothgrad", "vargrad"):
-    return {"samples": 3, "key": jax.random.split(jax.random.key(5), batch)}
-  if name == "integrated_gradients":
-    return {"steps": 6}
-  return {}
+  """Small settings, and a key per image for every method that declares it needs one."""
+  options = {}
+  if "key" in A.registry.needs(name):
+    options["key"] = jax.random.split(jax.random.key(5), batch)
+  for option, value in (("samples", 3), ("steps", 6)):
+    if option in A.registry.options_of(name):
+      options[option] = value
+  return options
 
 
 def test_every_method_batched_equals_one_by_one_and_4_devices_equal_1(small_cnn):

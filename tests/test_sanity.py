@@ -149,11 +149,11 @@ def test_shifted_twin_computes_the_same_function_and_only_the_gradient_is_invari
   model = models.create_model(name, **({"channels": (4, 6)} if name == "small_cnn" else {"hidden": (16,)}))
   variables = models.init_variables(model, jax.random.key(0), (1, 8, 8, 3))
   shift = invariance.shift_vector([1.0, -0.5, 2.0], 3)
-  twin = invariance.shifted_twin(model, variables, shift, (8, 8, 3))
+  twin_model, twin = invariance.shifted_twin(model, variables, shift, (8, 8, 3))
   # Behind the zero-padded conv the bias is per position (the border differs); behind a dense layer per unit.
   assert twin["params"]["input_shift"]["bias"].shape == ((8, 8, 4) if name == "small_cnn" else (16,))
-  assert "input_shift" not in variables["params"]
-  f1, f2 = A.ModelForward(model, variables), A.ModelForward(model, twin)
+  assert set(twin["params"]) - set(variables["params"]) == {"input_shift"}  # the model carries nothing for it
+  f1, f2 = A.ModelForward(model, variables), A.ModelForward(twin_model, twin)
   x = _noise(6, (5, 8, 8, 3)).astype(np.float32)
   y1, y2 = f1(x), f2(x + shift)
   np.testing.assert_allclose(y2, y1, rtol=1e-5, atol=1e-5 * float(jnp.abs(y1).max()))
@@ -250,3 +250,19 @@ def test_sanity_settings_are_checked_with_the_field_named(tiny_config):
   s.studies, s.methods = ("cascading",), ("gradient(steps=3)",)
   with pytest.raises(ConfigError, match="steps"):
     sanity.check_config(s)
+
+
+def test_fullgrad_counts_the_twins_extra_bias_so_its_decomposition_stays_complete():
+  model = models.create_model("small_cnn", channels=(4, 6))
+  variables = models.init_variables(model, jax.random.key(0), (1, 8, 8, 3))
+  twin_model, twin = invariance.shifted_twin(model, variables, jnp.array([1.0, -0.5, 2.0]), (8, 8, 3))
+  f2 = A.ModelForward(twin_model, twin)
+  x = jnp.asarray(_noise(4, (3, 8, 8, 3)), jnp.float32) + jnp.array([1.0, -0.5, 2.0])
+  t = A.select_targets(f2, x)
+  input_term, named = A.cam.fullgrad_terms(f2, x, t)
+  assert "input_shift" in [layer for layer, _ in named]
+  # A piecewise-linear network: the input term and every bias term sum to the logit exactly, which
+  # fails if the twin's bias were left out (its term is of the logit's order here).
+  total = input_term.sum((1, 2, 3)) + sum(term.reshape(len(x), -1).sum(-1) for _, term in named)
+  logits = jnp.take_along_axis(f2(x), t[:, None], axis=-1)[:, 0]
+  np.testing.assert_allclose(total, logits, rtol=1e-4, atol=1e-4 * float(jnp.abs(logits).max()))

@@ -11,10 +11,9 @@ import jax
 import jax.numpy as jnp
 
 from saliency_jax.attribution.activations import guided_backprop
-from saliency_jax.attribution.core import (batchnorm_affine, module_interceptor, require_model_forward, scores,
-                                           shift_bias, upsample)
+from saliency_jax.attribution.core import (batchnorm_affine, bias_only, module_interceptor, require_model_forward,
+                                           scores, upsample)
 from saliency_jax.attribution.registry import register
-from saliency_jax.models.common import InputShiftBias
 
 
 def default_layer(forward, x_BHWC) -> str:
@@ -67,16 +66,15 @@ def guided_gradcam(forward, x_BHWC, target_B, *, output: str = "logit", layer: s
 
 
 def _bias_of(module):
-  if isinstance(module, InputShiftBias):
-    return shift_bias(module)
   if isinstance(module, nn.BatchNorm):
     return batchnorm_affine(module)[1]
-  if getattr(module, "use_bias", False):
-    return module.variables["params"]["bias"]
-  return None
+  if isinstance(module, (nn.Conv, nn.Dense)):
+    return module.variables["params"]["bias"] if module.use_bias else None
+  return bias_only(module)
 
 
-_BIASED = (nn.Conv, nn.Dense, nn.BatchNorm, InputShiftBias)
+# Every module is looked at; those without a bias (_bias_of: None) are passed through.
+_BIASED = (nn.Module,)
 
 
 def fullgrad_terms(forward, x_BHWC, target_B, output: str = "logit"):

@@ -147,9 +147,13 @@ def module_interceptor(types: tuple[type, ...], rewrite: Callable) -> Callable:
   return interceptor
 
 
-def shift_bias(module) -> jax.Array | None:
-  """The bias of a `models.common.InputShiftBias` (the shifted twin's), or None where it is the identity."""
-  return module.variables.get("params", {}).get("bias")
+def bias_only(module) -> jax.Array | None:
+  """The bias of a layer whose only parameter is a bias (y = x + b, e.g. the input-invariance
+  twin's extra first-layer bias), else None: an affine layer with weight 1 to FullGrad and LRP."""
+  params = module.variables.get("params", {})
+  if isinstance(module, (nn.Conv, nn.Dense, nn.BatchNorm)) or set(params) != {"bias"}:
+    return None
+  return params["bias"]
 
 
 def batchnorm_affine(module: nn.BatchNorm):

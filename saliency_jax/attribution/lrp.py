@@ -18,20 +18,24 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from saliency_jax.attribution.core import (batchnorm_affine, input_gradient, module_interceptor, require_model_forward,
-                                           shift_bias)
+from saliency_jax.attribution.core import (batchnorm_affine, bias_only, input_gradient, module_interceptor,
+                                           require_model_forward)
 from saliency_jax.attribution.registry import register
 from saliency_jax.checks import require_choice, require_non_negative
-from saliency_jax.models.common import InputShiftBias
 
 RULES = ("zero", "epsilon", "gamma", "alpha1beta0")
-# InputShiftBias: the shifted twin's extra bias (sanity checks), an affine layer with weight 1.
-_LINEAR = (nn.Dense, nn.Conv, nn.BatchNorm, InputShiftBias)
+# Conv, Dense, BatchNorm, and layers whose only parameter is a bias (`core.bias_only`: the input
+# invariance twin's extra bias), affine with weight 1; every other module passes through.
+_LINEAR = (nn.Module,)
+
+
+def _is_linear(module) -> bool:
+  return isinstance(module, (nn.Dense, nn.Conv, nn.BatchNorm)) or bias_only(module) is not None
 
 
 def _apply_linear(module, a, weight, bias):
   """The layer `module` at input `a` with its weight (kernel, or BatchNorm's scale) and bias replaced."""
-  if isinstance(module, (nn.BatchNorm, InputShiftBias)):
+  if not isinstance(module, (nn.Dense, nn.Conv)):  # BatchNorm and bias-only layers
     return a * weight + bias
   params = {"kernel": weight}
   if getattr(module, "use_bias", False):
@@ -40,8 +44,8 @@ def _apply_linear(module, a, weight, bias):
 
 
 def _weights(module):
-  if isinstance(module, InputShiftBias):
-    return jnp.ones((), shift_bias(module).dtype), shift_bias(module)
+  if bias_only(module) is not None:
+    return jnp.ones((), bias_only(module).dtype), bias_only(module)
   if isinstance(module, nn.BatchNorm):
     return batchnorm_affine(module)
   params = module.variables["params"]
@@ -73,8 +77,8 @@ def lrp_forward(forward, rule: str = "epsilon", epsilon: float = 0.01, gamma: fl
   sg = jax.lax.stop_gradient
 
   def rewrite(module, a, z):
-    if isinstance(module, InputShiftBias) and shift_bias(module) is None:
-      return z  # the identity everywhere but in the shifted twin
+    if not _is_linear(module):
+      return z
     z_rho = _relevance_denominator(rule, module, a, z, gamma)
     denominator = z_rho + eps * jnp.where(z_rho >= 0, 1.0, -1.0)
     # A unit with zero denominator carries no relevance (for z+ it has z <= 0, so none arrives).

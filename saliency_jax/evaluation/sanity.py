@@ -110,9 +110,9 @@ class MapRunner:
     self.model, self.normalization, self.chunk_size, self.key = model, normalization, chunk_size, key
     self.forward = self.bind(variables)
 
-  def bind(self, variables) -> core.ModelForward:
-    """Another set of variables of the same model (a twin, a reference run), replicated."""
-    return core.ModelForward(self.model, self.runner.replicate(models.model_variables(variables)))
+  def bind(self, variables, model=None) -> core.ModelForward:
+    """Another set of variables (a reference run), or another model (the shifted twin), replicated."""
+    return core.ModelForward(model or self.model, self.runner.replicate(models.model_variables(variables)))
 
   def method(self, spec: registry.MethodSpec, output: str) -> Callable:
     return method_fn(spec, output, self.normalization, self.chunk_size, self.key)
@@ -252,7 +252,8 @@ def _study_extras(ctx: Context, study: str) -> dict:
     extras["bottom"] = ctx.maps.targets(fwd, x, "bottom", ctx.labels)
   if study == "input_invariance":
     shift = invariance.shift_vector(sc.input_shift, x.shape[-1])
-    twin = ctx.maps.bind(invariance.shifted_twin(ctx.model, ctx.variables, shift, x.shape[1:]))
+    twin_model, twin_variables = invariance.shifted_twin(ctx.model, ctx.variables, shift, x.shape[1:])
+    twin = ctx.maps.bind(twin_variables, twin_model)
     y1 = ctx.maps.run(("logits", _structure(fwd)), lambda f, x: f(x), (x,), fwd)
     y2 = ctx.maps.run(("logits", _structure(twin)), lambda f, x: f(x), (x + np.asarray(shift),), twin)
     logging.info("shifted twin (c=%s): outputs differ by at most %.2e of their largest value",

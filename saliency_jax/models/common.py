@@ -235,21 +235,3 @@ def max_pool(x_BHWC, window, strides, padding=((0, 0), (0, 0))):
 
 # The models' convolution: flax's, with the CPU lowering above.
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
-
-
-class InputShiftBias(nn.Module):
-  """A bias the model does not have: the identity, unless the variables hold `params/<name>/bias`.
-
-  Every model places one right after its first linear layer (named 'input_shift'), so the
-  input-invariance check (SPEC section 5) can build f2 = f1 with its first-layer bias adjusted to
-  absorb a constant input shift c: f2(x + c) = f1(x). Behind a zero-padded conv the adjustment
-  differs at the border (the padding is not shifted), so the bias is per position, (H, W, C);
-  behind a dense layer it is per unit. Nothing is created at initialisation, so trained
-  parameters and checkpoints are unchanged, and FullGrad and LRP treat it as the bias it is.
-  """
-
-  @nn.compact
-  def __call__(self, y):
-    if self.has_variable("params", "bias"):
-      return y + self.get_variable("params", "bias").astype(y.dtype)
-    return y

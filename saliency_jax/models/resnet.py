@@ -53,7 +53,6 @@ class ResNet(nn.Module):
     x = x_BHWC.astype(self.dtype)
     x = common.Conv(64, (3, 3), padding=common.torch_padding(3), use_bias=False, dtype=self.dtype,
                 kernel_init=common.kaiming_normal_fan_out, name="conv1")(x)
-    x = common.InputShiftBias(name="input_shift")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name="bn1")(x)
     x = self.activation(x)
     if self.maxpool:

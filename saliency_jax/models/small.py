@@ -24,8 +24,6 @@ class MLP(nn.Module):
     x = x_BHWC.astype(self.dtype).reshape(x_BHWC.shape[0], -1)
     for i, width in enumerate(self.hidden, start=1):
       x = nn.Dense(width, dtype=self.dtype, name=f"dense{i}")(x)
-      if i == 1:
-        x = common.InputShiftBias(name="input_shift")(x)
       x = common.tap(self, f"hidden{i}", self.activation(x))
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="out")(x)
     return common.tap(self, "logits", x)
@@ -50,8 +48,6 @@ class SmallCNN(nn.Module):
     for i, width in enumerate(self.channels, start=1):
       x = common.Conv(width, (3, 3), padding=common.torch_padding(3), dtype=self.dtype,
                   kernel_init=common.kaiming_normal_fan_out, name=f"conv{i}")(x)
-      if i == 1:
-        x = common.InputShiftBias(name="input_shift")(x)
       x = common.tap(self, f"features{i}", self.activation(x))
       x = common.max_pool(x, (2, 2), (2, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="out")(x.reshape(x.shape[0], -1))

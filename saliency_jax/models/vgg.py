@@ -75,11 +75,10 @@ class VGG(nn.Module):
         x = common.tap(self, f"block{block}", x)
         block, layer = block + 1, 1
         continue
-      # Conv names keep torchvision's `features.<index>` numbering.
+      # Conv names are features_<index in the layout>, not torchvision's features index (which also counts
+      # the ReLUs); models.torch_import maps one onto the other.
       x = common.Conv(item, (3, 3), padding=common.torch_padding(3), dtype=self.dtype,
                   kernel_init=common.kaiming_normal_fan_out, name=f"features_{i}")(x)
-      if i == 0:
-        x = common.InputShiftBias(name="input_shift")(x)
       x = common.tap(self, f"conv{block}_{layer}", self.activation(x))
       layer += 1
     replicated = x.shape[1:3] == (1, 1)
