@@ -23,7 +23,7 @@ from ml_collections import ConfigDict
 
 from saliency_jax import files
 from saliency_jax.config_checks import ConfigError
-from saliency_jax.evaluation import aggregate, figures, results, sanity
+from saliency_jax.evaluation import aggregate, figures, grid, results, sanity
 from saliency_jax.files import read_csv
 
 CONDITIONS = {"test_pixel_accuracy": "with pixel", "test_nopix_accuracy": "without pixel",
@@ -103,6 +103,26 @@ def pointing_tables(summary: pd.DataFrame, runs: pd.DataFrame) -> str:
         hit = sub[(sub["target"] == t) & (sub["output"] == o)]
         cells.append(_pct(hit[f"{POINTING} mean"].iloc[0], hit[f"{POINTING} std"].iloc[0]) if len(hit) else "–")
       lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    parts.append("\n".join(lines))
+  return "\n\n".join(parts)
+
+
+def localisation_tables(summary: pd.DataFrame) -> str:
+  """The planted pixel's rank in the map and its share of the map's mass, target `predicted`."""
+  if f"{grid.LOCALISATION_COLUMNS[0]} mean" not in summary:
+    return "No graded localisation columns in these results (computed since they were written)."
+  parts = []
+  short = {"localisation.rank_mean": "rank mean", "localisation.rank_median": "rank median",
+           "localisation.top5": "top 5 %", "localisation.top10": "top 10 %", "localisation.mass_mean": "mass %"}
+  for (model, pos, col), block in summary.groupby(["model", "test_position_sd", "test_colour_sd"], sort=False):
+    block = block[block["target"] == "predicted"]
+    lines = [f"**{model}, test jitter ({pos:g}, {col:g})**, target predicted, mean over seeds", "",
+             "| method | output | " + " | ".join(short.values()) + " |", "|---" * (2 + len(short)) + "|"]
+    for _, r in block.iterrows():
+      values = [("–" if pd.isna(r[f"{c} mean"]) else
+                 f"{r[f'{c} mean']:.1f}" if c.startswith("localisation.rank") else f"{100 * r[f'{c} mean']:.1f}")
+                for c in short]
+      lines.append(f"| {r['method_label']} | {r['output']} | " + " | ".join(values) + " |")
     parts.append("\n".join(lines))
   return "\n\n".join(parts)
 
@@ -248,7 +268,12 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", comm
            "that pixel set black (sub: pix, sub: attr). % as mean (std) [seeds averaged]. **Convention:** a seed "
            "with no misses for a method has no value and is left out of the mean, so `[n]` counts the seeds that "
            "had misses; `–` means no seed had any. The original code wrote 0 for such a seed and averaged it in.",
-           "", importance_tables(runs_lookup), ""]
+           "", importance_tables(runs_lookup), "",
+           "## Graded localisation", "",
+           "Beside the yes/no of pointing: the planted pixel's rank in the (channel-reduced) map, 1 + the pixels "
+           "scoring strictly higher (so rank 1 is a hit), and its share of the map's total absolute value (mass; "
+           "a pixel is 1/1024 of a 32x32 map, 0.1%). Top 1 equals pointing accuracy.", "",
+           localisation_tables(summary), ""]
     for model, block in summary.groupby("model", sort=False):
       path = fig_dir / f"pointing_accuracy_{model}.png"
       figures.pointing_bars(path, block, title=f"{model}: pointing accuracy, mean (std) over model seeds")

@@ -268,3 +268,25 @@ def test_a_method_that_cannot_run_is_refused_before_training_naming_the_field(tm
   with pytest.raises(ConfigError, match=f"{field} entry .*{message}"):
     pipeline.run(config, tmp_path)
   assert not (tmp_path / "metrics.csv").exists() and not (tmp_path / "checkpoints").exists()  # nothing trained
+
+
+def test_graded_localisation_on_hand_built_maps_with_known_ranks():
+  # 4x4 maps, planted pixel at LOC = (2, 3). Image 0: the pixel is the strict maximum (rank 1);
+  # 1: two pixels score higher (rank 3); 2: tied at the maximum with one other (rank 1, as pointing
+  # counts ties); 3: seven pixels higher (rank 8), negative values count by magnitude in the mass.
+  maps = np.zeros((4, 4, 4), np.float32)
+  maps[0, 2, 3], maps[0, 0, 0] = 3.0, 1.0
+  maps[1, 2, 3], maps[1, 0, 0], maps[1, 1, 1] = 1.0, 2.0, 5.0
+  maps[2, 2, 3], maps[2, 3, 3] = 4.0, 4.0
+  maps[3] = -1.0
+  maps[3, 0, :], maps[3, 1, :3], maps[3, 2, 3] = 2.0, 2.0, 1.0
+  pix = np.zeros((4, 4, 4, 3), np.uint8)
+  outcomes = single_pixel.batch_outcomes(lambda x: jnp.zeros((len(x), 2)), IDENTITY, lambda f, x, t: jnp.asarray(maps),
+                                         "predicted", pix, pix, jnp.zeros(4, jnp.int32),
+                                         jnp.tile(jnp.asarray(LOC), (4, 1)))
+  np.testing.assert_array_equal(outcomes["rank"], [1, 3, 1, 8])
+  np.testing.assert_allclose(outcomes["mass"], [3 / 4, 1 / 8, 4 / 8, 1 / (7 * 2 + 1 + 8 * 1)], rtol=1e-6)
+  m = single_pixel.localisation_metrics(jax.device_get(outcomes))
+  assert m["localisation.rank_mean"] == 13 / 4 and m["localisation.rank_median"] == 2.0
+  assert (m["localisation.top1"], m["localisation.top5"], m["localisation.top10"]) == (0.5, 0.75, 1.0)
+  assert m["localisation.top1"] == float(np.mean(outcomes["hit"]))  # top 1 is pointing accuracy

@@ -57,8 +57,9 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     dup = runs[duplicated][["workdir", "model_seed"]].drop_duplicates().to_string(index=False)
     raise ConfigError(f"several runs share a model seed for the same cells; pass each run once:\n{dup}")
   grouped = runs.groupby(GROUP, sort=False, dropna=False)
-  mean = grouped[list(METRIC_COLUMNS)].mean().add_suffix(" mean")
-  std = grouped[list(METRIC_COLUMNS)].std(ddof=1).add_suffix(" std")
+  columns = [c for c in (*METRIC_COLUMNS, *grid.LOCALISATION_COLUMNS) if c in runs]
+  mean = grouped[columns].mean().add_suffix(" mean")
+  std = grouped[columns].std(ddof=1).add_suffix(" std")
   seeds = grouped["model_seed"].agg(lambda s: " ".join(str(v) for v in sorted(s))).rename("model_seeds")
   out = pd.concat([grouped.size().rename("runs"), seeds, mean, std], axis=1).reset_index()
   out["method_label"] = results.method_label(out["method"], out["method_options"])

@@ -30,8 +30,11 @@ ID_COLUMNS = (*results.RUN_COLUMNS, "train_position_sd", "train_colour_sd", "tes
 # A cell is done when a row with these values exists (the rest are its results).
 CELL_KEY = ("checkpoint_epoch", "test_position_sd", "test_colour_sd", "method", "method_options", "reduction",
             "target", "output", "num_images")
+# Graded localisation (`single_pixel.localisation_metrics`), after the original's columns.
+LOCALISATION_COLUMNS = ("localisation.rank_mean", "localisation.rank_median", "localisation.top1",
+                        "localisation.top5", "localisation.top10", "localisation.mass_mean")
 # results.csv: one row per cell.
-TABLE = results.Table(columns=(*ID_COLUMNS, *METRIC_COLUMNS, "seconds"), key=CELL_KEY)
+TABLE = results.Table(columns=(*ID_COLUMNS, *METRIC_COLUMNS, "seconds", *LOCALISATION_COLUMNS), key=CELL_KEY)
 def check_config(sp) -> list[registry.MethodSpec]:
   """The `single_pixel` section, checked; returns the parsed methods."""
   if not sp.methods:

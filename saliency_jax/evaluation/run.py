@@ -143,7 +143,7 @@ def _load_outcomes(path: pathlib.Path, index: np.ndarray) -> dict | None:
   unreadable file only costs a recomputation)."""
   try:
     with np.load(path) as z:
-      if not np.array_equal(z["index"], index):
+      if not np.array_equal(z["index"], index) or not {"rank", "mass"} <= set(z.files):
         return None
       return {k: z[k] for k in z.files if k != "index"}
   except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
@@ -164,7 +164,9 @@ def evaluate(config, workdir: str | pathlib.Path, trained) -> list[dict]:
   model, variables, epoch, data = trained.model, trained.variables, trained.epoch, trained.data
   out_dir = workdir / "single_pixel"
   results_path = out_dir / "results.csv"
-  all_rows = grid.TABLE.read(results_path)
+  # A row written before the localisation columns existed is computed again (its per-image
+  # outcomes lack the ranks).
+  all_rows = [r for r in grid.TABLE.read(results_path) if r.get(grid.LOCALISATION_COLUMNS[0]) not in (None, "")]
   done = {grid.TABLE.key_of(r): r for r in all_rows}
   runner = CellRunner(model, variables, data.normalization, sp.batch_size, sp.chunk_size, seed=config.seed)
   write = jax.process_index() == 0
@@ -208,7 +210,8 @@ def evaluate(config, workdir: str | pathlib.Path, trained) -> list[dict]:
     counts = {k: int(v) for k, v in single_pixel.counts_from_outcomes(outcomes, labels).items()}
     metrics = single_pixel.metrics_from_counts(counts)
     seconds = time.perf_counter() - t0
-    row = {**ident, "num_missed": metrics["overall.attribution_incorrect"], **metrics, "seconds": round(seconds, 2)}
+    row = {**ident, "num_missed": metrics["overall.attribution_incorrect"], **metrics, "seconds": round(seconds, 2),
+           **single_pixel.localisation_metrics(outcomes)}
     rows.append(row)
     all_rows.append(row)
     done[key] = row

@@ -11,6 +11,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Versions of each test image, named as in the original result files.
 VERSIONS = ("nopix", "truebg_withblackpix", "blackbg_withpix", "blackbg_withattrpix", "truebg_withblackattrpix")
@@ -48,18 +49,29 @@ def batch_outcomes(forward: Callable, normalization: Callable, importance: Calla
   `importance(forward, x_BHWC, target_B) -> (B, H, W)`: the method's map reduced over channels.
   `target`: 'predicted' (the argmax at the input) or 'label'. Returns per image: `predicted`
   (B,), the model's class at the input; `hit` (B,), whether the planted pixel is among the
-  attributed ones; `versions` (B, len(VERSIONS)), the model's class on each image version.
+  attributed ones; `versions` (B, len(VERSIONS)), the model's class on each image version; `rank`
+  (B,), the planted pixel's rank in the map (1 + the pixels scoring strictly higher, so tied
+  pixels share the best rank and rank 1 is a hit); `mass` (B,), the planted pixel's share of the
+  map's total absolute value (NaN for an all-zero map).
   """
   x = normalization(pix_BHWC)
   predicted = jnp.argmax(forward(x), axis=-1).astype(jnp.int32)
   target_B = predicted if target == "predicted" else jnp.asarray(labels_B, jnp.int32)
-  attributed = pointing_mask(importance(forward, x, target_B))
+  importance_BHW = importance(forward, x, target_B)
+  attributed = pointing_mask(importance_BHW)
   pixel = location_mask(location_B2, pix_BHWC.shape[1:3])
   hit = jnp.any(attributed & pixel, axis=(1, 2))
+  at_pixel_B = jnp.max(jnp.where(pixel, importance_BHW, -jnp.inf), axis=(1, 2))
+  rank = 1 + jnp.sum(importance_BHW > at_pixel_B[:, None, None], axis=(1, 2), dtype=jnp.int32)
+  magnitude = jnp.abs(importance_BHW)
+  total = magnitude.sum(axis=(1, 2))
+  mass = jnp.where(total > 0, jnp.sum(jnp.where(pixel, magnitude, 0), axis=(1, 2)) / jnp.where(total > 0, total, 1),
+                   jnp.nan)
   versions = image_versions(pix_BHWC, nopix_BHWC, pixel, attributed)
   stacked = jnp.concatenate(list(versions.values()))
   predictions = jnp.argmax(forward(normalization(stacked)), axis=-1).reshape(len(VERSIONS), -1)
-  return {"predicted": predicted, "hit": hit, "versions": predictions.T.astype(jnp.int32)}
+  return {"predicted": predicted, "hit": hit, "versions": predictions.T.astype(jnp.int32), "rank": rank,
+          "mass": mass.astype(jnp.float32)}
 
 
 def counts_from_outcomes(outcomes: dict, labels_B, valid_B=None) -> dict:
@@ -79,6 +91,18 @@ def counts_from_outcomes(outcomes: dict, labels_B, valid_B=None) -> dict:
     counts[f"missed_{name}_correct"] = count(missed & (p == labels_B))
     counts[f"missed_{name}_preserved"] = count(missed & (p == predicted))
   return counts
+
+
+def localisation_metrics(outcomes: dict) -> dict[str, float]:
+  """Graded localisation of a cell, beside pointing accuracy: the planted pixel's rank in the map
+  (mean, median; the share of images where it is in the top 1, 5, 10) and its share of the map's
+  absolute mass (mean over images with a non-zero map). The map is reduced over channels as for
+  pointing; top 1 equals pointing accuracy."""
+  rank = np.asarray(outcomes["rank"], np.float64)
+  mass = np.asarray(outcomes["mass"], np.float64)
+  return {"localisation.rank_mean": float(rank.mean()), "localisation.rank_median": float(np.median(rank)),
+          **{f"localisation.top{k}": float(np.mean(rank <= k)) for k in (1, 5, 10)},
+          "localisation.mass_mean": float(np.nanmean(mass)) if np.isfinite(mass).any() else float("nan")}
 
 
 def batch_counts(forward: Callable, normalization: Callable, importance: Callable, target: str, pix_BHWC,
