@@ -21,15 +21,20 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and 
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _quiet_orbax(record: pylogging.LogRecord) -> bool:
-  """orbax logs every checkpoint step at INFO; keep its warnings and errors only."""
-  return record.levelno >= pylogging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+def _quiet(record: pylogging.LogRecord) -> bool:
+  """orbax logs every checkpoint step at INFO: keep its warnings and errors only. JAX says at INFO
+  that it found no TPU on every machine without one: noise for a CPU or GPU user."""
+  if record.levelno >= pylogging.WARNING:
+    return True
+  if f"{os.sep}orbax{os.sep}" in record.pathname:
+    return False
+  return not (record.pathname.endswith("xla_bridge.py") and "Unable to initialize backend" in record.getMessage())
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.get_absl_handler().addFilter(_quiet_orbax)
+  logging.get_absl_handler().addFilter(_quiet)
   # Imported here so `--help` and flag errors come back before JAX starts.
   from saliency_jax import pipeline  # pylint: disable=g-import-not-at-top
   from saliency_jax.training import parallel, train  # pylint: disable=g-import-not-at-top

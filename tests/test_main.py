@@ -87,3 +87,4 @@ def test_binary_trains_with_overrides(tmp_path):
   assert "epoch 1/1" in result.stderr
   assert (tmp_path / "metrics.csv").exists() and (tmp_path / "checkpoints" / "1").is_dir()
   assert "orbax" not in result.stderr.lower().replace("orbax-checkpoint", "")  # checkpoint chatter filtered
+  assert "Unable to initialize backend" not in result.stderr  # no TPU: not news on a CPU or GPU machine
