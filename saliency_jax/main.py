@@ -9,6 +9,8 @@ ends with one line naming it and exit code 2; a diverged run ends with exit code
 
 import logging as pylogging
 import os
+import pathlib
+import re
 import sys
 
 from absl import app, flags, logging
@@ -52,5 +54,24 @@ def main(argv):
     sys.exit(3)
 
 
+def config_help() -> str:
+  """Every config field with its default and comment, as configs/default.py declares them."""
+  source = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
+  if not source.exists():
+    return "config fields: see configs/default.py in the repository"
+  fields = []
+  for line in source.read_text().splitlines():
+    match = re.match(r"\s*config\.([\w.]+) = (.+?)(?:\s+#\s*(.*))?$", line)
+    if match and not match.group(2).startswith("ml_collections.ConfigDict"):
+      name, value, comment = match.groups()
+      value = value + " ...)" if value.endswith("(") else value  # a tuple written over several lines
+      fields.append(f"  --config.{name}={value}" + (f"\n      {comment}" if comment else ""))
+  return "config fields (defaults of configs/default.py; variants override a few):\n" + "\n".join(fields)
+
+
 if __name__ == "__main__":
+  if any(arg in ("--help", "-h", "--helpshort") for arg in sys.argv[1:]):
+    print(__doc__.strip() + "\n\nflags:\n  --config: a config file, e.g. configs/resnet.py (or configs/sanity.py:resnet)\n"
+          "  --workdir: where checkpoints, metrics and results go\n\n" + config_help())
+    sys.exit(0)
   app.run(main)

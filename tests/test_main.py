@@ -88,3 +88,11 @@ def test_binary_trains_with_overrides(tmp_path):
   assert (tmp_path / "metrics.csv").exists() and (tmp_path / "checkpoints" / "1").is_dir()
   assert "orbax" not in result.stderr.lower().replace("orbax-checkpoint", "")  # checkpoint chatter filtered
   assert "Unable to initialize backend" not in result.stderr  # no TPU: not news on a CPU or GPU machine
+
+
+def test_help_lists_the_config_fields_with_their_comments_and_exits_zero():
+  result = subprocess.run([sys.executable, "-m", "saliency_jax.main", "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "--config.train.learning_rate=0.001" in result.stdout
+  assert "a class-balanced subset of N test images" in result.stdout  # single_pixel.max_images' comment
