@@ -52,6 +52,19 @@ def main(argv):
     logging.flush()
     print(f"error: {e}", file=sys.stderr)
     sys.exit(3)
+  except KeyboardInterrupt:
+    logging.flush()
+    print(f"interrupted: {_resume_hint(pathlib.Path(_WORKDIR.value))}", file=sys.stderr)
+    sys.exit(130)
+
+
+def _resume_hint(workdir: pathlib.Path) -> str:
+  """What a rerun of the same command will start from: the newest checkpoint in `workdir`."""
+  epochs = [int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()]
+  if not epochs:
+    return f"no checkpoint in {workdir} yet; rerun the same command to train from the start"
+  return (f"the newest checkpoint in {workdir} is after epoch {max(epochs)}; rerun the same command to resume "
+          "from it (finished grid cells and sanity methods are kept)")
 
 
 def config_help() -> str:

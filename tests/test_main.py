@@ -1,5 +1,6 @@
 """The binary and its config checks: a user mistake is one clear line and a non-zero exit."""
 
+import signal
 import subprocess
 import sys
 
@@ -96,3 +97,21 @@ def test_help_lists_the_config_fields_with_their_comments_and_exits_zero():
   assert result.returncode == 0, result.stderr[-2000:]
   assert "--config.train.learning_rate=0.001" in result.stdout
   assert "a class-balanced subset of N test images" in result.stdout  # single_pixel.max_images' comment
+
+
+def test_ctrl_c_during_training_ends_with_one_line_saying_how_to_resume(tmp_path):
+  process = subprocess.Popen([sys.executable, "-m", "saliency_jax.main", "--config=configs/quickstart.py",
+                              f"--workdir={tmp_path}", "--config.train.epochs=50", "--config.train.checkpoint_every_epochs=1",
+                              "--config.data.synthetic_train_per_class=20", "--config.data.synthetic_test_per_class=5",
+                              "--config.train.batch_size=32"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+  lines = []
+  for line in process.stderr:  # wait until an epoch (and its checkpoint) is done
+    lines.append(line)
+    if "epoch 2/50" in line:
+      break
+  process.send_signal(signal.SIGINT)
+  rest = process.communicate(timeout=120)[1]
+  assert process.returncode == 130
+  assert "Traceback" not in rest and "KeyboardInterrupt" not in rest
+  interrupted = [line for line in rest.splitlines() if line.startswith("interrupted:")]
+  assert len(interrupted) == 1 and "rerun the same command to resume" in interrupted[0]
