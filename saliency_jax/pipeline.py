@@ -4,6 +4,9 @@ the trained model, then the sanity studies of `sanity.studies`; `train.enabled` 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import pathlib
 import time
 
@@ -22,7 +25,47 @@ from saliency_jax.evaluation import sanity
 from saliency_jax.training import train
 
 
+@contextlib.contextmanager
+def workdir_lock(workdir: pathlib.Path):
+  """One run per workdir at a time: an exclusive lock on `workdir/.lock` (holding the owner's
+  pid), taken before any work and released when the run ends, however it ends. Multi-host runs
+  share one workdir: process 0 holds the lock for all of them."""
+  if workdir.exists() and not workdir.is_dir():
+    raise ConfigError(f"--workdir={str(workdir)!r} is a file; give a folder (it is created if missing)")
+  if jax.process_index() != 0:
+    yield
+    return
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    handle = open(workdir / ".lock", "a+")  # pylint: disable=consider-using-with
+  except OSError as e:
+    raise ConfigError(f"--workdir={str(workdir)!r} is not writable ({e.strerror}); give a folder this user can "
+                      "write to") from None
+  try:
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      handle.seek(0)
+      owner = handle.read().strip() or "unknown"
+      raise ConfigError(f"--workdir={str(workdir)!r} is in use by another run (pid {owner}); wait for it to end, "
+                        "or give another --workdir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    yield
+  finally:
+    handle.close()  # closing releases the lock
+
+
 def run(config, workdir: str | pathlib.Path) -> dict:
+  """See `_run`; under the workdir's lock."""
+  workdir = pathlib.Path(workdir)
+  with workdir_lock(workdir):
+    return _run(config, workdir)
+
+
+def _run(config, workdir: pathlib.Path) -> dict:
   """Returns {'train': TrainResult or None, 'single_pixel': rows or None, 'sanity': {study: rows} or
   None} and logs each stage's time. The trained model is handed to the evaluations once
   (`train.Trained`): from training, or restored from the workdir's newest checkpoint."""

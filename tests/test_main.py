@@ -115,3 +115,19 @@ def test_ctrl_c_during_training_ends_with_one_line_saying_how_to_resume(tmp_path
   assert "Traceback" not in rest and "KeyboardInterrupt" not in rest
   interrupted = [line for line in rest.splitlines() if line.startswith("interrupted:")]
   assert len(interrupted) == 1 and "rerun the same command to resume" in interrupted[0]
+
+
+def test_a_workdir_in_use_or_that_is_a_file_is_refused_with_one_line(tmp_path, tiny_config):
+  import fcntl  # pylint: disable=g-import-not-at-top
+
+  from saliency_jax import pipeline  # pylint: disable=g-import-not-at-top
+
+  tmp_path.joinpath(".lock").write_text("12345")
+  with open(tmp_path / ".lock", "a+") as other:  # another run holds the lock
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with pytest.raises(ConfigError, match=r"in use by another run \(pid 12345\)"):
+      pipeline.run(tiny_config, tmp_path)
+  assert not (tmp_path / "metrics.csv").exists()
+  (tmp_path / "a_file").write_text("")
+  with pytest.raises(ConfigError, match="is a file"):
+    pipeline.run(tiny_config, tmp_path / "a_file")
