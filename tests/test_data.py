@@ -246,3 +246,27 @@ def test_balanced_indices_are_seeded_class_balanced_and_every_prefix_is_too():
   assert not np.all(np.diff(idx[labels[idx] == 0]) > 0)  # shuffled within a class, not the first N
   np.testing.assert_array_equal(data.balanced_indices(labels, 0, seed=0), np.arange(len(labels)))
   np.testing.assert_array_equal(data.balanced_indices(labels, 5000, seed=0), np.arange(len(labels)))
+
+
+def test_folder_source_faults_are_one_line_or_repaired(tmp_path):
+  _write_tree(tmp_path / "tree", per_class=2)
+  cache = tmp_path / "cache"
+  source = sources.folder(str(tmp_path / "tree"), cache_dir=str(cache))
+  # A corrupt decode cache is derived data: detected and rebuilt from the images.
+  (cache_file,) = cache.glob("*.npz")
+  cache_file.write_bytes(cache_file.read_bytes()[:100])
+  np.testing.assert_array_equal(sources.folder(str(tmp_path / "tree"), cache_dir=str(cache)).train.images,
+                                source.train.images)
+  # A truncated image and a text file named .jpg are named, not a traceback.
+  (tmp_path / "tree" / "train" / "ant" / "0000.png").write_bytes(b"\x89PNG\r\n")
+  with pytest.raises(ConfigError, match="0000.png is not a readable image"):
+    sources.folder(str(tmp_path / "tree"), cache_dir=str(tmp_path / "cache2"))
+  (tmp_path / "tree" / "train" / "ant" / "0000.png").unlink()
+  (tmp_path / "tree" / "train" / "ant" / "notes.jpg").write_text("not an image")
+  with pytest.raises(ConfigError, match="notes.jpg is not a readable image"):
+    sources.folder(str(tmp_path / "tree"), cache_dir=str(tmp_path / "cache3"))
+  # An empty class folder is an error, not a silent 2-class run.
+  for f in (tmp_path / "tree" / "train" / "ant").iterdir():
+    f.unlink()
+  with pytest.raises(ConfigError, match="'train/ant/' has no images"):
+    sources.folder(str(tmp_path / "tree"), cache_dir=str(tmp_path / "cache4"))

@@ -14,9 +14,11 @@ import dataclasses
 import hashlib
 import os
 import pathlib
+import zipfile
 from typing import Sequence
 
 import numpy as np
+from absl import logging
 
 from saliency_jax.config_checks import ConfigError
 from saliency_jax.files import atomic_open
@@ -123,6 +125,9 @@ def _list_split(root: pathlib.Path, split: str, per_class: int, class_names: Seq
   files, labels = [], []
   for label, name in enumerate(names):
     found = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not found:
+      raise ConfigError(f"data.path={str(root)!r}: '{split}/{name}/' has no images; every class needs images in "
+                        "train/ and test/ (or remove the folder)")
     if per_class:
       found = found[:per_class]
     files += found
@@ -133,8 +138,12 @@ def _list_split(root: pathlib.Path, split: str, per_class: int, class_names: Seq
 def _decode(path: pathlib.Path) -> np.ndarray:
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
-  with Image.open(path) as image:
-    return np.asarray(image.convert("RGB"), np.uint8)
+  try:
+    with Image.open(path) as image:
+      return np.asarray(image.convert("RGB"), np.uint8)
+  except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
+    raise ConfigError(f"data.path: {path} is not a readable image ({type(e).__name__}: {e}); remove or "
+                      "replace it") from None
 
 
 def _decode_all(files: Sequence[pathlib.Path]) -> np.ndarray:
@@ -166,9 +175,17 @@ def folder(path: str, cache_dir: str = "", per_class: int = 0) -> Source:
   cache = pathlib.Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
   cache_file = cache / f"folder-{root.name}-{digest.hexdigest()[:16]}.npz"
   if cache_file.exists():
-    with np.load(cache_file) as z:
-      return Source(Split(z["train_images"], z["train_labels"]), Split(z["test_images"], z["test_labels"]),
-                    tuple(str(n) for n in z["class_names"]))
+    try:
+      with np.load(cache_file) as z:
+        return Source(Split(z["train_images"], z["train_labels"]), Split(z["test_images"], z["test_labels"]),
+                      tuple(str(n) for n in z["class_names"]))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+      # Derived data: decoded again and rewritten.
+      logging.warning("the decode cache %s is unreadable (%s: %s); decoding the images again", cache_file,
+                      type(e).__name__, e)
+  logging.info("decoding %d images of %s once (cached in %s); per class, train: %s, test: %s",
+               len(train_files) + len(test_files), root, cache_file, np.bincount(train_labels).tolist(),
+               np.bincount(test_labels).tolist())
 
   source = Source(Split(_decode_all(train_files), train_labels), Split(_decode_all(test_files), test_labels), names)
   with atomic_open(cache_file, "wb") as f:
