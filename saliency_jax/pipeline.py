@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import pathlib
 import time
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 from absl import logging
 
 from saliency_jax import data as data_lib
+from saliency_jax import files
 from saliency_jax import models
 from saliency_jax.attribution import core, registry
 
@@ -58,10 +60,50 @@ def workdir_lock(workdir: pathlib.Path):
     handle.close()  # closing releases the lock
 
 
+# What defines the trained model: a rerun on a workdir may change anything else (evaluation, epochs
+# to train for, checkpointing, where the data lives), but not these.
+MODEL_FIELDS = ("seed", "model", "data.source", "data.seed", "data.normalization", "data.max_per_class",
+                "data.synthetic_train_per_class", "data.synthetic_test_per_class", "data.permute_train_labels",
+                "pixel", "train.learning_rate", "train.momentum", "train.weight_decay", "train.batch_size",
+                "train.dtype")
+
+
+def _model_settings(config) -> dict:
+  flat = {}
+  for field in MODEL_FIELDS:
+    value = config
+    for part in field.split("."):
+      value = value.get(part) if hasattr(value, "get") else None
+    items = value.to_dict().items() if hasattr(value, "to_dict") else [("", value)]
+    for key, v in items:
+      flat[f"{field}.{key}" if key else field] = json.loads(json.dumps(v, default=str))
+  return flat
+
+
+def check_workdir_config(config, workdir: pathlib.Path) -> None:
+  """The first run stores what defines its model in `workdir/config.json` (with the whole config
+  beside it, for the record); a rerun that would change it is one line naming the fields, since it
+  would resume another model's weights under this run's labels."""
+  path = workdir / "config.json"
+  mine = _model_settings(config)
+  if path.exists():
+    stored = json.loads(path.read_text())["model_settings"]
+    differ = [k for k in sorted(set(stored) | set(mine)) if stored.get(k) != mine.get(k)]
+    if differ:
+      shown = "; ".join(f"{k}: {stored.get(k)!r} there, {mine.get(k)!r} here" for k in differ)
+      raise ConfigError(f"--workdir={str(workdir)!r} holds a model trained with other settings ({shown}); "
+                        "use the same settings or another --workdir")
+    return
+  if jax.process_index() == 0:
+    with files.atomic_open(path, "w") as f:
+      json.dump({"model_settings": mine, "config": json.loads(config.to_json_best_effort())}, f, indent=1)
+
+
 def run(config, workdir: str | pathlib.Path) -> dict:
-  """See `_run`; under the workdir's lock."""
+  """See `_run`; under the workdir's lock, after checking the workdir holds this config's model."""
   workdir = pathlib.Path(workdir)
   with workdir_lock(workdir):
+    check_workdir_config(config, workdir)
     return _run(config, workdir)
 
 

@@ -131,3 +131,18 @@ def test_a_workdir_in_use_or_that_is_a_file_is_refused_with_one_line(tmp_path, t
   (tmp_path / "a_file").write_text("")
   with pytest.raises(ConfigError, match="is a file"):
     pipeline.run(tiny_config, tmp_path / "a_file")
+
+
+def test_a_rerun_that_would_change_the_trained_model_is_refused_naming_the_fields(tmp_path, tiny_config):
+  from saliency_jax import pipeline  # pylint: disable=g-import-not-at-top
+
+  config = tiny_config
+  config.single_pixel.enabled, config.train.epochs = False, 1
+  pipeline.run(config, tmp_path)
+  config.seed, config.train.learning_rate = 1, 0.5
+  with pytest.raises(ConfigError, match=r"other settings \(seed: 0 there, 1 here; train.learning_rate: 0.03 there"):
+    pipeline.run(config, tmp_path)
+  config.seed, config.train.learning_rate = 0, 0.03
+  config.train.epochs, config.single_pixel.enabled = 2, True  # training longer and evaluating: allowed
+  config.single_pixel.max_images, config.single_pixel.methods = 20, ("gradient",)
+  assert pipeline.run(config, tmp_path)["train"].epoch == 2
