@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
 import pathlib
+import signal
+import threading
 import time
 from typing import Any
 
@@ -82,6 +85,24 @@ def check_config(config, num_devices: int) -> None:
 
 
 EPOCH_LOOPS = ("auto", "scan", "python")
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+  """Ctrl-C while a checkpoint save is being handed to orbax takes effect once the call returns:
+  interrupted inside it, orbax's background save fails with a traceback; after it, the save
+  completes while the run shuts down (`Checkpoints.close` waits for it)."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  received = []
+  previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+    if received:
+      raise KeyboardInterrupt
 
 
 def epoch_loop(name: str) -> str:
@@ -188,7 +209,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, mesh: jax.shardin
         last = epoch + 1
         fitted = bool(stop_at) and row["train_accuracy"] >= stop_at
         if last % tc.checkpoint_every_epochs == 0 or last == tc.epochs or fitted:
-          checkpoints.save(last, state)
+          with _sigint_deferred():
+            checkpoints.save(last, state)
         if fitted:
           logging.info("train accuracy %.1f%% >= train.stop_at_train_accuracy=%.1f%%: stopping after epoch %d",
                        100 * row["train_accuracy"], 100 * stop_at, last)
