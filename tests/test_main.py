@@ -83,7 +83,8 @@ def test_binary_reports_one_line_and_exits_non_zero(tmp_path, flag, field):
 
 def test_binary_trains_with_overrides(tmp_path):
   result = _run(tmp_path, "--config.train.epochs=1", "--config.data.synthetic_train_per_class=20",
-                "--config.data.synthetic_test_per_class=5", "--config.train.batch_size=32")
+                "--config.data.synthetic_test_per_class=5", "--config.train.batch_size=32",
+                "--config.single_pixel.enabled=False")  # the grid: tests/test_single_pixel.py, through pipeline.run
   assert result.returncode == 0, result.stderr[-2000:]
   assert "epoch 1/1" in result.stderr
   assert (tmp_path / "metrics.csv").exists() and (tmp_path / "checkpoints" / "1").is_dir()
