@@ -295,7 +295,7 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", comm
   md += ["## Figures", "", *[f + "\n" for f in figures_md], "## Wall time per stage", "",
          "On this machine (2 CPU cores), summed over resumed runs.", "", wall_times(workdirs, runs), "",
          "## Commands", "", "```bash",
-         "launch/reproduce_cpu.sh ../shared/data/cifar10-jpeg workdirs/cpu   # everything; a rerun resumes",
+         "launch/reproduce_cpu.sh CIFAR10_FOLDER workdirs/cpu   # everything; a rerun resumes",
          "python -m saliency_jax.report --workdirs='workdirs/cpu/*_seed*' --out=docs --notes=docs/results_notes.md",
          "```", ""]
   if notes:
