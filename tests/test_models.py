@@ -179,32 +179,3 @@ def test_bad_model_settings_name_the_field(call, field):
     call()
 
 
-@pytest.mark.parametrize("hw,kernel,stride,padding", [
-    (2, 3, 1, ((1, 1), (1, 1))), (1, 3, 1, ((1, 1), (1, 1))), (2, 3, 2, ((1, 0), (0, 1))), (3, 3, 1, "SAME"),
-    (8, 3, 2, ((1, 1), (1, 1))), (8, 1, 2, ((0, 0), (0, 0))), (5, 3, 1, "SAME"),
-    (6, 3, 1, "VALID")])
-def test_cpu_convolution_lowerings_equal_xla_convolution(hw, kernel, stride, padding):
-  from saliency_jax.models import common  # pylint: disable=g-import-not-at-top
-  kx, kw, kg = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(kx, (3, hw, hw, 4))
-  w = jax.random.normal(kw, (kernel, kernel, 4, 5))
-  dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
-  ref = lambda x, w: jax.lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=dn)
-  ours = lambda x, w: common.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=dn)
-  np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
-  g = jax.random.normal(kg, ref(x, w).shape)
-  for a, b in zip(jax.vjp(ours, x, w)[1](g), jax.vjp(ref, x, w)[1](g)):  # both gradients
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("window,stride,padding", [(3, 2, ((1, 1), (1, 1))), (2, 2, ((0, 0), (0, 0)))])
-def test_cpu_max_pool_gradient_equals_select_and_scatter_with_ties(window, stride, padding):
-  from saliency_jax.models import common  # pylint: disable=g-import-not-at-top
-  # Rounded ReLU outputs: many windows hold several equal maxima.
-  x = jax.nn.relu(jnp.round(jax.random.normal(jax.random.key(0), (2, 8, 8, 3))))
-  ref = lambda x: nn.max_pool(x, (window, window), strides=(stride, stride), padding=padding)
-  ours = lambda x: common.max_pool(x, (window, window), (stride, stride), padding)
-  np.testing.assert_array_equal(ours(x), ref(x))
-  g = jax.random.normal(jax.random.key(1), ref(x).shape)
-  # Equal up to the order in which overlapping windows add; a mis-routed tie would be off by O(1).
-  np.testing.assert_allclose(jax.vjp(ours, x)[1](g)[0], jax.vjp(ref, x)[1](g)[0], rtol=1e-6, atol=1e-6)

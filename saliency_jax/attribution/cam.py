@@ -82,30 +82,33 @@ def fullgrad_terms(forward, x_BHWC, target_B, output: str = "logit"):
   named by its top-level layer (resnet18: 'bn1', 'layer1_0', ..., 'fc')."""
   forward = require_model_forward(forward, "fullgrad")
 
-  def record_shapes(module, _, y):
-    if _bias_of(module) is not None:
+  # The biases depend on the weights only; they are read in a forward pass of their own (its
+  # activations are dead code to XLA), because the differentiated pass below runs under
+  # `cpu_lowering`, whose inner trace would not let values out.
+  def record(module, _, y):
+    bias = _bias_of(module)
+    if bias is not None:
       shapes.append(jax.ShapeDtypeStruct(y.shape, y.dtype))
       layers.append(module.path[0] if module.path else type(module).__name__)
+      biases.append(bias)
     return y
 
-  shapes, layers = [], []
-  jax.eval_shape(forward.intercepted(module_interceptor(_BIASED, record_shapes)), x_BHWC)
+  shapes, layers, biases = [], [], []
+  forward.intercepted(module_interceptor(_BIASED, record), lower=False)(x_BHWC)
 
   def score_sum(x, deltas):
-    biases = []
+    seen = [0]
 
     def add_delta(module, _, y):
-      bias = _bias_of(module)
-      if bias is None:
+      if _bias_of(module) is None:
         return y
-      biases.append(bias)
-      return y + deltas[len(biases) - 1]
+      seen[0] += 1
+      return y + deltas[seen[0] - 1]
 
-    fwd = forward.intercepted(module_interceptor(_BIASED, add_delta))
-    return scores(fwd, x, target_B, output).sum(), biases
+    return scores(forward.intercepted(module_interceptor(_BIASED, add_delta)), x, target_B, output).sum()
 
   deltas = [jnp.zeros(s.shape, s.dtype) for s in shapes]
-  (grad_x, grad_deltas), biases = jax.grad(score_sum, argnums=(0, 1), has_aux=True)(x_BHWC, deltas)
+  grad_x, grad_deltas = jax.grad(score_sum, argnums=(0, 1))(x_BHWC, deltas)
   return grad_x * x_BHWC, [(layer, g * b) for layer, g, b in zip(layers, grad_deltas, biases)]
 
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from saliency_jax import models
 from saliency_jax.checks import require_choice
+from saliency_jax.lowering import cpu_lowering
 
 Forward = Callable[[jax.Array], jax.Array]
 OUTPUTS = ("logit", "softmax")
@@ -71,9 +72,11 @@ class ModelForward:
 
   model: nn.Module = flax.struct.field(pytree_node=False)
   variables: Any
+  # Its calls and layer gradients go through `cpu_lowering` already (see `registry.register`).
+  _cpu_lowered = True
 
   def __call__(self, x_BHWC):
-    return self.model.apply(self.variables, x_BHWC, train=False)
+    return cpu_lowering(self.model.apply)(self.variables, x_BHWC, train=False)
 
   def with_activation(self, activation: Callable) -> "ModelForward":
     """The same network with every activation replaced (Guided Backprop, Deconvnet, RectGrad)."""
@@ -100,14 +103,17 @@ class ModelForward:
     features, grads = models.feature_gradients(self.model, self.variables, x_BHWC, [layer], picked)
     return features[layer], grads[layer]
 
-  def intercepted(self, interceptor) -> Forward:
+  def intercepted(self, interceptor, lower: bool = True) -> Forward:
     """A forward whose flax submodule calls pass through `interceptor` (see
     `flax.linen.intercept_methods`): how FullGrad reads every bias and LRP rewrites
-    every linear layer's backward pass, for any flax model, without touching model code."""
+    every linear layer's backward pass, for any flax model, without touching model code.
+
+    `lower=False` skips `cpu_lowering`, for an interceptor that keeps values it sees: under
+    the transform they would belong to its inner trace and leak."""
 
     def forward(x_BHWC):
       with nn.intercept_methods(interceptor):
-        return self(x_BHWC)
+        return self(x_BHWC) if lower else self.model.apply(self.variables, x_BHWC, train=False)
 
     return forward
 

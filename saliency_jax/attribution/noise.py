@@ -7,7 +7,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from saliency_jax.attribution import registry
+from saliency_jax.attribution import chunks, registry
 from saliency_jax.checks import require_choice, require_non_negative, require_positive
 
 SIGMA_MODES = ("fraction", "absolute")
@@ -29,9 +29,11 @@ def noise_samples(key, x_BHWC, samples: int) -> jax.Array:
   return jnp.swapaxes(per_image, 0, 1)
 
 
-def noisy_maps(forward, x_BHWC, target_B, *, output, method, samples, sigma, sigma_mode, key, method_options,
-               chunk_size) -> jax.Array:
-  """The maps of `method` at x + sigma * noise, stacked: (samples, B, H, W, C)."""
+def noisy_moments(forward, x_BHWC, target_B, *, output, method, samples, sigma, sigma_mode, key, method_options,
+                  chunk_size) -> tuple[jax.Array, jax.Array]:
+  """The mean and the variance (ddof 0) of `method`'s maps at x + sigma * noise over the
+  samples, by a running merge over chunks of `chunk_size` samples (`chunks.mean_and_variance`):
+  the samples' maps are never all held at once."""
   require_positive("samples", samples, integer=True)
   require_non_negative("sigma", sigma)
   require_choice("sigma_mode", sigma_mode, SIGMA_MODES)
@@ -47,10 +49,7 @@ def noisy_maps(forward, x_BHWC, target_B, *, output, method, samples, sigma, sig
   def one(noise_BHWC):
     return fn(forward, x_BHWC + scale_B * noise_BHWC, target_B, output=output, **options)
 
-  if chunk_size is None:
-    return jax.vmap(one)(noise_SBHWC)
-  require_positive("chunk_size", chunk_size, integer=True)
-  return jax.lax.map(one, noise_SBHWC, batch_size=int(chunk_size))
+  return chunks.mean_and_variance(one, noise_SBHWC, x_BHWC.shape, chunk_size)
 
 
 @registry.register("smoothgrad", needs=("key", "path"))
@@ -59,8 +58,8 @@ def smoothgrad(forward, x_BHWC, target_B, *, output: str = "logit", method="grad
                chunk_size: int | None = None):
   """Mean of `method` (a name or a function) over `samples` copies x + N(0, s^2), where s is
   `sigma` itself ('absolute') or `sigma` times each image's max - min ('fraction')."""
-  return noisy_maps(forward, x_BHWC, target_B, output=output, method=method, samples=samples, sigma=sigma,
-                    sigma_mode=sigma_mode, key=key, method_options=method_options, chunk_size=chunk_size).mean(0)
+  return noisy_moments(forward, x_BHWC, target_B, output=output, method=method, samples=samples, sigma=sigma,
+                       sigma_mode=sigma_mode, key=key, method_options=method_options, chunk_size=chunk_size)[0]
 
 
 @registry.register("vargrad", needs=("key", "path"))
@@ -68,5 +67,5 @@ def vargrad(forward, x_BHWC, target_B, *, output: str = "logit", method="gradien
             sigma: float = 0.15, sigma_mode: str = "fraction", key=None, method_options=None,
             chunk_size: int | None = None):
   """Variance (over the samples, ddof 0) of `method`; options as `smoothgrad`."""
-  return noisy_maps(forward, x_BHWC, target_B, output=output, method=method, samples=samples, sigma=sigma,
-                    sigma_mode=sigma_mode, key=key, method_options=method_options, chunk_size=chunk_size).var(0)
+  return noisy_moments(forward, x_BHWC, target_B, output=output, method=method, samples=samples, sigma=sigma,
+                       sigma_mode=sigma_mode, key=key, method_options=method_options, chunk_size=chunk_size)[1]

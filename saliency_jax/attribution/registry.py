@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import inspect
 from typing import Any, Callable, Mapping
 
 from saliency_jax.attribution import display
 from saliency_jax import checks
 from saliency_jax.config_checks import ConfigError, require_choice
+from saliency_jax.lowering import cpu_lowering
 
 METHODS: dict[str, Callable] = {}
 # What a method can need beyond (forward, images, targets); the runners supply the first three.
@@ -42,11 +44,23 @@ def register(name: str, *, needs=(), **defaults):
   def wrap(fn):
     if name in METHODS:
       raise ValueError(f"attribution method {name!r} is registered twice")
-    METHODS[name] = _with_defaults(fn, name, defaults) if defaults else fn
+    METHODS[name] = _lowered(_with_defaults(fn, name, defaults) if defaults else fn)
     _NEEDS[name] = frozenset(needs)
     return METHODS[name]
 
   return wrap
+
+
+def _lowered(fn):
+  """`fn` with its forward passed through `cpu_lowering` first, so every method, called by
+  name or directly, gets the fast CPU convolutions for any forward a user passes; the
+  transform is applied before the method differentiates, so the gradients are fast too."""
+
+  @functools.wraps(fn)
+  def method(forward, x_BHWC, target_B, **options):
+    return fn(cpu_lowering(forward), x_BHWC, target_B, **options)
+
+  return method
 
 
 def needs(name: str) -> frozenset[str]:
@@ -80,9 +94,7 @@ def _with_defaults(fn, name, defaults):
 
 def options_of(name: str) -> list[str]:
   """The keyword options method `name` takes."""
-  fn = get(name)
-  fn = getattr(fn, "__wrapped__", fn)
-  params = inspect.signature(fn).parameters
+  params = inspect.signature(inspect.unwrap(get(name))).parameters
   return [p.name for p in params.values() if p.kind == p.KEYWORD_ONLY]
 
 

@@ -7,7 +7,7 @@ with the noise of `smoothgrad` (SmoothGrad's s: `sigma` times each image's max -
 
 from __future__ import annotations
 
-from saliency_jax.attribution.noise import noisy_maps
+from saliency_jax.attribution.noise import noisy_moments
 from saliency_jax.attribution.registry import register
 
 
@@ -16,6 +16,7 @@ def smoothgrad_squared(forward, x_BHWC, target_B, *, output: str = "logit", meth
                        sigma: float = 0.15, sigma_mode: str = "fraction", key=None, method_options=None,
                        chunk_size: int | None = None):
   """Mean over `samples` noisy copies of the squared map of `method`; options as `smoothgrad`."""
-  maps_SBHWC = noisy_maps(forward, x_BHWC, target_B, output=output, method=method, samples=samples, sigma=sigma,
-                          sigma_mode=sigma_mode, key=key, method_options=method_options, chunk_size=chunk_size)
-  return (maps_SBHWC**2).mean(0)
+  mean, variance = noisy_moments(forward, x_BHWC, target_B, output=output, method=method, samples=samples,
+                                 sigma=sigma, sigma_mode=sigma_mode, key=key, method_options=method_options,
+                                 chunk_size=chunk_size)
+  return variance + mean**2  # E[m^2], from the running moments

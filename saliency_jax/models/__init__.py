@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from saliency_jax.config_checks import ConfigError, require_choice
+from saliency_jax.lowering import cpu_lowering
 from saliency_jax.models import common
 from saliency_jax.models.resnet import ResNet
 from saliency_jax.models.small import MLP, SmallCNN
@@ -159,7 +160,7 @@ def feature_gradients(model: nn.Module, variables: Variables, x_BHWC, names: Seq
   zeros = traverse_util.unflatten_dict({path: jnp.zeros_like(v) for path, v in taps.items()})
 
   def scalar(perturbations):
-    logits = model.apply({**variables, "perturbations": perturbations}, x_BHWC, train=False)
+    logits = cpu_lowering(model.apply)({**variables, "perturbations": perturbations}, x_BHWC, train=False)
     return scalar_fn(logits)
 
   grads = traverse_util.flatten_dict(jax.grad(scalar)(zeros))

@@ -25,7 +25,7 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = partial(common.Conv, use_bias=False, dtype=self.dtype, kernel_init=common.kaiming_normal_fan_out)
+    conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=common.kaiming_normal_fan_out)
     norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)
     residual = x
     y = conv(self.features, (3, 3), (self.stride, self.stride), padding=common.torch_padding(3), name="conv1")(x)
@@ -51,12 +51,12 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x_BHWC, train: bool = False):
     x = x_BHWC.astype(self.dtype)
-    x = common.Conv(64, (3, 3), padding=common.torch_padding(3), use_bias=False, dtype=self.dtype,
+    x = nn.Conv(64, (3, 3), padding=common.torch_padding(3), use_bias=False, dtype=self.dtype,
                 kernel_init=common.kaiming_normal_fan_out, name="conv1")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name="bn1")(x)
     x = self.activation(x)
     if self.maxpool:
-      x = common.max_pool(x, (3, 3), (2, 2), common.torch_padding(3))
+      x = nn.max_pool(x, (3, 3), (2, 2), common.torch_padding(3))
     x = common.tap(self, "stem", x)
     for stage, num_blocks in enumerate(self.stage_sizes):
       features = 64 * 2**stage

@@ -46,9 +46,9 @@ class SmallCNN(nn.Module):
     del train
     x = x_BHWC.astype(self.dtype)
     for i, width in enumerate(self.channels, start=1):
-      x = common.Conv(width, (3, 3), padding=common.torch_padding(3), dtype=self.dtype,
+      x = nn.Conv(width, (3, 3), padding=common.torch_padding(3), dtype=self.dtype,
                   kernel_init=common.kaiming_normal_fan_out, name=f"conv{i}")(x)
       x = common.tap(self, f"features{i}", self.activation(x))
-      x = common.max_pool(x, (2, 2), (2, 2))
+      x = nn.max_pool(x, (2, 2), (2, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="out")(x.reshape(x.shape[0], -1))
     return common.tap(self, "logits", x)

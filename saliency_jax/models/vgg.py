@@ -71,13 +71,13 @@ class VGG(nn.Module):
     block, layer = 1, 1
     for i, item in enumerate(self.layout):
       if item == "M":
-        x = common.max_pool(x, (2, 2), (2, 2))
+        x = nn.max_pool(x, (2, 2), (2, 2))
         x = common.tap(self, f"block{block}", x)
         block, layer = block + 1, 1
         continue
       # Conv names are features_<index in the layout>, not torchvision's features index (which also counts
       # the ReLUs); models.torch_import maps one onto the other.
-      x = common.Conv(item, (3, 3), padding=common.torch_padding(3), dtype=self.dtype,
+      x = nn.Conv(item, (3, 3), padding=common.torch_padding(3), dtype=self.dtype,
                   kernel_init=common.kaiming_normal_fan_out, name=f"features_{i}")(x)
       x = common.tap(self, f"conv{block}_{layer}", self.activation(x))
       layer += 1

@@ -17,6 +17,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from saliency_jax.data import Normalization
+from saliency_jax.lowering import cpu_lowering
 from saliency_jax.training.parallel import DATA_AXIS
 from saliency_jax.training.state import TrainState
 
@@ -44,8 +45,9 @@ class Steps:
 
     def loss_fn(params):
       variables = {"params": params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
-      logits_BK, updates = self.model.apply(variables, x_BHWC, train=True, mutable=["batch_stats"],
-                                            rngs={"dropout": dropout_key})
+      # The CPU lowering: fast convolution gradients for any model (a no-op elsewhere).
+      apply = cpu_lowering(self.model.apply)
+      logits_BK, updates = apply(variables, x_BHWC, train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key})
       logits_BK = logits_BK.astype(jnp.float32)
       loss = optax.softmax_cross_entropy_with_integer_labels(logits_BK, labels_B).mean()
       return loss, (logits_BK, updates.get("batch_stats", state.batch_stats))
@@ -136,7 +138,7 @@ class Steps:
   def _batch_correct(self, variables, images_u8, labels, index_NB, valid_NB, batch):
     index_B = jax.sharding.reshard(index_NB[batch], P(DATA_AXIS))
     valid_B = jax.sharding.reshard(valid_NB[batch], P(DATA_AXIS))
-    logits_BK = self.model.apply(variables, self.normalization(_gather(images_u8, index_B)), train=False)
+    logits_BK = cpu_lowering(self.model.apply)(variables, self.normalization(_gather(images_u8, index_B)), train=False)
     return jnp.sum((jnp.argmax(logits_BK, -1) == _gather(labels, index_B)) & valid_B)
 
   def _scan_correct(self, variables, images_u8, labels):

@@ -1,0 +1,341 @@
+"""`cpu_lowering(f)`: any JAX function with its convolutions and max-pools in fast CPU forms.
+
+XLA:CPU has slow paths for what image classifiers and their gradients are made of: convolutions
+on maps smaller than the kernel (a 3x3 conv on a 2x2x512 map runs at ~2 GFLOP/s, 680 ms at batch
+80), autodiff's input gradient of strided convolutions (4x4x256 -> 2x2x512: 224 ms, 7 ms as a
+matmul), the transposed convolutions autodiff emits inside a `lax.map` loop (left as plain
+convolution thunks while the forward ones become fused kernels: 32 of 38 s of a chunked IG run),
+and select-and-scatter, the max-pool gradient (115 ms for resnet18's stem pool at batch 80).
+
+The transform traces `f` to a jaxpr and evaluates it again, binding every 2-D NHWC float32
+`conv_general_dilated` and `reduce_window_max` through a form whose forward *and* gradient are
+fast on CPU; every other equation is bound as it was. It recurses into the bodies of `jit`,
+`remat`, `scan`, `while`, `cond`, and the primal bodies of `custom_jvp` / `custom_vjp` (whose
+user-written derivative rules are kept, untouched). A form that is not covered (grouped, dilated,
+NCHW, another dtype, negative padding) stays native: the transform never fails on what `f` does.
+Each form is chosen per platform when the program is lowered (`lax.platform_dependent`), so a GPU
+or TPU program is the native one, and on a non-CPU default backend the transform returns `f`.
+
+Maps are equal to native ones to float32 rounding (tests/test_lowering.py). The attribution
+methods (`registry.register`), `ModelForward`, the layer gradients of the CAMs and the training
+step apply it, so a researcher's own network gets the speed as well as the project's models.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.extend import core as jax_core
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+_MARK = "_cpu_lowered"
+
+
+# ---------------------------------------------------------------- the fast forms
+
+
+def _window_slices(x, window, strides):
+  """For each offset (i, j) of the window, row-major: the strided slice holding that element of
+  every window of the (already padded) `x`, shape (B, H', W', C)."""
+  (kh, kw), (sh, sw) = window, strides
+  ho, wo = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+  return [x[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :] for i in range(kh) for j in range(kw)]
+
+
+def _columns(lhs, kernel_hw, window_strides, padding):
+  """(B, H', W', kh * kw * C): every output position's receptive field, in the row-major order
+  of an HWIO kernel's first three axes."""
+  x = jnp.pad(lhs, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  return jnp.concatenate(_window_slices(x, kernel_hw, window_strides), axis=-1)
+
+
+def _im2col_conv(lhs, rhs, window_strides, padding, precision):
+  cols = _columns(lhs, rhs.shape[:2], window_strides, padding)
+  return jnp.einsum("bhwk,kc->bhwc", cols, rhs.reshape(-1, rhs.shape[-1]), precision=precision)
+
+
+def _native_conv(lhs, rhs, padding, precision):
+  dimension_numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+  return lax.conv_general_dilated(lhs, rhs, (1, 1), padding, dimension_numbers=dimension_numbers,
+                                  precision=precision)
+
+
+# Stride 1: the input gradient is the correlation with the flipped, transposed kernel: a forward
+# conv again, rather than the transposed conv autodiff emits. The weight gradient is an im2col product.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_stride1(lhs, rhs, padding, precision):
+  return _native_conv(lhs, rhs, padding, precision)
+
+
+def _conv_stride1_fwd(lhs, rhs, padding, precision):
+  return _conv_stride1(lhs, rhs, padding, precision), (lhs, rhs)
+
+
+def _conv_stride1_bwd(padding, precision, residuals, g):
+  lhs, rhs = residuals
+  kh, kw = rhs.shape[:2]
+  (top, bottom), (left, right) = padding
+  flipped = jnp.flip(rhs, (0, 1)).swapaxes(2, 3)
+  d_lhs = _conv_stride1(g, flipped, ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right)), precision)
+  cols = _columns(lhs, (kh, kw), (1, 1), padding)
+  # The batch is summed away: under a batch-split mesh the weight gradient is replicated, like the weights.
+  d_rhs = jnp.einsum("bhwk,bhwc->kc", cols, g, precision=precision,
+                     out_sharding=jax.typeof(rhs).sharding).reshape(rhs.shape)
+  return d_lhs, d_rhs
+
+
+_conv_stride1.defvjp(_conv_stride1_fwd, _conv_stride1_bwd)
+
+
+def _taps(in_hw, out_hw, kernel_hw, window_strides, padding):
+  """(H*W, H'*W') kernel-tap index linking input to output position; kh*kw where none does."""
+  (h, w), (ho, wo), (kh, kw) = in_hw, out_hw, kernel_hw
+  (sh, sw), ((top, _), (left, _)) = window_strides, padding
+  di = np.arange(h)[:, None] - sh * np.arange(ho)[None, :] + top  # (H, H') kernel row
+  dj = np.arange(w)[:, None] - sw * np.arange(wo)[None, :] + left
+  valid = ((di >= 0) & (di < kh))[:, None, :, None] & ((dj >= 0) & (dj < kw))[None, :, None, :]
+  taps = np.where(valid, di[:, None, :, None] * kw + dj[None, :, None, :], kh * kw)
+  return taps.reshape(h * w, ho * wo)
+
+
+def _dense_conv(lhs, rhs, window_strides, padding, precision):
+  """The conv as one matmul with its (H*W*C, H'*W'*C') Toeplitz matrix. On a map smaller than
+  the window (resnet18's and VGG16's 2x2 maps) this is fewer multiplications than im2col, whose
+  columns are mostly padding: 16 vs 36 per channel pair on 2x2 with a 3x3 kernel."""
+  b, h, w, c = lhs.shape
+  kh, kw, _, co = rhs.shape
+  ho, wo = (h + sum(padding[0]) - kh) // window_strides[0] + 1, (w + sum(padding[1]) - kw) // window_strides[1] + 1
+  taps = _taps((h, w), (ho, wo), (kh, kw), window_strides, padding)
+  kernels = jnp.concatenate([rhs.reshape(kh * kw, c, co), jnp.zeros((1, c, co), rhs.dtype)])
+  toeplitz = kernels[taps].transpose(0, 2, 1, 3).reshape(h * w * c, ho * wo * co)
+  return jnp.dot(lhs.reshape(b, h * w * c), toeplitz, precision=precision).reshape(b, ho, wo, co)
+
+
+def _conv_form(lhs, rhs, window_strides, padding, precision) -> Callable:
+  """The fast form for this 2-D NHWC/HWIO convolution with non-negative explicit padding."""
+  if lhs.shape[1] * lhs.shape[2] < rhs.shape[0] * rhs.shape[1]:
+    return functools.partial(_dense_conv, window_strides=window_strides, padding=padding, precision=precision)
+  if window_strides == (1, 1) and all(p < k for pair, k in zip(padding, rhs.shape[:2]) for p in pair):
+    return functools.partial(_conv_stride1, padding=padding, precision=precision)
+  return functools.partial(_im2col_conv, window_strides=window_strides, padding=padding, precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x, window, strides, padding):
+  return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1),
+                           ((0, 0), *padding, (0, 0)))
+
+
+def _max_pool_fwd(x, window, strides, padding):
+  y = _max_pool(x, window, strides, padding)
+  return y, (x, y)
+
+
+def _max_pool_bwd(window, strides, padding, residuals, g):
+  # Each window's gradient goes to its first maximum in row-major order, as select-and-scatter
+  # sends it (ties included); window offset (i, j) is one strided slice, placed back by `lax.pad`.
+  x, y = residuals
+  (_, kw), (sh, sw), ((top, bottom), (left, right)) = window, strides, padding
+  xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=-jnp.inf)
+  ho, wo = y.shape[1:3]
+  taken = jnp.zeros(y.shape, bool)
+  dxp = jnp.zeros(xp.shape, g.dtype)
+  for offset, values in enumerate(_window_slices(xp, window, strides)):
+    i, j = divmod(offset, kw)
+    first = (values == y) & ~taken
+    taken = taken | first
+    placement = ((0, 0, 0), (i, xp.shape[1] - i - sh * (ho - 1) - 1, sh - 1),
+                 (j, xp.shape[2] - j - sw * (wo - 1) - 1, sw - 1), (0, 0, 0))
+    dxp = dxp + lax.pad(jnp.where(first, g, 0).astype(g.dtype), jnp.zeros((), g.dtype), placement)
+  return (dxp[:, top:xp.shape[1] - bottom, left:xp.shape[2] - right, :],)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+# ---------------------------------------------------------------- rules: one equation -> its CPU form
+
+
+def _conv_rule(eqn, lhs, rhs):
+  p = eqn.params
+  dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC) if lhs.ndim == 4 and rhs.ndim == 4 else None
+  padding = tuple(tuple(int(v) for v in pair) for pair in p["padding"])
+  covered = (dn is not None and p["dimension_numbers"] == dn and lhs.dtype == rhs.dtype == jnp.float32
+             and p["feature_group_count"] == 1 and p["batch_group_count"] == 1
+             and all(d == 1 for d in (*p["lhs_dilation"], *p["rhs_dilation"]))
+             and p["preferred_element_type"] in (None, jnp.float32) and p["out_sharding"] is None
+             and all(v >= 0 for pair in padding for v in pair))
+  native = lambda lhs, rhs: _bind(eqn, lhs, rhs)
+  if not covered:
+    return native(lhs, rhs)
+  cpu = _conv_form(lhs, rhs, tuple(p["window_strides"]), padding, p["precision"])
+  return lax.platform_dependent(lhs, rhs, cpu=cpu, default=native)
+
+
+def _max_pool_rule(eqn, x):
+  p = eqn.params
+  window, strides, padding = p["window_dimensions"], p["window_strides"], p["padding"]
+  covered = (x.ndim == 4 and x.dtype == jnp.float32 and window[0] == window[3] == 1
+             and strides[0] == strides[3] == 1 and tuple(padding[0]) == tuple(padding[3]) == (0, 0)
+             and all(d == 1 for d in (*p["base_dilation"], *p["window_dilation"]))
+             and all(v >= 0 for pair in padding for v in pair))
+  native = lambda x: _bind(eqn, x)
+  if not covered:
+    return native(x)
+  pads = tuple(tuple(int(v) for v in pair) for pair in padding[1:3])
+  cpu = lambda x: _max_pool(x, tuple(window[1:3]), tuple(strides[1:3]), pads)
+  return lax.platform_dependent(x, cpu=cpu, default=native)
+
+
+_RULES = {"conv_general_dilated": _conv_rule, "reduce_window_max": _max_pool_rule}
+
+
+# ---------------------------------------------------------------- the interpreter
+
+
+def _bind(eqn, *args, **params):
+  """The equation as it was (with `params` replaced), as `jax.core.eval_jaxpr` binds it."""
+  with eqn.ctx.manager:
+    return eqn.primitive.bind(*args, **eqn.primitive.get_bind_params({**eqn.params, **params}))
+
+
+def _closed_fn(closed) -> Callable:
+  """A Python function evaluating `closed` (a ClosedJaxpr) with the rules applied."""
+  return lambda *args: _eval(closed.jaxpr, closed.consts, *args)
+
+
+def _relowered(closed):
+  """`closed` retraced with the rules applied, same signature (for the bodies a primitive keeps
+  as a jaxpr parameter: the primal of custom_jvp / custom_vjp)."""
+  avals = [jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type) for a in closed.in_avals]
+  return jax.make_jaxpr(_closed_fn(closed))(*avals)
+
+
+def _scan(eqn, *args):
+  p = eqn.params
+  consts, carry, xs = args[:p["num_consts"]], args[p["num_consts"]:p["num_consts"] + p["num_carry"]], \
+      args[p["num_consts"] + p["num_carry"]:]
+  body = _closed_fn(p["jaxpr"])
+
+  def step(c, x):
+    out = body(*consts, *c, *x)
+    return out[:p["num_carry"]], out[p["num_carry"]:]
+
+  carry, ys = lax.scan(step, list(carry), list(xs), length=p["length"], reverse=p["reverse"], unroll=p["unroll"])
+  return [*carry, *ys]
+
+
+def _while(eqn, *args):
+  p = eqn.params
+  cond_consts, body_consts = args[:p["cond_nconsts"]], args[p["cond_nconsts"]:p["cond_nconsts"] + p["body_nconsts"]]
+  init = args[p["cond_nconsts"] + p["body_nconsts"]:]
+  cond_fn, body_fn = _closed_fn(p["cond_jaxpr"]), _closed_fn(p["body_jaxpr"])
+  return lax.while_loop(lambda c: cond_fn(*cond_consts, *c)[0], lambda c: body_fn(*body_consts, *c), list(init))
+
+
+def _cond(eqn, index, *operands):
+  branches = [_closed_fn(b) for b in eqn.params["branches"]]
+  return lax.switch(index, branches, *operands)
+
+
+def _remat(eqn, *args):
+  p = eqn.params
+  body = lambda *a: _eval(p["jaxpr"], (), *a)
+  return jax.checkpoint(body, prevent_cse=p["prevent_cse"], policy=p["policy"])(*args)
+
+
+def _inline(eqn, *args):
+  return _closed_fn(eqn.params["jaxpr"])(*args)
+
+
+def _custom_call(eqn, *args):
+  # The primal body gets the fast forms; the user's derivative rule is kept as written.
+  return _bind(eqn, *args, call_jaxpr=_relowered(eqn.params["call_jaxpr"]))
+
+
+# Higher-order equations, rebuilt through the public API so their bodies are interpreted too. A
+# `jit` inside the traced function is inlined: the caller's own jit compiles the whole program.
+_BODIES = {"jit": _inline, "pjit": _inline, "closed_call": _inline, "core_call": _inline, "scan": _scan,
+           "while": _while, "cond": _cond, "remat2": _remat, "checkpoint": _remat,
+           "custom_jvp_call": _custom_call, "custom_vjp_call": _custom_call}
+
+
+def _bodies(eqn) -> list:
+  """The jaxprs an equation keeps as parameters (a jit's, a scan's, a cond's branches...)."""
+  found = []
+  for value in eqn.params.values():
+    for item in value if isinstance(value, (tuple, list)) else (value,):
+      inner = getattr(item, "jaxpr", item)
+      if hasattr(inner, "eqns"):
+        found.append(inner)
+  return found
+
+
+def _touches(jaxpr) -> bool:
+  """Whether `jaxpr`, or a body inside it, has an equation a rule rewrites."""
+  return any(eqn.primitive.name in _RULES or any(_touches(b) for b in _bodies(eqn)) for eqn in jaxpr.eqns)
+
+
+def _eval(jaxpr, consts, *args):
+  env = {}
+
+  def read(v):
+    return v.val if isinstance(v, jax_core.Literal) else env[v]
+
+  env.update(zip(jaxpr.constvars, consts))
+  env.update(zip(jaxpr.invars, args))
+  for eqn in jaxpr.eqns:
+    invals = [read(v) for v in eqn.invars]
+    name = eqn.primitive.name
+    if name in _RULES:
+      out = _RULES[name](eqn, *invals)
+    elif name in _BODIES and any(_touches(b) for b in _bodies(eqn)):
+      out = _BODIES[name](eqn, *invals)
+    else:  # as it was, bodies included: nothing in them to rewrite, or a primitive not known here
+      out = _bind(eqn, *invals)
+    env.update(zip(eqn.outvars, out if eqn.primitive.multiple_results else [out]))
+  return [read(v) for v in jaxpr.outvars]
+
+
+def _is_array(leaf) -> bool:
+  return isinstance(leaf, (jax.Array, np.ndarray, np.generic))
+
+
+def cpu_lowering(f: Callable) -> Callable:
+  """`f` with its 2-D convolutions and max-pools in fast CPU forms, equal to the native ones to
+  float32 rounding; `f` itself on a non-CPU default backend, and when `f` is already lowered.
+
+  Array arguments (anywhere in the pytrees of `*args, **kwargs`) are traced; every other leaf
+  (flags, names, Python numbers) is passed through as it is, like a static argument.
+  """
+  if getattr(f, _MARK, False) or jax.default_backend() != "cpu":
+    return f
+
+  @functools.wraps(f)
+  def lowered(*args, **kwargs):
+    leaves, tree = jax.tree.flatten((args, kwargs))
+    traced = [i for i, leaf in enumerate(leaves) if _is_array(leaf)]
+
+    def flat(*values):
+      full = list(leaves)
+      for i, v in zip(traced, values):
+        full[i] = v
+      a, k = jax.tree.unflatten(tree, full)
+      return f(*a, **k)
+
+    values = [leaves[i] for i in traced]
+    closed, out_shape = jax.make_jaxpr(flat, return_shape=True)(*values)
+    out = _eval(closed.jaxpr, closed.consts, *values)
+    return jax.tree.unflatten(jax.tree.structure(out_shape), out)
+
+  setattr(lowered, _MARK, True)
+  return lowered
+
+
+def is_lowered(f) -> bool:
+  return bool(getattr(f, _MARK, False))

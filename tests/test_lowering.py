@@ -1,0 +1,178 @@
+"""The CPU lowering transform: outputs and gradients equal to native, fallbacks, bodies."""
+
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from saliency_jax.lowering import cpu_lowering, is_lowered
+
+# float32: the fast forms sum the same products in another order (a matmul instead of a direct
+# convolution), so values agree to a few ulps of the largest term; a wrong tap or a dropped
+# window would be off by O(1).
+TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+def _primitives(f, *args) -> set:
+  """Every primitive name in the jaxpr of `f`, bodies included."""
+  names = set()
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      names.add(eqn.primitive.name)
+      for value in eqn.params.values():
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+          inner = getattr(item, "jaxpr", item)
+          if hasattr(inner, "eqns"):
+            walk(inner)
+
+  walk(jax.make_jaxpr(f)(*args).jaxpr)
+  return names
+
+
+FORWARD_STYLE = "[b, 0, 1, f]x[0, 1, i, o]->[b, 0, 1, f]"
+
+
+def _cpu_program(f, *args) -> str:
+  """The CPU program of `f` (StableHLO): the platform's branch only, as it will be compiled."""
+  return jax.jit(f).lower(*args).as_text()
+
+
+def _conv_layouts(program: str) -> list[str]:
+  """Each convolution's dimension numbers and dilation: autodiff's input gradient is
+  [0, 1, o, i] (or lhs-dilated when strided), its weight gradient has the batch as a feature."""
+  return [m.group(1) + ("" if m.group(2) == "[1, 1]" else " lhs_dilate " + m.group(2))
+          for m in re.finditer(r"stablehlo.convolution.*?dim_numbers = (\[[^\]]*\]x\[[^\]]*\]->\[[^\]]*\]).*?"
+                               r"lhs_dilate = (\[[^\]]*\])", program)]
+
+
+def _conv(stride, padding, dn=("NHWC", "HWIO", "NHWC"), **kw):
+  return lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=dn, **kw)
+
+
+# (input size, kernel, stride, padding): the three fast forms (a map smaller than the kernel: the
+# Toeplitz matmul; stride 1: a native conv with a forward-style gradient; strided: im2col), odd
+# and asymmetric padding, 1x1 kernels.
+CONVS = [(2, 3, 1, ((1, 1), (1, 1))), (1, 3, 1, ((1, 1), (1, 1))), (2, 3, 2, ((1, 0), (0, 1))),
+         (3, 3, 1, "SAME"), (8, 3, 2, ((1, 1), (1, 1))), (8, 1, 2, ((0, 0), (0, 0))), (5, 3, 1, "SAME"),
+         (6, 3, 1, "VALID"), (7, 5, 2, ((2, 1), (1, 2))), (9, 7, 2, ((3, 3), (3, 3)))]
+
+
+@pytest.mark.parametrize("hw,kernel,stride,padding", CONVS)
+def test_convolutions_and_both_gradients_equal_native(hw, kernel, stride, padding):
+  kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+  x, w = jax.random.normal(kx, (3, hw, hw, 4)), jax.random.normal(kw, (kernel, kernel, 4, 5))
+  native = jax.jit(_conv(stride, padding))
+  fast = jax.jit(cpu_lowering(native))
+  assert "conv_general_dilated" in _primitives(native, x, w)
+  assert "custom_vjp_call" in _primitives(fast, x, w) or hw * hw < kernel * kernel or stride > 1
+  np.testing.assert_allclose(fast(x, w), native(x, w), **TOL)
+  g = jax.random.normal(kg, native(x, w).shape)
+  for a, b in zip(jax.vjp(fast, x, w)[1](g), jax.vjp(native, x, w)[1](g)):
+    np.testing.assert_allclose(a, b, **TOL)
+
+
+@pytest.mark.parametrize("case", ["grouped", "rhs_dilated", "lhs_dilated", "nchw", "bfloat16", "negative_padding"])
+def test_forms_not_covered_stay_native(case):
+  x, w = jnp.ones((2, 6, 6, 4)), jnp.ones((3, 3, 4, 4))
+  native = {
+      "grouped": lambda x, w: _conv(1, "SAME", feature_group_count=2)(x, w[:, :, :2]),
+      "rhs_dilated": _conv(1, "SAME", rhs_dilation=(2, 2)),
+      "lhs_dilated": _conv(1, ((1, 1), (1, 1)), lhs_dilation=(2, 2)),
+      "nchw": lambda x, w: _conv(1, "SAME", ("NCHW", "OIHW", "NCHW"))(x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1)),
+      "bfloat16": lambda x, w: _conv(1, "SAME")(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)),
+      "negative_padding": _conv(1, ((-1, 1), (1, 1))),
+  }[case]
+  fast = cpu_lowering(native)
+  # Not rewritten: the same primitives, no custom gradient, and the same values.
+  assert "custom_vjp_call" not in _primitives(fast, x, w)
+  np.testing.assert_array_equal(fast(x, w), native(x, w))
+  np.testing.assert_array_equal(jax.grad(lambda x: fast(x, w).astype(jnp.float32).sum())(x),
+                                jax.grad(lambda x: native(x, w).astype(jnp.float32).sum())(x))
+
+
+@pytest.mark.parametrize("window,stride,padding", [(3, 2, ((1, 1), (1, 1))), (2, 2, "VALID"), (3, 1, "SAME")])
+def test_max_pool_and_its_gradient_equal_select_and_scatter_with_ties(window, stride, padding):
+  # Rounded ReLU outputs: many windows hold several equal maxima, where the gradient goes to the first.
+  x = jax.nn.relu(jnp.round(jax.random.normal(jax.random.key(0), (2, 8, 8, 3))))
+  native = jax.jit(lambda x: nn.max_pool(x, (window, window), strides=(stride, stride), padding=padding))
+  fast = jax.jit(cpu_lowering(native))
+  grad_program = lambda f: _cpu_program(jax.grad(lambda x: f(x).sum()), x)
+  assert "select_and_scatter" in grad_program(native) and "select_and_scatter" not in grad_program(fast)
+  np.testing.assert_array_equal(fast(x), native(x))
+  g = jax.random.normal(jax.random.key(1), native(x).shape)
+  # Equal up to the order in which overlapping windows add; a mis-routed tie would be off by O(1).
+  np.testing.assert_allclose(jax.vjp(fast, x)[1](g)[0], jax.vjp(native, x)[1](g)[0], rtol=1e-6, atol=1e-6)
+
+
+class UserCNN(nn.Module):
+  """A researcher's own network, written with plain flax layers, and bodies of every kind."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(8, (3, 3))(x))  # relu is a custom_jvp
+    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = nn.remat(nn.Conv)(8, (3, 3), strides=(2, 2))(x)
+    x = jax.jit(lambda y: lax.cond(y.sum() > 0, jnp.tanh, jnp.sin, y))(x)
+    x = nn.Conv(16, (3, 3))(x)  # 2x2 map: the Toeplitz form
+    return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+
+def test_a_user_network_with_bodies_of_every_kind_keeps_its_maps_and_gets_every_conv_rewritten():
+  model = UserCNN()
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
+  variables = model.init(jax.random.key(1), x)
+  forward = lambda x: model.apply(variables, x)
+  fast = cpu_lowering(forward)
+  grad = lambda f: jax.grad(lambda x: f(x)[:, 1].sum())
+  np.testing.assert_allclose(jax.jit(fast)(x), jax.jit(forward)(x), **TOL)
+  np.testing.assert_allclose(jax.jit(grad(fast))(x), jax.jit(grad(forward))(x), **TOL)
+  # Every convolution of the gradient's CPU program is forward-style (no transposed convolution
+  # from autodiff), and no max-pool gradient is a select-and-scatter; natively, both are there.
+  native, lowered = _cpu_program(grad(forward), x), _cpu_program(grad(fast), x)
+  assert set(_conv_layouts(lowered)) == {FORWARD_STYLE} and "select_and_scatter" not in lowered
+  assert set(_conv_layouts(native)) - {FORWARD_STYLE} and "select_and_scatter" in native
+
+
+def test_scan_while_and_custom_vjp_bodies_are_rewritten_and_keep_their_values_and_rules():
+  w = jax.random.normal(jax.random.key(2), (3, 3, 2, 2))
+  conv = _conv(1, "SAME")
+
+  @jax.custom_vjp
+  def clipped(x):
+    return conv(x, w)
+
+  # The user's rule (the gradient clipped, the convolution ignored) must survive the transform.
+  clipped.defvjp(lambda x: (conv(x, w), None), lambda _, g: (jnp.clip(g, -0.5, 0.5),))
+
+  def scanned(x):
+    return clipped(lax.scan(lambda c, _: (jnp.tanh(conv(c, w)), None), x, None, length=3)[0])
+
+  def looped(x):  # forward only: reverse mode does not go through a while loop
+    return lax.while_loop(lambda c: c[1] < 2, lambda c: (conv(c[0], w), c[1] + 1), (x, 0))[0]
+
+  x = jax.random.normal(jax.random.key(3), (2, 5, 5, 2))
+  for f in (scanned, looped):
+    np.testing.assert_allclose(jax.jit(cpu_lowering(f))(x), jax.jit(f)(x), **TOL)
+  grad = lambda f: jax.grad(lambda x: f(x).sum())
+  np.testing.assert_allclose(jax.jit(grad(cpu_lowering(scanned)))(x), jax.jit(grad(scanned))(x), **TOL)
+  assert set(_conv_layouts(_cpu_program(grad(cpu_lowering(scanned)), x))) == {FORWARD_STYLE}
+  assert set(_conv_layouts(_cpu_program(grad(scanned), x))) != {FORWARD_STYLE}
+  assert "while" in _cpu_program(cpu_lowering(looped), x)
+
+
+def test_under_vmap_and_with_static_arguments_and_pytrees():
+  model = UserCNN()
+  x = jax.random.normal(jax.random.key(0), (3, 1, 8, 8, 3))
+  variables = model.init(jax.random.key(1), x[0])
+  apply = cpu_lowering(model.apply)
+  assert is_lowered(apply) and cpu_lowering(apply) is apply  # applying it twice is once
+  per_image = jax.jit(jax.vmap(lambda xi: apply(variables, xi)))(x)  # variables: a pytree argument
+  np.testing.assert_allclose(per_image, jax.jit(jax.vmap(lambda xi: model.apply(variables, xi)))(x), **TOL)
+  # Non-array leaves (flags, collection names) are passed through as static.
+  out, state = apply(variables, x[0], mutable=["intermediates"])
+  assert isinstance(state, dict)
