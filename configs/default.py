@@ -15,6 +15,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.name = "resnet18"  # resnet18 | vgg16 | small_cnn | mlp
   config.model.activation = "relu"  # any flax.linen activation name
   config.model.maxpool = True  # resnet18 only: keep the 3x3/2 max-pool after the stem
+  config.model.stem = "3x3"  # resnet18 only: 3x3 (the CIFAR stem) | 7x7 (torchvision's standard 7x7/2 stem)
+  # A PyTorch state_dict (.pt/.pth, or .npz) of this model (models.torch_import) to evaluate instead
+  # of a checkpoint of the workdir; needs train.enabled=False. Empty: the workdir's own training.
+  config.model.torch_weights = ""
 
   config.data = ml_collections.ConfigDict()
   config.data.source = "synthetic"  # cifar10 (tfds) | folder | synthetic
