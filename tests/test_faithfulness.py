@@ -131,6 +131,20 @@ def test_batch_equals_one_by_one():
       np.testing.assert_allclose(batch.scores[i], one.scores[0], rtol=1e-5, atol=1e-6)
 
 
+def test_road_with_a_key_per_image_equals_one_by_one():
+  x = jax.random.normal(jax.random.key(1), (3, 8, 8, 3))
+  maps = jax.random.normal(jax.random.key(2), (3, 8, 8))
+  keys = jax.random.split(jax.random.key(3), 3)
+  call = functools.partial(F.road, _sum_forward, percentages=(25, 50), noise=0.5, output="logit")
+  batch = call(x, maps, ZERO.repeat(3), key=keys)
+  for i in range(3):
+    one = call(x[i:i + 1], maps[i:i + 1], ZERO, key=keys[i:i + 1])
+    # Summation order only: the scores are sums of 192 values of order 1.
+    np.testing.assert_allclose(batch.scores[i], one.scores[0], rtol=1e-5, atol=1e-5)
+  one_key = call(x, maps, ZERO.repeat(3), key=keys[0])
+  assert not np.allclose(batch.scores, one_key.scores, atol=1e-3)  # the noise is drawn from the keys given
+
+
 def test_whole_batch_is_one_compiled_program():
   traces = []
 
