@@ -1,6 +1,7 @@
 """Importing PyTorch state_dicts (models/torch_import.py): a round trip without torch, then
 logits and input gradients against the same weights in torch (skipped without torch)."""
 
+import json
 import subprocess
 import sys
 
@@ -223,3 +224,74 @@ def test_standard_resnet18_logits_match_torchvision():
   logits = np.asarray(model.apply(variables, jnp.asarray(x_nchw.transpose(0, 2, 3, 1)), train=False))
   # float32 with different summation orders: ~1e-6 of the logits' scale; a wrong stem is of order 1.
   np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+# The single-pixel grid, the sanity studies and the faithfulness curves on weights trained elsewhere
+# (`model.torch_weights`): a .pt where torch is installed, else the same mapping from an .npz.
+
+
+def _weights_file(fmt, tmp_path):
+  """(path, forward of the weights as the source framework computes it) for a small_cnn (4, 8)."""
+  if fmt == "pt":
+    torch = pytest.importorskip("torch")
+    from benchmarks import faithfulness_throughput  # pylint: disable=g-import-not-at-top
+    torch.manual_seed(0)
+    net = faithfulness_throughput.torch_small_cnn(channels=(4, 8)).eval()
+    torch.save(net.state_dict(), tmp_path / "weights.pt")
+
+    def forward(x_BHWC):
+      with torch.no_grad():
+        return net(torch.from_numpy(np.asarray(x_BHWC).transpose(0, 3, 1, 2).copy())).numpy()
+
+    return tmp_path / "weights.pt", forward
+  model, variables = _random_variables("small_cnn", channels=(4, 8))
+  np.savez(tmp_path / "weights.npz", **_hand_made_state_dict(variables, {"out": (8, 8, 8)}))
+  return tmp_path / "weights.npz", lambda x_BHWC: np.asarray(model.apply(variables, x_BHWC, train=False))
+
+
+@pytest.mark.parametrize("fmt", ["npz", "pt"])
+def test_grid_sanity_and_faithfulness_evaluate_weights_trained_elsewhere(tmp_path, tiny_config, fmt):
+  from saliency_jax import data as data_lib, pipeline  # pylint: disable=g-import-not-at-top
+  from saliency_jax.config_checks import ConfigError  # pylint: disable=g-import-not-at-top
+  from saliency_jax.evaluation import run  # pylint: disable=g-import-not-at-top
+  path, forward = _weights_file(fmt, tmp_path)
+  config = tiny_config
+  config.model.channels, config.model.torch_weights, config.train.enabled = (4, 8), str(path), False
+  sp = config.single_pixel
+  sp.methods, sp.targets, sp.outputs, sp.test_jitter = ("gradient",), ("predicted",), ("logit",), ((0.0, 0.0),)
+  sp.max_images, sp.batch_size, sp.examples = 20, 10, 0
+  s = config.sanity
+  s.studies, s.methods, s.num_images, s.batch_size, s.strip_images = ("class_sensitivity",), ("gradient",), 4, 4, 1
+  f = config.faithfulness
+  f.enabled, f.methods, f.curves, f.orders, f.replacements = True, ("gradient",), ("deletion",), ("morf",), ("black",)
+  f.steps, f.num_images, f.batch_size = 2, 8, 8
+  out = pipeline.run(config, tmp_path / "workdir")
+
+  # The grid evaluated these weights: its accuracy with the pixel is the source model's on the same images.
+  data = data_lib.prepare(config, conditions=())
+  pix, _, labels, _ = run.test_sets(data, 0.0, 0.0, max_images=20)
+  predicted = forward(np.asarray(data.normalization(pix))).argmax(-1)
+  (cell,) = out["single_pixel"]
+  assert cell["checkpoint_epoch"] == 0
+  assert cell["overall.withpix_model_accuracy"] == pytest.approx(np.mean(predicted == labels))
+  assert [r["comparison"] for r in out["sanity"]["class_sensitivity"]] == ["top_vs_bottom", "random_map", "edge_map"]
+  # The deletion curve starts at the source model's probability of its predicted class on the images.
+  (curve,) = out["faithfulness"]
+  tests = data.test_set("pixel")
+  x = np.asarray(data.normalization(np.asarray(tests.images_BHWC)[data_lib.balanced_indices(tests.labels_B, 8, 0)]))
+  logits = forward(x)
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  # float32 logits of two frameworks (or batch shapes) differ by rounding, ~1e-6 of their scale.
+  assert json.loads(curve["curve_mean"])[0] == pytest.approx((probs.max(-1) / probs.sum(-1)).mean(), abs=1e-5)
+  assert not (tmp_path / "workdir" / "checkpoints").exists()  # nothing trained
+
+  config.train.enabled = True
+  with pytest.raises(ConfigError, match="model.torch_weights=.* set train.enabled=False"):
+    pipeline.run(config, tmp_path / "other1")
+  config.train.enabled, config.model.channels = False, (4, 6)
+  mismatch = r"model.torch_weights=.* does not load into small_cnn: .* key 'conv2.bias' has shape \(8,\), expected \(6,\)"
+  with pytest.raises(ConfigError, match=mismatch):
+    pipeline.run(config, tmp_path / "other2")
+  config.model.torch_weights = str(tmp_path / "missing.pt")
+  with pytest.raises(ConfigError, match="is not a file"):
+    pipeline.run(config, tmp_path / "other3")

@@ -270,5 +270,6 @@ def from_torch_weights(config, data: data_lib.Prepared) -> Trained:
     variables = torch_import.variables_from_torch(path, model, config.model.name,
                                                   input_shape=(1, *data.source.test.images.shape[1:]))
   except (ValueError, ImportError, OSError, RuntimeError) as e:
-    raise ConfigError(f"{field} does not load into {config.model.name}: {e}") from None
+    problems = " ".join(str(e).split())  # one line, as every ConfigError
+    raise ConfigError(f"{field} does not load into {config.model.name}: {problems}") from None
   return Trained(model, variables, 0, data)
