@@ -222,7 +222,7 @@ def evaluate(config, workdir: str | pathlib.Path, trained, devices=None) -> list
     logging.info("faithfulness %d/%d %s: %s  (%.1f s for %d images)", i + 1, len(methods), spec.label,
                  "  ".join(f"{r['curve']} {r['order']} {r['replacement']} {r['area_mean']:.3f}" for r in new),
                  new[0]["seconds"], len(labels))
-  if write and rows:
+  if write and rows and (program is not None or not (out_dir / "curves.png").exists()):
     from saliency_jax.evaluation import figures  # pylint: disable=g-import-not-at-top
     figures.faithfulness_curves(out_dir / "curves.png", rows,
                                 title=f"{config.model.name}, epoch {trained.epoch}, {fc.score} of the {fc.target} "
