@@ -138,9 +138,9 @@ def curves_program(s: Settings):
     for curve, order, replacement, _ in s.curves:
       name = f"{curve}|{order}|{replacement}"
       if curve == "road":
-        road = faithfulness.road(forward, x, maps_BHW, target_B, percentages=s.percentages, order=order,
-                                 noise=s.road_noise / normalization.std_C, key=keys_B, output=s.score,
-                                 step_chunk=s.step_chunk or None)
+        noisy = dict(noise=s.road_noise / normalization.std_C, key=keys_B) if s.road_noise else {}
+        road = faithfulness.road(forward, x, maps_BHW, target_B, percentages=s.percentages, order=order, **noisy,
+                                 output=s.score, step_chunk=s.step_chunk or None)
         out[name], out[name + "|correct"] = road.scores, road.correct
       else:
         fn = faithfulness.deletion_curve if curve == "deletion" else faithfulness.insertion_curve
