@@ -1,5 +1,5 @@
-"""The faithfulness stage (`config.faithfulness`): end to end on a tiny trained model, its curves
-against their definitions, resuming per method, settings named, and the report."""
+"""The faithfulness stage (`config.faithfulness`): end to end on a tiny model, its curves against
+their definitions, resuming per method, settings named, and the report."""
 
 import json
 
@@ -14,6 +14,7 @@ from saliency_jax.config_checks import ConfigError
 from saliency_jax.evaluation import faithfulness_run
 from saliency_jax.evaluation.run import CellRunner
 from saliency_jax.training import train
+from tests.test_torch_import import _hand_made_state_dict
 
 
 def _config(tiny_config):
@@ -30,14 +31,16 @@ def _config(tiny_config):
   return config
 
 
-def _untrained(config):
-  """A model with random weights: the stage needs a model, not a good one (drawn in numpy: jitting
-  the initialisation costs seconds)."""
+def _untrained(config, tmp_path):
+  """A model with random weights (the stage needs a model, not a good one; drawn in numpy, as
+  jitting the initialisation costs seconds), also saved as a state_dict for `model.torch_weights`."""
   data = data_lib.prepare(config, conditions=())
   model = models.from_config(config.model, data.num_classes)
   shapes = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), (1, 32, 32, 3)))
   rng = np.random.default_rng(0)
   variables = jax.tree.map(lambda s: jnp.asarray(0.3 * rng.standard_normal(s.shape), jnp.float32), shapes)
+  np.savez(tmp_path / "weights.npz", **_hand_made_state_dict(variables, {"out": (8, 8, 8)}))
+  config.model.torch_weights = str(tmp_path / "weights.npz")
   return train.Trained(model, variables, 0, data)
 
 
@@ -48,8 +51,8 @@ def _row(rows, method, curve, order, replacement):
 
 def test_stage_writes_curves_that_meet_their_definitions_and_resumes_per_method(tmp_path, tiny_config, monkeypatch):
   config = _config(tiny_config)
-  trained = _untrained(config)
-  rows = faithfulness_run.evaluate(config, tmp_path, trained)
+  trained = _untrained(config, tmp_path)
+  rows = pipeline.run(config, tmp_path)["faithfulness"]  # the stage alone, on the weights of `trained`
   # 2 methods x (deletion and insertion: 2 orders x 2 replacements, ROAD: 2 orders).
   assert len(rows) == 2 * (2 * 2 * 2 + 2)
   path = tmp_path / "faithfulness" / "results.csv"
