@@ -63,8 +63,9 @@ def _init_like_torchvision(model) -> None:
       nn.init.zeros_(m.bias)
 
 
-def _plain_resnet18(num_classes: int):
-  """torchvision.models.resnet18 (BasicBlock, [2, 2, 2, 2]) with the CIFAR stem; same module names."""
+def _plain_resnet18(num_classes: int, stem: str = "3x3"):
+  """torchvision.models.resnet18 (BasicBlock, [2, 2, 2, 2]) with the CIFAR stem (3x3/1) or, with
+  stem='7x7', torchvision's own (7x7/2, padding 3); same module names."""
   import torch
   from torch import nn
 
@@ -90,7 +91,7 @@ def _plain_resnet18(num_classes: int):
   class ResNet18(nn.Module):
     def __init__(self):
       super().__init__()
-      self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+      self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False) if stem == "7x7" else nn.Conv2d(3, 64, 3, 1, 1, bias=False)
       self.bn1 = nn.BatchNorm2d(64)
       self.relu = nn.ReLU(inplace=True)
       self.maxpool = nn.MaxPool2d(3, 2, 1)
@@ -147,8 +148,9 @@ def _plain_vgg16(num_classes: int):
   return model
 
 
-def build_model(name: str, num_classes: int = 10, arch_source: str = "auto"):
-  """(model in eval() mode, 'torchvision' or 'torch.nn'). arch_source: 'auto', 'torchvision' or 'torch.nn'."""
+def build_model(name: str, num_classes: int = 10, arch_source: str = "auto", stem: str = "3x3"):
+  """(model in eval() mode, 'torchvision' or 'torch.nn'). arch_source: 'auto', 'torchvision' or 'torch.nn'.
+  stem (resnet18): '3x3' the CIFAR stem, '7x7' torchvision's standard one, unchanged."""
   from torch import nn
   if name not in MODELS:
     raise ValueError(f"model={name!r} is not allowed; choose one of: {', '.join(map(repr, MODELS))}")
@@ -158,11 +160,11 @@ def build_model(name: str, num_classes: int = 10, arch_source: str = "auto"):
   if arch_source == "torchvision" and tv is None:
     raise RuntimeError("arch_source='torchvision' but torchvision does not import beside this torch")
   if tv is None:
-    model = (_plain_resnet18 if name == "resnet18" else _plain_vgg16)(num_classes)
+    model = _plain_resnet18(num_classes, stem) if name == "resnet18" else _plain_vgg16(num_classes)
     source = "torch.nn"
   else:
     model = getattr(tv, name)(num_classes=num_classes)
-    if name == "resnet18":
+    if name == "resnet18" and stem != "7x7":
       model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
       nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     source = "torchvision"

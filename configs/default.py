@@ -15,6 +15,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.name = "resnet18"  # resnet18 | vgg16 | small_cnn | mlp
   config.model.activation = "relu"  # any flax.linen activation name
   config.model.maxpool = True  # resnet18 only: keep the 3x3/2 max-pool after the stem
+  config.model.stem = "3x3"  # resnet18 only: 3x3 (the CIFAR stem) | 7x7 (torchvision's standard 7x7/2 stem)
+  # A PyTorch state_dict (.pt/.pth, or .npz) of this model (models.torch_import) to evaluate instead
+  # of a checkpoint of the workdir; needs train.enabled=False. Empty: the workdir's own training.
+  config.model.torch_weights = ""
 
   config.data = ml_collections.ConfigDict()
   config.data.source = "synthetic"  # cifar10 (tfds) | folder | synthetic
@@ -75,6 +79,35 @@ def get_config() -> ml_collections.ConfigDict:
   config.single_pixel.chunk_size = 10  # IG path points per vectorised chunk (memory only; 0: whole path)
   config.single_pixel.max_images = 0  # a class-balanced subset of N test images, drawn from data.seed; 0: all
   config.single_pixel.examples = 6  # images in examples.png; 0: no figure
+
+  # Faithfulness curves (evaluation/faithfulness_run.py) on the trained model, off by default:
+  # workdir/faithfulness/results.csv and curves.png. Each method's maps (channel reduction as in the
+  # grid), then deletion / insertion (pixel flipping) per order x replacement, and ROAD per order.
+  config.faithfulness = ml_collections.ConfigDict()
+  config.faithfulness.enabled = False
+  config.faithfulness.methods = (
+      "gradient",
+      "absolute_gradient",
+      "gradient_x_input",
+      "integrated_gradients(baseline='black', steps=32)",
+  )
+  config.faithfulness.target = "predicted"  # predicted | label: the class explained and scored
+  config.faithfulness.output = "logit"  # what the methods explain: logit | softmax
+  config.faithfulness.score = "softmax"  # what the curves measure: softmax (probability) | logit
+  config.faithfulness.condition = "pixel"  # test images: pixel | nopix | conflict (training's jitter)
+  config.faithfulness.curves = ("deletion", "insertion", "road")
+  config.faithfulness.orders = ("morf", "lerf")  # most / least relevant pixels first
+  # Removed pixels become: black (the normalised black image) | mean (the training set's mean colour) | blur
+  config.faithfulness.replacements = ("black", "mean", "blur")
+  config.faithfulness.blur_sigma = 5.0  # in pixels, for the blur replacement
+  config.faithfulness.steps = 16  # deletion / insertion points: 0, 1/16, ..., 1 of the pixels
+  config.faithfulness.road_percentages = (10, 20, 30, 40, 50, 60, 70, 80, 90)
+  config.faithfulness.road_noise = 0.01  # ROAD's imputation noise, in [0, 1] pixel units (the paper's)
+  config.faithfulness.num_images = 500  # a class-balanced subset of N test images, drawn from data.seed; 0: all
+  config.faithfulness.batch_size = 50  # images per compiled call; each forward runs batch x curve points
+  config.faithfulness.step_chunk = 0  # curve points per forward pass (memory only; 0: all at once)
+  config.faithfulness.chunk_size = 8  # IG path points per vectorised chunk (memory only)
+  config.faithfulness.seed = 0  # ROAD noise (image i: fold_in(fold_in(key(seed), 5), i))
 
   # The sanity checks (SPEC section 5) on the trained model: workdir/sanity/<study>.csv and figures.
   config.sanity = ml_collections.ConfigDict()

@@ -1,6 +1,8 @@
 """`run(config, workdir)`: what the binary does. Train (resuming), then the single-pixel grid on
-the trained model, then the sanity studies of `sanity.studies`; `train.enabled` /
-`single_pixel.enabled` skip the first two, an empty `sanity.studies` the last."""
+the trained model, then the sanity studies of `sanity.studies`, then the faithfulness curves;
+`train.enabled` / `single_pixel.enabled` skip the first two, an empty `sanity.studies` the third,
+`faithfulness.enabled` (off by default) runs the last. With `model.torch_weights` the evaluations
+run on a PyTorch state_dict instead of the workdir's training (`train.from_torch_weights`)."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from saliency_jax import models
 from saliency_jax.attribution import core, registry
 
 from saliency_jax.config_checks import ConfigError
-from saliency_jax.evaluation import grid
+from saliency_jax.evaluation import faithfulness_run, grid
 from saliency_jax.evaluation import run as single_pixel_run
 from saliency_jax.evaluation import sanity
 from saliency_jax.training import train
@@ -68,6 +70,11 @@ MODEL_FIELDS = ("seed", "model", "data.source", "data.seed", "data.normalization
                 "train.dtype")
 
 
+# Fields added to the model's settings after workdirs began storing them: a stored config.json
+# without one was made with this value.
+ADDED_MODEL_FIELDS = {"model.stem": "3x3", "model.torch_weights": ""}
+
+
 def _model_settings(config) -> dict:
   flat = {}
   for field in MODEL_FIELDS:
@@ -87,7 +94,7 @@ def check_workdir_config(config, workdir: pathlib.Path) -> None:
   path = workdir / "config.json"
   mine = _model_settings(config)
   if path.exists():
-    stored = json.loads(path.read_text())["model_settings"]
+    stored = {**ADDED_MODEL_FIELDS, **json.loads(path.read_text())["model_settings"]}
     differ = [k for k in sorted(set(stored) | set(mine)) if stored.get(k) != mine.get(k)]
     if differ:
       shown = "; ".join(f"{k}: {stored.get(k)!r} there, {mine.get(k)!r} here" for k in differ)
@@ -109,11 +116,14 @@ def run(config, workdir: str | pathlib.Path) -> dict:
 
 def _run(config, workdir: pathlib.Path) -> dict:
   """Returns {'train': TrainResult or None, 'single_pixel': rows or None, 'sanity': {study: rows} or
-  None} and logs each stage's time. The trained model is handed to the evaluations once
-  (`train.Trained`): from training, or restored from the workdir's newest checkpoint."""
+  None, 'faithfulness': rows or None} and logs each stage's time. The trained model is handed to the
+  evaluations once (`train.Trained`): from training, restored from the workdir's newest checkpoint,
+  or imported from `model.torch_weights`."""
   studies = sanity.studies_of(config.sanity)
-  if not (config.train.enabled or config.single_pixel.enabled or studies):
-    raise ConfigError("train.enabled and single_pixel.enabled are False and sanity.studies is empty; nothing to run")
+  faithful = config.faithfulness.enabled
+  if not (config.train.enabled or config.single_pixel.enabled or studies or faithful):
+    raise ConfigError("train.enabled, single_pixel.enabled and faithfulness.enabled are False and sanity.studies is "
+                      "empty; nothing to run")
   # Every setting is checked before hours of training, not after: the fields, then the data, then
   # every method of every stage traced once on the model (nothing is computed).
   methods = []
@@ -121,18 +131,23 @@ def _run(config, workdir: pathlib.Path) -> dict:
     methods += [("single_pixel.methods", m, config.single_pixel.outputs[0]) for m in grid.check_config(config.single_pixel)]
   if studies:
     methods += [("sanity.methods", m, config.sanity.output) for m in sanity.check_config(config.sanity)]
+  if faithful:
+    methods += [("faithfulness.methods", m, config.faithfulness.output)
+                for m in faithfulness_run.check_config(config.faithfulness)]
   if config.train.enabled:
     train.check_config(config, jax.device_count())
+  if config.model.get("torch_weights"):
+    train.check_torch_weights(config)
   data = data_lib.prepare(config, conditions=tuple(config.train.eval_conditions) if config.train.enabled else ())
+  trained = train.from_torch_weights(config, data) if config.model.get("torch_weights") else None
   check_methods_build(config, data, methods)
-  out = {"train": None, "single_pixel": None, "sanity": None}
-  trained = None
+  out = {"train": None, "single_pixel": None, "sanity": None, "faithfulness": None}
   if config.train.enabled:
     t0 = time.perf_counter()
     out["train"] = train.train_and_evaluate(config, workdir, data=data)
     trained = out["train"].trained
     logging.info("stage train: %.1f s", time.perf_counter() - t0)
-  if (config.single_pixel.enabled or studies) and trained is None:
+  if (config.single_pixel.enabled or studies or faithful) and trained is None:
     trained = train.restore(config, workdir, data=data)
   if config.single_pixel.enabled:
     t0 = time.perf_counter()
@@ -147,6 +162,10 @@ def _run(config, workdir: pathlib.Path) -> dict:
                    reference.epoch)
     out["sanity"] = sanity.run(config, workdir, trained, reference=reference)
     logging.info("stage sanity: %.1f s", time.perf_counter() - t0)
+  if faithful:
+    t0 = time.perf_counter()
+    out["faithfulness"] = faithfulness_run.evaluate(config, workdir, trained)
+    logging.info("stage faithfulness: %.1f s", time.perf_counter() - t0)
   return out
 
 

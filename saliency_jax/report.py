@@ -5,7 +5,7 @@
 writes `OUT/results.md` and its figures under `OUT/results/`: model accuracies, pointing accuracy
 per method x target x output x test jitter, additive and subtractive importance on the misses, the
 sanity checks, example maps, and the wall time of every stage, all read from the workdirs
-(`metrics.csv`, `single_pixel/results.csv`, `sanity/*.csv`), so rerunning it after a change or after
+(`metrics.csv`, `single_pixel/results.csv`, `sanity/*.csv`, `faithfulness/results.csv`), so rerunning it after a change or after
 more runs finished regenerates the same document. Whatever a workdir does not have yet is said, not
 skipped silently. `--notes=FILE` adds a hand-written reading of the numbers as the last section.
 """
@@ -23,7 +23,7 @@ from ml_collections import ConfigDict
 
 from saliency_jax import files
 from saliency_jax.config_checks import ConfigError
-from saliency_jax.evaluation import aggregate, figures, grid, results, sanity
+from saliency_jax.evaluation import aggregate, faithfulness_run, figures, grid, results, sanity
 from saliency_jax.files import read_csv
 
 CONDITIONS = {"test_pixel_accuracy": "with pixel", "test_nopix_accuracy": "without pixel",
@@ -181,6 +181,35 @@ def sanity_tables(workdirs: list[pathlib.Path]) -> tuple[str, list[pathlib.Path]
   return "\n\n".join(parts), found
 
 
+def faithfulness_tables(workdirs: list[pathlib.Path]) -> tuple[str, list[pathlib.Path]]:
+  """Mean area (std over images) per method, a table per workdir and curve, a column per order x
+  replacement; returns the markdown and the curve figures found."""
+  parts, found = [], []
+  for w in workdirs:
+    path = w / "faithfulness" / "results.csv"
+    if not path.exists():
+      continue
+    df = faithfulness_run.TABLE.frame(path)
+    df["column"] = df["order"].str.upper() + ", " + df["replacement"]
+    for curve, block in df.groupby("curve", sort=False):
+      columns = list(dict.fromkeys(block["column"]))
+      first = block.iloc[0]
+      what = ("mean score over the percentages (ROAD accuracy in brackets)" if curve == "road"
+              else "area under the curve")
+      lines = [f"**{w.name}: {curve}** ({first['settings']}), {what} of the {first['score']} of the {first['target']} "
+               f"class, mean (std) over {first['num_images']} images", "",
+               "| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+      for method, sub in block.groupby("method_label", sort=False):
+        cells = sub.set_index("column")
+        lines.append(f"| {method} | " + " | ".join(
+            f"{cells.loc[c, 'area_mean']:.3f} ({cells.loc[c, 'area_std']:.3f})"
+            + (f" [{cells.loc[c, 'accuracy_mean']:.2f}]" if curve == "road" else "") if c in cells.index else "–"
+            for c in columns) + " |")
+      parts.append("\n".join(lines))
+    found += sorted((w / "faithfulness").glob("curves.png"))
+  return "\n\n".join(parts), found
+
+
 def wall_times(workdirs: list[pathlib.Path], runs: pd.DataFrame | None) -> str:
   """Seconds per stage, from what each workdir recorded (sums over resumed runs too)."""
   lines = ["| run | stage | wall time |", "|---|---|---|"]
@@ -198,6 +227,10 @@ def wall_times(workdirs: list[pathlib.Path], runs: pd.DataFrame | None) -> str:
     for path in sorted((w / "sanity").glob("*.csv")):
       seconds = pd.read_csv(path).drop_duplicates(["method", "method_options"])["seconds"].astype(float).sum()
       lines.append(f"| {w.name} | sanity: {path.stem} | {seconds / 60:.1f} min |")
+    path = w / "faithfulness" / "results.csv"
+    if path.exists():
+      seconds = pd.read_csv(path).drop_duplicates(["method", "method_options"])["seconds"].astype(float).sum()
+      lines.append(f"| {w.name} | faithfulness curves | {seconds / 60:.1f} min |")
   return "\n".join(lines)
 
 
@@ -288,8 +321,18 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", comm
         figures_md.append(f"![example maps, {w.name}](results/{dst.name})")
   sanity_md, sanity_figs = sanity_tables(workdirs)
   md += ["## Sanity checks", "", sanity_md or "No sanity results yet.", ""]
-  for src in sanity_figs:
-    dst = _copy_figure(src, fig_dir / f"{src.parent.parent.name}_{src.name}")
+  faithfulness_md, faithfulness_figs = faithfulness_tables(workdirs)
+  if faithfulness_md:
+    md += ["## Faithfulness", "",
+           "Deletion: pixels removed in the map's order (MoRF: most relevant first; LeRF: least relevant first), "
+           "replaced by black, the training set's mean colour or a blur of the image; a faithful map makes the "
+           "MoRF deletion area small and the LeRF one large. Insertion: the reverse, from the replacement towards "
+           "the image (large MoRF area is good). ROAD: the removed pixels are imputed from their neighbours "
+           "(noisy linear imputation) instead, so the curve measures the pixels' information, not the artefact of "
+           "a constant patch.", "", faithfulness_md, ""]
+  for src in sanity_figs + faithfulness_figs:
+    stage = "faithfulness_" if src.parent.name == "faithfulness" else ""  # sanity figures name their study
+    dst = _copy_figure(src, fig_dir / f"{src.parent.parent.name}_{stage}{src.name}")
     if dst:
       figures_md.append(f"![{dst.stem}](results/{dst.name})")
   md += ["## Figures", "", *[f + "\n" for f in figures_md], "## Wall time per stage", "",

@@ -131,6 +131,21 @@ def test_batch_equals_one_by_one():
       np.testing.assert_allclose(batch.scores[i], one.scores[0], rtol=1e-5, atol=1e-6)
 
 
+def test_road_with_a_key_per_image_does_not_depend_on_the_batch():
+  x = jax.random.normal(jax.random.key(1), (3, 8, 8, 3))
+  maps = jax.random.normal(jax.random.key(2), (3, 8, 8))
+  keys = jax.random.split(jax.random.key(3), 3)
+  call = jax.jit(lambda x, m, k: F.road(_sum_forward, x, m, jnp.zeros(len(x), jnp.int32), percentages=(25, 50),
+                                        noise=0.5, key=k, output="logit").scores)
+  batch = call(x, maps, keys)
+  # Each image with its key, in another place of the batch: the same scores, moved with it (summation
+  # order only: the scores are sums of 192 values of order 1).
+  order = jnp.array([2, 0, 1])
+  np.testing.assert_allclose(call(x[order], maps[order], keys[order]), batch[order], rtol=1e-5, atol=1e-5)
+  # Another key for the same image: other noise.
+  assert not np.allclose(call(x, maps, keys[order])[0], batch[0], atol=1e-3)
+
+
 def test_whole_batch_is_one_compiled_program():
   traces = []
 

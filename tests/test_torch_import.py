@@ -13,10 +13,10 @@ from saliency_jax import attribution, models
 from saliency_jax.models import torch_import
 
 
-def _random_variables(name, seed=0, input_shape=(1, 32, 32, 3), zeros=False):
+def _random_variables(name, seed=0, input_shape=(1, 32, 32, 3), zeros=False, **options):
   """A model and variables of its own shapes, every leaf random (so no two leaves coincide, as
   BatchNorm's init scale 1 and var 1 would); `zeros`: free read-only zeros, for names only."""
-  model = models.create_model(name)
+  model = models.create_model(name, **options)
   shapes = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), input_shape))
   rng = np.random.default_rng(seed)
   draw = ((lambda s: np.broadcast_to(np.float32(0), s.shape)) if zeros
@@ -110,6 +110,21 @@ def test_every_missing_or_unexpected_key_and_shape_mismatch_is_named():
   assert "key 'conv1.weight' has shape (64, 3, 7, 7), expected (64, 3, 3, 3)" in message and "7x7" in message
 
 
+def test_standard_7x7_stem_keeps_the_parameter_names_and_halves_the_map_twice():
+  _, cifar = _random_variables("resnet18", zeros=True)
+  model, standard = _random_variables("resnet18", stem="7x7")
+  assert jax.tree.structure(standard) == jax.tree.structure(cifar)  # same names: only conv1's shape differs
+  assert standard["params"]["conv1"]["kernel"].shape == (7, 7, 3, 64)
+  # torchvision's stem on 32x32: conv 7x7/2 pad 3 -> floor((32 + 6 - 7) / 2) + 1 = 16, max-pool 3x3/2 pad 1 -> 8.
+  x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  assert models.feature_shapes(model, standard, x)["stem"].shape == (1, 8, 8, 64)
+  assert models.feature_shapes(models.create_model("resnet18"), cifar, x)["stem"].shape == (1, 16, 16, 64)
+  _, imported = torch_import.from_torch(_hand_made_state_dict(standard), "resnet18", stem="7x7")
+  np.testing.assert_array_equal(imported["params"]["conv1"]["kernel"], standard["params"]["conv1"]["kernel"])
+  with pytest.raises(ValueError, match="CIFAR 3x3/1 stem: pass stem='3x3'"):
+    torch_import.from_torch(_hand_made_state_dict(cifar), "resnet18", stem="7x7")
+
+
 def test_num_batches_tracked_only_ignored_on_batchnorms():
   _, variables = _random_variables("small_cnn")
   state = _hand_made_state_dict(variables, FLAT_NHWC["small_cnn"])
@@ -186,3 +201,87 @@ def test_logits_and_input_gradients_match_torch(name, size, tmp_path):
   grad = attribution.gradient(forward, jnp.asarray(x_nchw.transpose(0, 2, 3, 1)), jnp.asarray(target))
   grad = np.asarray(grad).transpose(0, 3, 1, 2)
   np.testing.assert_allclose(grad, grad_torch, rtol=0, atol=1e-5 * np.abs(grad_torch).max())
+
+
+def test_standard_resnet18_logits_match_torchvision():
+  torch = pytest.importorskip("torch")
+  from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  torch.set_num_threads(1)
+  # torchvision's resnet18 itself where it imports, else its torch.nn copy with the same stem and names.
+  net, _ = torch_reference.build_model("resnet18", arch_source="auto", stem="7x7")
+  with torch.no_grad():  # non-trivial BatchNorm statistics, so every mapped tensor matters
+    for module in net.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.running_mean.normal_(0, 0.1)
+        module.running_var.uniform_(0.5, 2.0)
+  model, variables = torch_import.from_torch(net.state_dict(), "resnet18", stem="7x7", input_shape=(1, 64, 64, 3))
+  # 64x64: the stem leaves 16x16 and layer4 a 2x2 map, so a misaligned stride or padding shows.
+  x_nchw = np.random.default_rng(2).standard_normal((2, 3, 64, 64)).astype(np.float32)
+  with torch.no_grad():
+    expected = net(torch.from_numpy(x_nchw)).numpy()
+  logits = np.asarray(model.apply(variables, jnp.asarray(x_nchw.transpose(0, 2, 3, 1)), train=False))
+  # float32 with different summation orders: ~1e-6 of the logits' scale; a wrong stem is of order 1.
+  np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+# The single-pixel grid and the sanity studies on weights trained elsewhere
+# (`model.torch_weights`): a .pt where torch is installed, else the same mapping from an .npz.
+
+
+def _weights_file(fmt, tmp_path):
+  """(path, forward of the weights as the source framework computes it) for a small_cnn (4, 8)."""
+  if fmt == "pt":
+    torch = pytest.importorskip("torch")
+    from benchmarks import faithfulness_throughput  # pylint: disable=g-import-not-at-top
+    torch.manual_seed(0)
+    net = faithfulness_throughput.torch_small_cnn(channels=(4, 8)).eval()
+    torch.save(net.state_dict(), tmp_path / "weights.pt")
+
+    def forward(x_BHWC):
+      with torch.no_grad():
+        return net(torch.from_numpy(np.asarray(x_BHWC).transpose(0, 3, 1, 2).copy())).numpy()
+
+    return tmp_path / "weights.pt", forward
+  model, variables = _random_variables("small_cnn", channels=(4, 8))
+  np.savez(tmp_path / "weights.npz", **_hand_made_state_dict(variables, {"out": (8, 8, 8)}))
+  return tmp_path / "weights.npz", lambda x_BHWC: np.asarray(model.apply(variables, x_BHWC, train=False))
+
+
+@pytest.mark.parametrize("fmt", ["npz", "pt"])
+def test_grid_and_sanity_evaluate_weights_trained_elsewhere(tmp_path, tiny_config, fmt):
+  from saliency_jax import data as data_lib, pipeline  # pylint: disable=g-import-not-at-top
+  from saliency_jax.config_checks import ConfigError  # pylint: disable=g-import-not-at-top
+  from saliency_jax.evaluation import run  # pylint: disable=g-import-not-at-top
+  path, forward = _weights_file(fmt, tmp_path)
+  config = tiny_config
+  config.model.channels, config.model.torch_weights, config.train.enabled = (4, 8), str(path), False
+  sp = config.single_pixel
+  sp.methods, sp.targets, sp.outputs, sp.test_jitter = ("gradient",), ("predicted",), ("logit",), ((0.0, 0.0),)
+  sp.max_images, sp.batch_size, sp.examples = 20, 10, 0
+  s = config.sanity
+  s.studies, s.methods, s.num_images, s.batch_size, s.strip_images = ("class_sensitivity",), ("gradient",), 4, 4, 0
+  out = pipeline.run(config, tmp_path / "workdir")  # the faithfulness stage too: tests/test_faithfulness_stage.py
+
+  # The grid evaluated these weights: its prediction for every image is the source model's.
+  data = data_lib.prepare(config, conditions=())
+  pix, _, labels, _ = run.test_sets(data, 0.0, 0.0, max_images=20)
+  predicted = forward(np.asarray(data.normalization(pix))).argmax(-1)
+  (cell,) = out["single_pixel"]
+  assert cell["checkpoint_epoch"] == 0
+  assert cell["overall.withpix_model_accuracy"] == pytest.approx(np.mean(predicted == labels))
+  (per_image,) = (tmp_path / "workdir" / "single_pixel" / "per_image").glob("*.npz")
+  np.testing.assert_array_equal(np.load(per_image)["predicted"], predicted)
+  assert [r["comparison"] for r in out["sanity"]["class_sensitivity"]] == ["top_vs_bottom", "random_map", "edge_map"]
+  assert not (tmp_path / "workdir" / "checkpoints").exists()  # nothing trained
+
+  config.train.enabled = True
+  with pytest.raises(ConfigError, match="model.torch_weights=.* set train.enabled=False"):
+    pipeline.run(config, tmp_path / "other1")
+  config.train.enabled, config.model.channels = False, (4, 6)
+  mismatch = r"model.torch_weights=.* does not load into small_cnn: .* key 'conv2.bias' has shape \(8,\), expected \(6,\)"
+  with pytest.raises(ConfigError, match=mismatch):
+    pipeline.run(config, tmp_path / "other2")
+  config.model.torch_weights = str(tmp_path / "missing.pt")
+  with pytest.raises(ConfigError, match="is not a file"):
+    pipeline.run(config, tmp_path / "other3")

@@ -221,7 +221,8 @@ def road(forward: Forward, x_BHWC, maps_BHW, target_B, *, percentages: Sequence[
   """ROAD (Rong et al. 2022, "A Consistent and Efficient Evaluation Strategy for Attribution Methods"):
   remove `percentages` (each in [0, 100)) of the pixels in `order`, impute them by
   `noisy_linear_imputation` and score the imputed images. Noise needs `key` (one draw per image and
-  percentage; the ROAD code and Quantus use 0.01); `noise=0` is the noise-free imputation.
+  percentage; the ROAD code and Quantus use 0.01); `noise=0` is the noise-free imputation. `key`: one
+  for the batch, or one per image (shape (B,)), so an image's noise does not depend on its batch.
   Percentages are `step_chunk` at a time per forward pass (default: all at once)."""
   _check("output", output, OUTPUTS)
   percentages = tuple(float(p) for p in percentages)
@@ -237,7 +238,12 @@ def road(forward: Forward, x_BHWC, maps_BHW, target_B, *, percentages: Sequence[
   ranks_BHW = removal_ranks(maps_BHW, order).reshape(B, H, W)
   counts = np.asarray([int(H * W * p / 100) for p in percentages], np.int32)  # the ROAD code's and Quantus's int()
   counts = jnp.asarray(counts)
-  items = counts if key is None else (counts, jax.random.split(key, (len(percentages), B)))
+  if key is None:
+    items = counts
+  elif jnp.shape(key) == (B,):  # per image: image i's draws come from its own key alone
+    items = (counts, jax.vmap(lambda k: jax.random.split(k, len(percentages)), out_axes=1)(key))
+  else:
+    items = (counts, jax.random.split(key, (len(percentages), B)))
 
   def chunk(items_c):
     if key is None:

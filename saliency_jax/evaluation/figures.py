@@ -184,3 +184,30 @@ def sanity(out_dir, study: str, rows: list[dict], strips: dict, images_NHWC, tit
     similarity_curves(out_dir / f"{study}_curves.png", table, similarity.METRICS, title=f"{study}: {title}")
   else:
     similarity_bars(out_dir / f"{study}_bars.png", table, similarity.METRICS, title=f"{study}: {title}")
+
+
+def faithfulness_curves(path, rows: list[dict], title: str = "") -> None:
+  """The mean curve of every method, a panel per curve x replacement value: most relevant first
+  solid, least relevant first dashed. `rows`: the faithfulness table's (values may be text)."""
+  import json  # pylint: disable=g-import-not-at-top
+
+  panels = list(dict.fromkeys((r["curve"], r["replacement"]) for r in rows))
+  methods = list(dict.fromkeys(results.method_label(r["method"], r["method_options"]) for r in rows))
+  colours = plt.get_cmap("tab10").colors
+  fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels) + 1.5, 2.8), squeeze=False)
+  for ax, (curve, replacement) in zip(axes[0], panels):
+    for r in rows:
+      if (r["curve"], r["replacement"]) != (curve, replacement):
+        continue
+      i = methods.index(results.method_label(r["method"], r["method_options"]))
+      ax.plot(json.loads(r["x"]), json.loads(r["curve_mean"]), color=colours[i % len(colours)],
+              ls="-" if r["order"] == "morf" else "--", lw=1.2, label=f"{methods[i]} {r['order']}")
+    ax.set_title(f"{curve}, {replacement}", fontsize=8)
+    ax.set_xlabel("fraction of pixels" if curve != "road" else "fraction of pixels imputed", fontsize=7)
+    ax.tick_params(labelsize=6)
+  axes[0, 0].set_ylabel(f"score ({rows[0]['score']})", fontsize=7)
+  axes[0, -1].legend(fontsize=5, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+  fig.suptitle(title, fontsize=8)
+  with files.atomic_open(path, "wb") as f:  # small: a documentation figure, not a poster
+    fig.savefig(f, format="png", dpi=80, bbox_inches="tight")
+  plt.close(fig)

@@ -3,7 +3,8 @@
 Every model is a pure function `model.apply(variables, x_BHWC, train=False) -> logits_BK`.
 Options every model takes: `activation` (a callable, or 'relu' / 'gelu' / ...: Guided
 Backprop swaps in its own ReLU here without touching model code) and `dtype` (the compute
-dtype; parameters stay float32). Model-specific ones: resnet18 `maxpool`; vgg16
+dtype; parameters stay float32). Model-specific ones: resnet18 `maxpool`, `stem` ('3x3': the
+CIFAR stem, the default; '7x7': torchvision's standard 7x7/2 stem); vgg16
 `dropout_rate`; mlp `hidden`; small_cnn `channels`.
 
 Named activations ("taps", see `common.tap`) can be read with `read_features` and
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 from saliency_jax.config_checks import ConfigError, require_choice
 from saliency_jax.lowering import cpu_lowering
 from saliency_jax.models import common
-from saliency_jax.models.resnet import ResNet
+from saliency_jax.models.resnet import STEMS, ResNet
 from saliency_jax.models.small import MLP, SmallCNN
 from saliency_jax.models.vgg import VGG
 
@@ -60,6 +61,8 @@ def create_model(name: str, num_classes: int = 10, **options) -> nn.Module:
       raise ConfigError(f"model option {key!r} is not known for model.name={name!r}; allowed: {', '.join(allowed)}")
   if "activation" in options:
     options["activation"] = _activation(options["activation"])
+  if "stem" in options:
+    require_choice("model.stem", options["stem"], STEMS)
   if isinstance(options.get("dtype"), str):
     require_choice("train.dtype", options["dtype"], DTYPES)
     options["dtype"] = DTYPES[options["dtype"]]

@@ -1,4 +1,7 @@
-"""ResNet-18 laid out as torchvision's `resnet18`, with the CIFAR 3x3 stem (SPEC section 2).
+"""ResNet-18 laid out as torchvision's `resnet18`, with the CIFAR 3x3 stem (SPEC section 2), or
+torchvision's standard 7x7 stride-2 stem (`stem='7x7'`), for weights trained in PyTorch on
+ImageNet-style inputs (`models.torch_import`). The stem changes conv1's kernel and stride only:
+the parameter names and the rest of the network stay the same.
 
 Parameter names follow torchvision (conv1, bn1, layer1_0.conv1, ..., fc) so weights can be
 mapped across by replacing '.' with '_'. BatchNorm momentum 0.9 here is torch's 0.1; one
@@ -15,6 +18,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from saliency_jax.models import common
+
+# conv1's (kernel, stride) per stem; padding is kernel // 2 in both, as torchvision's.
+STEMS = {"3x3": (3, 1), "7x7": (7, 2)}
 
 
 class BasicBlock(nn.Module):
@@ -45,14 +51,18 @@ class ResNet(nn.Module):
   num_classes: int = 10
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   maxpool: bool = True
+  stem: str = "3x3"  # a key of STEMS
   activation: common.Activation = nn.relu
   dtype: common.Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x_BHWC, train: bool = False):
+    if self.stem not in STEMS:
+      raise ValueError(f"stem={self.stem!r} is not allowed; choose one of: {', '.join(map(repr, STEMS))}")
+    kernel, stride = STEMS[self.stem]
     x = x_BHWC.astype(self.dtype)
-    x = nn.Conv(64, (3, 3), padding=common.torch_padding(3), use_bias=False, dtype=self.dtype,
-                kernel_init=common.kaiming_normal_fan_out, name="conv1")(x)
+    x = nn.Conv(64, (kernel, kernel), (stride, stride), padding=common.torch_padding(kernel), use_bias=False,
+                dtype=self.dtype, kernel_init=common.kaiming_normal_fan_out, name="conv1")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name="bn1")(x)
     x = self.activation(x)
     if self.maxpool:

@@ -4,12 +4,11 @@
   logits = model.apply(variables, x_BHWC, train=False)
 
 Layouts read (torchvision's module names, with '.'):
-  resnet18   torchvision `resnet18` with the CIFAR stem: conv1 3x3/1 (64, 3, 3, 3), no bias; bn1;
-             layerS.B.{conv1,bn1,conv2,bn2,downsample.0,downsample.1}; fc. torchvision's standard
-             7x7/2 stem cannot be expressed: `models/resnet.py` builds conv1 as 3x3/1 with no option
-             for it, so a standard state_dict fails on conv1.weight with a message saying so.
-             (Whether the 3x3/2 max-pool follows the stem is not in a state_dict: pass maxpool=False
-             for CIFAR ResNets trained without it.)
+  resnet18   torchvision `resnet18`: conv1, no bias; bn1; layerS.B.{conv1,bn1,conv2,bn2,downsample.0,
+             downsample.1}; fc. conv1 is the CIFAR stem 3x3/1 (64, 3, 3, 3) by default, torchvision's
+             standard 7x7/2 stem (64, 3, 7, 7) with stem='7x7' (a standard state_dict read without it
+             fails on conv1.weight with a message saying so). Whether the 3x3/2 max-pool follows the
+             stem is not in a state_dict either: pass maxpool=False for CIFAR ResNets trained without it.
   vgg16      torchvision `vgg16` (configuration D, no BatchNorm): features.N (N counts the ReLUs and
              max-pools too: the convs are 0, 2, 5, 7, 10, ..., 28; the Flax convs are named by their
              index in VGG16_LAYOUT instead), classifier.{0,3,6}.
@@ -151,9 +150,16 @@ def _plan(model_name: str, model: nn.Module, expected, input_shape) -> list[_Lea
 
 def _hint(model_name: str, key: str, shape) -> str:
   if model_name == "resnet18" and key == "conv1.weight" and len(shape) == 4 and shape[-1] == 7:
-    return (" (this is torchvision's standard 7x7/2 stem; the Flax ResNet in models/resnet.py has only the "
-            "CIFAR 3x3/1 stem, and no option builds a 7x7 one)")
+    return " (this is torchvision's standard 7x7/2 stem: pass stem='7x7', in a config model.stem='7x7')"
+  if model_name == "resnet18" and key == "conv1.weight" and len(shape) == 4 and shape[-1] == 3:
+    return " (this is the CIFAR 3x3/1 stem: pass stem='3x3', in a config model.stem='3x3')"
   return ""
+
+
+def _require_supported(model_name: str) -> None:
+  if model_name not in SUPPORTED:
+    raise ValueError(f"model_name={model_name!r} has no torch layout here; choose one of: "
+                     f"{', '.join(map(repr, SUPPORTED))}")
 
 
 def from_torch(state_dict_or_path, model_name: str, num_classes: int = 10, *,
@@ -165,11 +171,18 @@ def from_torch(state_dict_or_path, model_name: str, num_classes: int = 10, *,
   depends on the image size (small_cnn's `out`). Raises ValueError listing every missing or
   unexpected key and every shape mismatch, each with the shape expected in torch's layout.
   """
-  if model_name not in SUPPORTED:
-    raise ValueError(f"model_name={model_name!r} has no torch layout here; choose one of: "
-                     f"{', '.join(map(repr, SUPPORTED))}")
-  state = load_state_dict(state_dict_or_path)
+  _require_supported(model_name)
   model = models.create_model(model_name, num_classes=num_classes, **model_kwargs)
+  return model, variables_from_torch(state_dict_or_path, model, model_name, input_shape=input_shape)
+
+
+def variables_from_torch(state_dict_or_path, model: nn.Module, model_name: str, *,
+                         input_shape=(1, 32, 32, 3)) -> dict[str, Any]:
+  """The variables of an existing `model` (built as `model_name`, e.g. by `models.from_config`) from
+  a PyTorch state_dict; see `from_torch`."""
+  _require_supported(model_name)
+  num_classes = model.num_classes
+  state = load_state_dict(state_dict_or_path)
   expected = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), tuple(input_shape)))
   plan = _plan(model_name, model, expected, input_shape)
 
@@ -198,8 +211,7 @@ def from_torch(state_dict_or_path, model_name: str, num_classes: int = 10, *,
   if problems:
     raise ValueError(f"the state_dict does not fit {model_name} (num_classes={num_classes}):\n  "
                      + "\n  ".join(problems))
-  variables = jax.tree.map(lambda e, v: jnp.asarray(v, e.dtype), expected, variables)
-  return model, variables
+  return jax.tree.map(lambda e, v: jnp.asarray(v, e.dtype), expected, variables)
 
 
-__all__ = ["SUPPORTED", "from_torch", "load_state_dict"]
+__all__ = ["SUPPORTED", "from_torch", "load_state_dict", "variables_from_torch"]

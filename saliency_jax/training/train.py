@@ -241,3 +241,35 @@ def restore(config, workdir: str | pathlib.Path, data: data_lib.Prepared | None 
   finally:
     checkpoints.close()
   return Trained(model, models.model_variables(state.variables), epoch, data)
+
+
+def check_torch_weights(config) -> None:
+  """`model.torch_weights`, checked before any data is read: no training, a model with a torch
+  layout, a file."""
+  from saliency_jax.models import torch_import  # pylint: disable=g-import-not-at-top
+
+  field = f"model.torch_weights={config.model.torch_weights!r}"
+  if config.train.enabled:
+    raise ConfigError(f"{field} evaluates weights trained elsewhere; set train.enabled=False (nothing is trained)")
+  require_choice("model.name (with model.torch_weights)", config.model.name, torch_import.SUPPORTED)
+  if not pathlib.Path(config.model.torch_weights).expanduser().is_file():
+    raise ConfigError(f"{field} is not a file; give a .pt/.pth state_dict (or an .npz of its arrays)")
+
+
+def from_torch_weights(config, data: data_lib.Prepared) -> Trained:
+  """The model of `config.model` with the weights of `config.model.torch_weights` (a PyTorch
+  state_dict, `models.torch_import`), as a run of 0 epochs here: what the evaluations receive in
+  place of a checkpoint. Every problem with the file is one line naming the field."""
+  from saliency_jax.models import torch_import  # pylint: disable=g-import-not-at-top
+
+  check_torch_weights(config)
+  path = pathlib.Path(config.model.torch_weights).expanduser()
+  field = f"model.torch_weights={config.model.torch_weights!r}"
+  model = models.from_config(config.model, data.num_classes, dtype=config.train.dtype)
+  try:
+    variables = torch_import.variables_from_torch(path, model, config.model.name,
+                                                  input_shape=(1, *data.source.test.images.shape[1:]))
+  except (ValueError, ImportError, OSError, RuntimeError) as e:
+    problems = " ".join(str(e).split())  # one line, as every ConfigError
+    raise ConfigError(f"{field} does not load into {config.model.name}: {problems}") from None
+  return Trained(model, variables, 0, data)
