@@ -41,8 +41,8 @@ def main(argv):
   from saliency_jax import pipeline  # pylint: disable=g-import-not-at-top
   from saliency_jax.training import parallel, train  # pylint: disable=g-import-not-at-top
 
-  parallel.maybe_initialize_distributed()
   try:
+    parallel.maybe_initialize_distributed()
     pipeline.run(_CONFIG.value, _WORKDIR.value)
   except ConfigError as e:
     logging.flush()

@@ -16,22 +16,40 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from saliency_jax.config_checks import ConfigError
+
 DATA_AXIS = "data"
 
-# Environment variables by which launchers say "this is one process of several".
-_DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")
-_WORLD_SIZE_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "JAX_NUM_PROCESSES")
+# What a launcher without SLURM or Open MPI sets on every process (launch/multihost_slurm.sbatch).
+# jax reads only the coordinator address from the environment itself: the other two are passed.
+_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+# Launchers whose job jax detects on its own (`jax.distributed.initialize()` without arguments).
+_WORLD_SIZE_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 
 
 def maybe_initialize_distributed() -> None:
-  """`jax.distributed.initialize()` when the environment describes a multi-process run."""
+  """`jax.distributed.initialize` when the environment describes a multi-process run: the three
+  `JAX_*` variables of `_ENV`, or a SLURM / Open MPI job of more than one task."""
   if jax.distributed.is_initialized():
     return
-  asked = any(os.environ.get(v) for v in _DISTRIBUTED_ENV)
-  asked = asked or any(int(os.environ.get(v, "1") or 1) > 1 for v in _WORLD_SIZE_ENV)
-  if asked:
-    jax.distributed.initialize()  # reads the coordinator and process ids from the environment
-    logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+  given = {name: os.environ.get(name, "").strip() for name in _ENV}
+  detected = any(int(os.environ.get(v, "1") or 1) > 1 for v in _WORLD_SIZE_ENV)
+  if not (any(given.values()) or detected):
+    return
+  kwargs = {}
+  try:
+    if given["JAX_COORDINATOR_ADDRESS"]:
+      kwargs["coordinator_address"] = given["JAX_COORDINATOR_ADDRESS"]
+    if given["JAX_NUM_PROCESSES"]:
+      kwargs["num_processes"] = int(given["JAX_NUM_PROCESSES"])
+    if given["JAX_PROCESS_ID"]:
+      kwargs["process_id"] = int(given["JAX_PROCESS_ID"])
+    jax.distributed.initialize(**kwargs)
+  except ValueError as e:  # a missing or malformed variable; jax names what it lacks
+    shown = ", ".join(f"{k}={v!r}" for k, v in given.items())
+    raise ConfigError(f"a multi-process run needs {', '.join(_ENV)} on every process (or a SLURM / Open MPI "
+                      f"job); here {shown} ({e})") from None
+  logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
