@@ -15,8 +15,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg"
 
 
-@pytest.fixture
-def tiny_config():
+def make_tiny_config():
   """The quickstart at a size that takes seconds: 40 synthetic images per class, 2 epochs."""
   config = quickstart.get_config()
   config.data.synthetic_train_per_class, config.data.synthetic_test_per_class = 40, 10
@@ -24,6 +23,11 @@ def tiny_config():
   config.train.epochs, config.train.checkpoint_every_epochs = 2, 1
   config.train.tensorboard = False
   return config
+
+
+@pytest.fixture
+def tiny_config():
+  return make_tiny_config()
 
 
 @pytest.fixture

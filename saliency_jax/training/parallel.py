@@ -14,6 +14,7 @@ from typing import Sequence
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from saliency_jax.config_checks import ConfigError
@@ -50,6 +51,21 @@ def maybe_initialize_distributed() -> None:
     raise ConfigError(f"a multi-process run needs {', '.join(_ENV)} on every process (or a SLURM / Open MPI "
                       f"job); here {shown} ({e})") from None
   logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+
+
+def agree(value: int) -> int:
+  """Process 0's `value` (an int or bool) on every process: a decision read from a file only
+  process 0 writes, or one that must not differ between processes, is taken once."""
+  if jax.process_count() == 1:
+    return int(value)
+  return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
+def everywhere(flag: bool) -> bool:
+  """Whether `flag` holds on every process (e.g. a file read back on each of them)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(np.all(multihost_utils.process_allgather(np.int32(flag))))
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:

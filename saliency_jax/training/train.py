@@ -161,9 +161,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, mesh: jax.shardin
                    out_shardings=replicated)
     init_key = jax.random.fold_in(jax.random.key(config.seed), 0)
     checkpoints = Checkpoints(workdir / "checkpoints", keep=tc.keep_checkpoints)
-    start = checkpoints.latest_epoch() or 0
+    start, state = checkpoints.restore_latest(abstract_like(jax.eval_shape(init, init_key), replicated)) or (0, None)
     if start:
-      state = checkpoints.restore(start, abstract_like(jax.eval_shape(init, init_key), replicated))
       logging.info("resumed from the checkpoint after epoch %d in %s", start, workdir)
     else:
       state = init(init_key)
@@ -228,16 +227,19 @@ def restore(config, workdir: str | pathlib.Path, data: data_lib.Prepared | None 
   data = data or data_lib.prepare(config, conditions=())
   model = models.from_config(config.model, data.num_classes, dtype=config.train.dtype)
   optimizer = make_optimizer(config.train)
-  checkpoints = Checkpoints(pathlib.Path(workdir) / "checkpoints", keep=config.train.keep_checkpoints)
+  directory = pathlib.Path(workdir) / "checkpoints"
+  if not directory.is_dir():
+    raise ConfigError(f"no checkpoint in {directory}; train first (train.enabled=True) or point --workdir at a "
+                      "trained run")
+  checkpoints = Checkpoints(directory, keep=config.train.keep_checkpoints, read_only=True)
   try:
-    epoch = checkpoints.latest_epoch()
-    if not epoch:
-      raise ConfigError(f"no checkpoint in {pathlib.Path(workdir) / 'checkpoints'}; train first "
-                        "(train.enabled=True) or point --workdir at a trained run")
     with jax.set_mesh(mesh):
       init = functools.partial(init_state, model, optimizer, input_shape=(1, *data.source.test.images.shape[1:]))
       abstract = abstract_like(jax.eval_shape(init, jax.random.key(0)), parallel.replicated(mesh))
-      state = checkpoints.restore(epoch, abstract)
+      epoch, state = checkpoints.restore_latest(abstract) or (0, None)
+    if not epoch:
+      raise ConfigError(f"no checkpoint in {directory}; train first (train.enabled=True) or point --workdir at a "
+                        "trained run")
   finally:
     checkpoints.close()
   return Trained(model, models.model_variables(state.variables), epoch, data)
