@@ -25,6 +25,7 @@ from saliency_jax import models
 from saliency_jax.attribution import core, display, registry
 from saliency_jax.attribution.batching import BatchRunner
 from saliency_jax.evaluation import grid, results, single_pixel
+from saliency_jax.progress import Progress
 
 
 def method_fn(spec: registry.MethodSpec, output: str, normalization, chunk_size: int = 0, key=None):
@@ -174,6 +175,7 @@ def evaluate(config, workdir: str | pathlib.Path, trained) -> list[dict]:
 
   cells = [(j, m, t, o) for j in sp.test_jitter for m in methods for t in sp.targets for o in sp.outputs]
   rows, computed, reused, memory = [], 0, 0, {}
+  progress = Progress("single-pixel grid", len(cells), "cells")
   sets = {}
   for i, (jitter, spec, target, output) in enumerate(cells):
     position_sd, colour_sd = float(jitter[0]), float(jitter[1])
@@ -189,6 +191,7 @@ def evaluate(config, workdir: str | pathlib.Path, trained) -> list[dict]:
     key = grid.TABLE.key_of(ident)
     if key in done:
       rows.append(done[key])
+      progress.total -= 1  # the time left is for the cells still to compute
       continue
     t0 = time.perf_counter()
     # The other target's outcomes of this (jitter, method, output), if that cell is done.
@@ -221,10 +224,10 @@ def evaluate(config, workdir: str | pathlib.Path, trained) -> list[dict]:
       _save_outcomes(_per_image_path(out_dir, key), outcomes, index)
       grid.TABLE.write(results_path, all_rows)
     logging.info("single-pixel cell %d/%d  test jitter (%g, %g)  %s  target=%s output=%s: pointing %.1f%%, "
-                 "%d missed  (%.1f s, %.0f img/s%s)", i + 1, len(cells), position_sd, colour_sd, spec.label, target,
+                 "%d missed  (%.1f s, %.0f img/s%s)%s", i + 1, len(cells), position_sd, colour_sd, spec.label, target,
                  output, 100 * metrics["overall.attribution_correct_accuracy"], row["num_missed"], seconds,
                  len(labels) / seconds, f"; {len(labels) - differ.size} maps reused from target={other}" if prior
-                 else "")
+                 else "", f"; {progress.left(computed)} in the grid" if computed < progress.total else "")
   logging.info("single-pixel grid: %d cells, %d computed (%d image maps reused across targets), %d read from %s",
                len(cells), computed, reused, len(cells) - computed, results_path)
 

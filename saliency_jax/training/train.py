@@ -20,6 +20,7 @@ from saliency_jax import data as data_lib
 from saliency_jax import models
 from saliency_jax.config_checks import (ConfigError, require_choice, require_non_negative, require_positive,
                                         require_subset)
+from saliency_jax.progress import Progress
 from saliency_jax.training import parallel
 from saliency_jax.training.checkpoint import Checkpoints, abstract_like
 from saliency_jax.training.metrics import MetricsWriter
@@ -124,10 +125,26 @@ def _check_finite(loss_S: np.ndarray, epoch: int, steps_per_epoch: int, learning
         f"(now {learning_rate}) or train.dtype='float32'")
 
 
-def _log_epoch(epoch: int, epochs: int, row: dict) -> None:
+def _log_epoch(epoch: int, epochs: int, row: dict, left: str) -> None:
   tests = "  ".join(f"{k[5:-9]} {100 * v:5.1f}%" for k, v in row.items() if k.startswith("test_"))
-  logging.info("epoch %d/%d  loss %.4f  train %5.1f%%  | test %s  | %.0f img/s (%.2f s)", epoch, epochs,
-               row["train_loss"], 100 * row["train_accuracy"], tests, row["images_per_sec"], row["epoch_seconds"])
+  logging.info("epoch %d/%d  loss %.4f  train %5.1f%%  | test %s  | %.0f img/s (%.2f s)%s", epoch, epochs,
+               row["train_loss"], 100 * row["train_accuracy"], tests, row["images_per_sec"], row["epoch_seconds"],
+               f"; {left}" if epoch < epochs else "")
+
+
+def _step_progress(epoch: int, epochs: int, steps_per_epoch: int, batch_size: int):
+  """`on_step` for `Steps.train_epoch`: a few lines per long epoch. A line reports the steps
+  before the one just dispatched, so reading their loss waits only for the previous step while
+  the current one is queued: the device is never left idle for the log."""
+  progress = Progress(f"epoch {epoch}/{epochs}", steps_per_epoch, "steps")
+
+  def so_far(losses, corrects) -> str:
+    losses, corrects = parallel.to_host((losses, corrects))
+    accuracy = float(np.sum(corrects)) / (len(corrects) * batch_size)
+    return (f"loss {float(np.mean(losses)):.4f}, train {100 * accuracy:.1f}% so far, "
+            f"{progress.rate(len(losses)) * batch_size:.0f} img/s")
+
+  return lambda step, losses, corrects: progress.update(step, lambda: so_far(losses[:step], corrects[:step]))
 
 
 def train_and_evaluate(config, workdir: str | pathlib.Path, *, mesh: jax.sharding.Mesh | None = None,
@@ -186,10 +203,13 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, mesh: jax.shardin
       logging.info("compiled the training %s in %.1f s", "epoch" if loop == "scan" else "step",
                    time.perf_counter() - t0)
 
+    training = Progress("training", end - start, "epochs")
     try:
       for epoch in range(start, end):
         t0 = time.perf_counter()
-        state, train_metrics = steps.train_epoch(state, train_images, train_labels, config.seed, epoch, loop)
+        state, train_metrics = steps.train_epoch(state, train_images, train_labels, config.seed, epoch, loop,
+                                                 on_step=_step_progress(epoch + 1, tc.epochs, steps_per_epoch,
+                                                                        tc.batch_size))
         # Evaluation is queued behind the epoch before anything is read back.
         correct = {c: steps.count_correct(state.variables, *arrays, loop=loop) for c, arrays in tests.items()}
         train_metrics = parallel.to_host(train_metrics)
@@ -204,7 +224,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, mesh: jax.shardin
             "epoch_seconds": seconds,
         }
         writer.write(epoch + 1, row)
-        _log_epoch(epoch + 1, tc.epochs, row)
+        _log_epoch(epoch + 1, tc.epochs, row, training.left(epoch + 1 - start))
         last = epoch + 1
         fitted = bool(stop_at) and row["train_accuracy"] >= stop_at
         if last % tc.checkpoint_every_epochs == 0 or last == tc.epochs or fitted:
