@@ -99,7 +99,7 @@ class Context:
 
 
 class MapRunner:
-  """Maps of methods over a set of images, batched and split over the local devices.
+  """Maps of methods over a set of images, batched and split over the devices (of every process).
 
   One compiled program per (method, study kind); forwards (the trained model, its twin, a
   reference model) and randomised parameters are traced arguments, not constants.

@@ -53,7 +53,7 @@ class TrainResult:
 
   @property
   def trained(self) -> Trained:
-    return Trained(self.model, models.model_variables(self.state.variables), self.epoch, self.data)
+    return Trained(self.model, for_evaluation(self.state.variables), self.epoch, self.data)
 
 
 def check_config(config, num_devices: int) -> None:
@@ -192,7 +192,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, mesh: jax.shardin
     loop = epoch_loop(tc.epoch_loop)
     stop_at = tc.get("stop_at_train_accuracy", 0.0)
     end = tc.epochs
-    if start and stop_at and writer.rows and float(writer.rows[-1]["train_accuracy"]) >= stop_at:
+    # Only process 0 reads metrics.csv: its decision is every process's, or they would part ways.
+    if parallel.agree(bool(start and stop_at and writer.rows and float(writer.rows[-1]["train_accuracy"]) >= stop_at)):
       logging.info("the checkpoint after epoch %d already fits the training set (>= %.1f%%); nothing to train",
                    start, 100 * stop_at)
       end = start
@@ -262,7 +263,17 @@ def restore(config, workdir: str | pathlib.Path, data: data_lib.Prepared | None 
                         "trained run")
   finally:
     checkpoints.close()
-  return Trained(model, models.model_variables(state.variables), epoch, data)
+  return Trained(model, for_evaluation(state.variables), epoch, data)
+
+
+def for_evaluation(variables) -> dict:
+  """The model's variables as evaluation takes them. Evaluation places them on its own mesh
+  (`attribution.batching.BatchRunner`); over several processes it starts from each process's copy
+  of the replicated arrays, as host values, since arrays spanning processes cannot meet this
+  process's own arrays outside a program over all of them (the shifted twin, layer order)."""
+  variables = models.model_variables(variables)
+  return parallel.to_host(variables) if jax.process_count() > 1 else variables
+
 
 
 def check_torch_weights(config) -> None:
