@@ -121,3 +121,24 @@ def test_a_disk_that_fills_during_the_write_is_one_line_naming_that_checkpoint(t
   monkeypatch.setattr(ocp.CheckpointManager, "save", broken)
   with pytest.raises(OSError, match="I/O error"):  # other faults are not dressed up as a full disk
     saves.save(2, state)
+
+
+def test_no_space_for_metrics_or_results_ends_the_binary_with_one_line(tmp_path, monkeypatch, capsys):
+  import types  # pylint: disable=g-import-not-at-top
+
+  from saliency_jax import main, pipeline  # pylint: disable=g-import-not-at-top
+
+  def full(config, workdir):
+    raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "metrics.csv"))
+
+  monkeypatch.setattr(pipeline, "run", full)
+  # The flags' values without parsing flags: parsing (and unparsing) them resets absl's verbosity
+  # for every later test.
+  monkeypatch.setattr(main, "_CONFIG", types.SimpleNamespace(value=make_tiny_config()))
+  monkeypatch.setattr(main, "_WORKDIR", types.SimpleNamespace(value=str(tmp_path)))
+  with pytest.raises(SystemExit) as exit_:
+    main.main(["main"])
+  assert exit_.value.code == 2
+  errors = capsys.readouterr().err.strip().splitlines()
+  assert errors == [f"error: no space left on the device of {tmp_path / 'metrics.csv'}; free space there and rerun "
+                    "the same command (finished epochs, grid cells and sanity methods are kept)"]
