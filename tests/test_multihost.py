@@ -1,9 +1,9 @@
 """Several hosts, as 2 JAX processes on this machine (CPU; gloo carries the cross-process
-collectives): training, resume, the single-pixel grid and a sanity study give what one process
-with the same two devices gives, and a rerun of a run stopped at `train.stop_at_train_accuracy`
+collectives): training, resume, the single-pixel grid, a sanity study and the faithfulness curves
+give what one process with the same two devices gives, and a rerun of a run stopped at `train.stop_at_train_accuracy`
 ends on every process.
 
-The 2-process test starts the binary 4 times (about 100 s on 2 cores): a CI step of its own,
+The 2-process test starts the binary 4 times (about 3 min on 2 cores): a CI step of its own,
 `python -m pytest -q -m multiprocess`; the default run leaves it out (pyproject.toml).
 """
 
@@ -24,8 +24,14 @@ FLAGS = ["--config=configs/quickstart.py", "--config.data.synthetic_train_per_cl
          "--config.data.synthetic_test_per_class=5", "--config.train.batch_size=32", "--config.train.tensorboard=False",
          "--config.single_pixel.max_images=20", "--config.single_pixel.methods=('gradient',)",
          "--config.single_pixel.outputs=logit", "--config.single_pixel.examples=2"]
-SANITY = ["--config.sanity.studies=cascading", "--config.sanity.methods=('gradient',)", "--config.sanity.num_images=8",
-          "--config.sanity.batch_size=8", "--config.sanity.strip_images=1"]
+# After training: a sanity study and the faithfulness curves, at their smallest.
+EVALUATIONS = ["--config.sanity.studies=cascading", "--config.sanity.methods=('gradient',)",
+               "--config.sanity.num_images=8", "--config.sanity.batch_size=8", "--config.sanity.strip_images=1",
+               "--config.faithfulness.enabled=True", "--config.faithfulness.methods=('gradient',)",
+               "--config.faithfulness.num_images=10", "--config.faithfulness.batch_size=10",
+               "--config.faithfulness.curves=('deletion', 'road')", "--config.faithfulness.orders=('morf',)",
+               "--config.faithfulness.replacements=('black',)", "--config.faithfulness.steps=4",
+               "--config.faithfulness.road_percentages=(50,)"]
 
 
 def test_the_multi_process_variables_are_passed_to_jax_distributed(monkeypatch):
@@ -94,13 +100,13 @@ def _table(path, drop=()):
 @pytest.mark.multiprocess
 def test_two_processes_train_resume_and_evaluate_as_one_process_with_two_devices(tmp_path):
   one, two = tmp_path / "one", tmp_path / "two"
-  _run(one, "one", "--config.train.epochs=2", *SANITY, processes=1)
+  _run(one, "one", "--config.train.epochs=2", *EVALUATIONS, processes=1)
 
   _run(two, "first", "--config.train.epochs=1", "--config.single_pixel.enabled=False", processes=2)
-  logs = _run(two, "resumed", "--config.train.epochs=2", *SANITY, processes=2)
+  logs = _run(two, "resumed", "--config.train.epochs=2", *EVALUATIONS, processes=2)
   assert all("resumed from the checkpoint after epoch 1" in log for log in logs)
   # Only process 0 reads metrics.csv; every process must take its decision (they hung, apart).
-  logs = _run(two, "stopped", "--config.train.epochs=5", "--config.train.stop_at_train_accuracy=0.01", *SANITY,
+  logs = _run(two, "stopped", "--config.train.epochs=5", "--config.train.stop_at_train_accuracy=0.01", *EVALUATIONS,
               processes=2)
   assert all("already fits the training set" in log and "nothing to train" in log for log in logs)
 
@@ -111,4 +117,5 @@ def test_two_processes_train_resume_and_evaluate_as_one_process_with_two_devices
   assert len(_table(two / "metrics.csv")) == 2
   assert _table(two / "single_pixel" / "results.csv", timing) == _table(one / "single_pixel" / "results.csv", timing)
   assert _table(two / "sanity" / "cascading.csv", timing) == _table(one / "sanity" / "cascading.csv", timing)
+  assert _table(two / "faithfulness" / "results.csv", timing) == _table(one / "faithfulness" / "results.csv", timing)
   assert (two / "single_pixel" / "examples.png").exists() and (two / "sanity" / "cascading_strip0.png").exists()
