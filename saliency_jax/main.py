@@ -3,10 +3,12 @@
 Trains, then runs the single-pixel grid and the sanity studies of `sanity.studies`
 (`saliency_jax.pipeline`); add `--config.train.enabled=False` to evaluate a trained workdir,
 `--config.single_pixel.enabled=False` to only train; `--config=configs/sanity.py:resnet` runs only
-the sanity checks. Any config field can be overridden, e.g. `--config.train.epochs=5`. A setting a user can fix
-ends with one line naming it and exit code 2; a diverged run ends with exit code 3.
+the sanity checks. Any config field can be overridden, e.g. `--config.train.epochs=5`. What a user can fix (a
+setting, a file, a damaged checkpoint, a full disk) ends with one line naming it and exit code 2; a diverged run
+ends with exit code 3; Ctrl-C with 130.
 """
 
+import errno
 import logging as pylogging
 import os
 import pathlib
@@ -24,11 +26,16 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _quiet(record: pylogging.LogRecord) -> bool:
-  """orbax logs every checkpoint step at INFO: keep its warnings and errors only. JAX says at INFO
-  that it found no TPU on every machine without one: noise for a CPU or GPU user."""
+  """orbax logs every checkpoint step at INFO: keep its warnings and errors only, except a full
+  disk's, which the run reports in one line (`checkpoint.CheckpointError`) after orbax's threads
+  have each logged it with a traceback. JAX says at INFO that it found no TPU on every machine
+  without one: noise for a CPU or GPU user."""
+  from_orbax = f"{os.sep}orbax{os.sep}" in record.pathname
+  if from_orbax and "No space left on device" in f"{record.getMessage()} {record.exc_info and record.exc_info[1]}":
+    return False
   if record.levelno >= pylogging.WARNING:
     return True
-  if f"{os.sep}orbax{os.sep}" in record.pathname:
+  if from_orbax:
     return False
   return not (record.pathname.endswith("xla_bridge.py") and "Unable to initialize backend" in record.getMessage())
 
@@ -41,8 +48,8 @@ def main(argv):
   from saliency_jax import pipeline  # pylint: disable=g-import-not-at-top
   from saliency_jax.training import parallel, train  # pylint: disable=g-import-not-at-top
 
-  parallel.maybe_initialize_distributed()
   try:
+    parallel.maybe_initialize_distributed()
     pipeline.run(_CONFIG.value, _WORKDIR.value)
   except ConfigError as e:
     logging.flush()
@@ -52,6 +59,13 @@ def main(argv):
     logging.flush()
     print(f"error: {e}", file=sys.stderr)
     sys.exit(3)
+  except OSError as e:
+    if e.errno != errno.ENOSPC:
+      raise
+    logging.flush()
+    print(f"error: no space left on the device of {e.filename or _WORKDIR.value}; free space there and rerun the "
+          "same command (finished epochs, grid cells and sanity methods are kept)", file=sys.stderr)
+    sys.exit(2)
   except KeyboardInterrupt:
     logging.flush()
     print(f"interrupted: {_resume_hint(pathlib.Path(_WORKDIR.value))}", file=sys.stderr)

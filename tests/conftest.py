@@ -1,8 +1,18 @@
 """Test setup: 4 emulated CPU devices (set before JAX starts), tiny configs, the shared data."""
 
+import os
 import pathlib
 
 import jax
+
+# XLA:CPU aborts a program whose devices wait longer than 20 + 40 s for each other at a collective
+# (rendezvous.cc). The emulated devices share the cores, so a loaded machine could delay one; the
+# tests' steps take milliseconds and measured waits stay far below a second (warning threshold set
+# to 1 s, load average 7 on 2 cores), but a stalled CI machine should slow the suite, not abort it.
+# The flag exists from jaxlib 0.8 (openxla/xla#32115); older ones abort on an unknown flag.
+if jax.__version_info__ >= (0, 8, 1):
+  os.environ["XLA_FLAGS"] = " ".join(
+      [os.environ.get("XLA_FLAGS", ""), "--xla_cpu_collective_call_terminate_timeout_seconds=600"]).strip()
 
 # Must happen before any JAX computation: the multi-device tests compare 4 devices with 1.
 jax.config.update("jax_num_cpu_devices", 4)
@@ -15,8 +25,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg"
 
 
-@pytest.fixture
-def tiny_config():
+def make_tiny_config():
   """The quickstart at a size that takes seconds: 40 synthetic images per class, 2 epochs."""
   config = quickstart.get_config()
   config.data.synthetic_train_per_class, config.data.synthetic_test_per_class = 40, 10
@@ -24,6 +33,11 @@ def tiny_config():
   config.train.epochs, config.train.checkpoint_every_epochs = 2, 1
   config.train.tensorboard = False
   return config
+
+
+@pytest.fixture
+def tiny_config():
+  return make_tiny_config()
 
 
 @pytest.fixture

@@ -1,6 +1,8 @@
 """Sanity checks (SPEC section 5): similarity metrics, parameter and label randomisation, class
 sensitivity and input invariance, on models whose answers are known."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -204,7 +206,7 @@ def test_training_stops_once_it_fits_and_a_rerun_trains_no_more(tmp_path, tiny_c
     train.check_config(config, 1)
 
 
-def test_sanity_studies_on_a_trained_workdir_write_tables_and_figures_and_resume(tmp_path, tiny_config):
+def test_sanity_studies_on_a_trained_workdir_write_tables_and_figures_and_resume(tmp_path, tiny_config, caplog):
   config = tiny_config
   config.model.channels = (4, 8)
   config.train.epochs = 1
@@ -214,7 +216,12 @@ def test_sanity_studies_on_a_trained_workdir_write_tables_and_figures_and_resume
   s.methods = ("gradient", "integrated_gradients(baseline='black', steps=4)", "gradcam_pos")
   s.num_images, s.batch_size, s.strip_images, s.model_chunk = 6, 4, 1, 2
   s.reference_workdir = str(tmp_path)  # itself: a stand-in for the true-label run
+  caplog.set_level(logging.INFO, logger="absl")
   out = pipeline.run(config, tmp_path)["sanity"]
+  # Each method's line says how long the rest of its study will take; the last has no rest.
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sanity cascading ")]
+  assert [line.split()[2] for line in lines] == ["1/3", "2/3", "3/3"]
+  assert all("left in this study" in line for line in lines[:2]) and "left" not in lines[2]
   cascade = pd.DataFrame(out["cascading"])
   steps = cascade[cascade.comparison == "randomized"]
   assert list(steps[steps.method == "gradient"].layer) == ["none", "out", "conv2", "conv1"]

@@ -1,5 +1,7 @@
 """Single-pixel evaluation on hand-built models whose answers are known (SPEC section 4)."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -150,9 +152,14 @@ def _eval_config(tiny_config):
 
 
 def test_grid_resumes_computing_only_missing_cells_and_evaluates_a_trained_workdir(tmp_path, tiny_config,
-                                                                                  monkeypatch):
+                                                                                  monkeypatch, caplog):
   config = _eval_config(tiny_config)
+  caplog.set_level(logging.INFO, logger="absl")
   out = pipeline.run(config, tmp_path)
+  cells = [r.getMessage() for r in caplog.records if r.getMessage().startswith("single-pixel cell ")]
+  # Each cell's line says how long the rest of the grid will take; the last has no rest.
+  assert [line.split()[2] for line in cells] == ["1/4", "2/4", "3/4", "4/4"]
+  assert all("left in the grid" in line for line in cells[:3]) and "left" not in cells[3]
   rows = out["single_pixel"]
   assert len(rows) == 4 and (tmp_path / "single_pixel" / "examples.png").exists()
   path = tmp_path / "single_pixel" / "results.csv"

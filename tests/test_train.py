@@ -1,6 +1,7 @@
 """Training: PyTorch's SGD, a step that learns, resume, devices, the scan/python loops, NaN."""
 
 import csv
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ import pytest
 
 from configs import quickstart
 from saliency_jax import data as data_lib
-from saliency_jax import models
+from saliency_jax import models, progress
 from saliency_jax.training import TrainingDiverged, init_state, make_optimizer, parallel, train_and_evaluate
 from saliency_jax.training.steps import Steps
 
@@ -141,9 +142,18 @@ def test_quickstart_end_to_end(tmp_path, one_device_mesh):
   assert result.state.step == 3 * (5000 // 64)
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path, tiny_config, one_device_mesh):
+def test_resumed_run_equals_uninterrupted_run(tmp_path, tiny_config, one_device_mesh, caplog, monkeypatch):
   tiny_config.train.epochs = 3
+  monkeypatch.setattr(progress, "QUIET_SECONDS", 0.0)  # these epochs take a second: report them anyway
+  caplog.set_level(logging.INFO, logger="absl")
   full = train_and_evaluate(tiny_config, tmp_path / "full", mesh=one_device_mesh)
+  lines = [r.getMessage() for r in caplog.records]
+  for epoch in (1, 2, 3):
+    within = [line for line in lines if line.startswith(f"epoch {epoch}/3: ")]
+    # 12 steps: a line at a quarter, half and three quarters of the epoch, not one per step.
+    assert [line.split(" (")[0] for line in within] == [f"epoch {epoch}/3: {k}/12 steps" for k in (3, 6, 9)]
+    assert all("steps/s" in line and "left" in line and "loss" in line and "img/s" in line for line in within)
+  assert "about" in next(line for line in lines if line.startswith("epoch 1/3  loss"))  # the run's time left
 
   tiny_config.train.epochs = 2  # "killed" after epoch 2 ...
   train_and_evaluate(tiny_config, tmp_path / "resumed", mesh=one_device_mesh)

@@ -5,6 +5,10 @@ over batches: the per-image arrays are padded to the batch shape and split over 
 the shared ones (a forward with its variables, randomised parameters) are replicated, the
 program is compiled once per name, and the padding is cut off the outputs. Batches are
 dispatched back to back and read once, after the last.
+
+Over several processes (`jax.distributed`) the mesh spans every process's devices: each process
+passes the same host values, holds its share of every batch, and gets every output back, so each
+one computes what a single process would.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from saliency_jax.training.parallel import DATA_AXIS
@@ -30,14 +36,39 @@ def batch_shape(n: int, batch_size: int | None, multiple: int) -> int:
 
 
 def _pad(a, pad: int):
-  return jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) if pad else a
+  xp = np if isinstance(a, np.ndarray) else jnp
+  return xp.concatenate([a, xp.repeat(a[-1:], pad, axis=0)]) if pad else a
+
+
+def _is_key(a) -> bool:
+  return jnp.issubdtype(a.dtype, jax.dtypes.prng_key)
+
+
+def _host(a) -> np.ndarray:
+  """`a` as this process's numpy array (an array spanning processes gathered whole)."""
+  if isinstance(a, jax.Array) and not a.is_fully_addressable:
+    if a.sharding.is_fully_replicated:
+      return np.asarray(a.addressable_data(0))
+    return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+  return np.asarray(a)
+
+
+def _put_global(a, sharding: NamedSharding):
+  """A host value every process holds alike, as one array over the devices of all processes
+  (`jax.device_put` moves arrays only between this process's devices). Keys travel as key data."""
+  if _is_key(a):
+    return jax.random.wrap_key_data(_put_global(jax.random.key_data(a), sharding), impl=jax.random.key_impl(a))
+  host = _host(a)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 class BatchRunner:
-  """A 1-D mesh over `devices` (default: every local device) and the programs compiled on it."""
+  """A 1-D mesh over `devices` (default: every device of every process) and the programs compiled
+  on it."""
 
   def __init__(self, devices: Sequence[jax.Device] | None = None, batch_size: int | None = None):
-    devices = list(devices) if devices is not None else jax.local_devices()
+    devices = list(devices) if devices is not None else jax.devices()
+    self.spans_processes = any(d.process_index != jax.process_index() for d in devices)
     # Auto axes: methods vmap paths and noise over a sharded batch, and XLA should place those
     # intermediate reshapes itself rather than ask for an explicit sharding each time.
     self.mesh = jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
@@ -48,7 +79,10 @@ class BatchRunner:
 
   def replicate(self, tree):
     """Arrays every device needs whole (variables, randomised parameters), placed once."""
-    return jax.device_put(tree, NamedSharding(self.mesh, P()))
+    sharding = NamedSharding(self.mesh, P())
+    if self.spans_processes:
+      return jax.tree.map(lambda a: _put_global(a, sharding), tree)
+    return jax.device_put(tree, sharding)
 
   def run(self, name, fn: Callable, per_image, shared: tuple = (), *, image_axis: int = 0,
           batch_size: int | None = None):
@@ -61,13 +95,20 @@ class BatchRunner:
     leaves, treedef = jax.tree.flatten(per_image)
     n = leaves[0].shape[0]
     size = batch_shape(n, batch_size or self.batch_size, self.mesh.size)
+    if self.spans_processes:
+      leaves = [a if _is_key(a) else _host(a) for a in leaves]
     parts = []
     for start in range(0, n, size):
-      chunk = [jnp.asarray(a[start:start + size]) if not jnp.issubdtype(a.dtype, jax.dtypes.prng_key)
-               else a[start:start + size] for a in leaves]
+      chunk = [a[start:start + size] for a in leaves]
       m = chunk[0].shape[0]
-      chunk = jax.device_put([_pad(a, size - m) for a in chunk], self._split)
+      if self.spans_processes:
+        chunk = [_put_global(_pad(a, size - m), self._split) for a in chunk]
+      else:
+        chunk = [jnp.asarray(a) if not _is_key(a) else a for a in chunk]
+        chunk = jax.device_put([_pad(a, size - m) for a in chunk], self._split)
       parts.append((program(*shared, *jax.tree.unflatten(treedef, chunk)), m))
+    if self.spans_processes:  # every process gets every image's outputs, as local arrays
+      parts = [(jax.tree.map(lambda a: jnp.asarray(_host(a)), out), m) for out, m in parts]
     cut = lambda out, m: jax.tree.map(lambda a: jax.lax.slice_in_dim(a, 0, m, axis=image_axis), out)
     outs = [cut(out, m) if m < size else out for out, m in parts]
     return outs[0] if len(outs) == 1 else jax.tree.map(lambda *a: jnp.concatenate(a, axis=image_axis), *outs)

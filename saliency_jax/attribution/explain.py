@@ -30,7 +30,7 @@ def _holds_arrays(value) -> bool:
 class Explainer:
   """Binds `model` and `variables`; `normalization` (a `data.Normalization`, or 'unit' for inputs
   that are pixels in [0, 1]) is passed to every method that declared it needs one (the named IG
-  baselines). `devices`: where the batch is split (default: every local device)."""
+  baselines). `devices`: where the batch is split (default: every device of every process)."""
 
   def __init__(self, model, variables, *, normalization=None, devices: Sequence[jax.Device] | None = None):
     self.runner = BatchRunner(devices)

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import os
 import pathlib
+import time
 import zipfile
 from typing import Sequence
 
@@ -22,6 +23,7 @@ from absl import logging
 
 from saliency_jax.config_checks import ConfigError
 from saliency_jax.files import atomic_open
+from saliency_jax.progress import Progress
 
 SOURCES = ("cifar10", "folder", "synthetic")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -146,10 +148,14 @@ def _decode(path: pathlib.Path) -> np.ndarray:
                       "replace it") from None
 
 
-def _decode_all(files: Sequence[pathlib.Path]) -> np.ndarray:
+def _decode_all(files: Sequence[pathlib.Path], split: str = "") -> np.ndarray:
   # PIL releases the GIL while decoding, so threads use every core.
+  progress = Progress(f"decoding {split}".strip(), len(files), "images", every=0.1)
+  arrays = []
   with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-    arrays = list(pool.map(_decode, files))
+    for array in pool.map(_decode, files):
+      arrays.append(array)
+      progress.update(len(arrays))
   shapes = {a.shape for a in arrays}
   if len(shapes) != 1:
     raise ConfigError(f"data.path: the images differ in size ({sorted(shapes)[:3]}...); all must have one size")
@@ -187,7 +193,10 @@ def folder(path: str, cache_dir: str = "", per_class: int = 0) -> Source:
                len(train_files) + len(test_files), root, cache_file, np.bincount(train_labels).tolist(),
                np.bincount(test_labels).tolist())
 
-  source = Source(Split(_decode_all(train_files), train_labels), Split(_decode_all(test_files), test_labels), names)
+  t0 = time.perf_counter()
+  train = Split(_decode_all(train_files, "train"), train_labels)
+  source = Source(train, Split(_decode_all(test_files, "test"), test_labels), names)
+  logging.info("decoded %d images in %.1f s", len(train_files) + len(test_files), time.perf_counter() - t0)
   with atomic_open(cache_file, "wb") as f:
     np.savez_compressed(f, train_images=source.train.images, train_labels=source.train.labels,
                         test_images=source.test.images, test_labels=source.test.labels, class_names=np.asarray(names))

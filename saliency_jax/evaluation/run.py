@@ -3,7 +3,7 @@
 Writes `workdir/single_pixel/results.csv` (see `results.py`) and `examples.png`. Each cell
 (test jitter x method x target x output) is one compiled program per batch shape: the maps, the
 attributed pixels, the five image versions and their forward passes run on device, split over
-the local devices; only counts come back.
+the devices of every process; only counts come back.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from saliency_jax import models
 from saliency_jax.attribution import core, display, registry
 from saliency_jax.attribution.batching import BatchRunner
 from saliency_jax.evaluation import grid, results, single_pixel
+from saliency_jax.progress import Progress
+from saliency_jax.training import parallel
 
 
 def method_fn(spec: registry.MethodSpec, output: str, normalization, chunk_size: int = 0, key=None):
@@ -173,7 +175,8 @@ def evaluate(config, workdir: str | pathlib.Path, trained) -> list[dict]:
   index = test_indices(data, sp.max_images)
 
   cells = [(j, m, t, o) for j in sp.test_jitter for m in methods for t in sp.targets for o in sp.outputs]
-  rows, computed, reused, memory = [], 0, 0, {}
+  rows, computed, reused, memory, maps = [], 0, 0, {}, {}
+  progress = Progress("single-pixel grid", len(cells), "cells")
   sets = {}
   for i, (jitter, spec, target, output) in enumerate(cells):
     position_sd, colour_sd = float(jitter[0]), float(jitter[1])
@@ -189,6 +192,7 @@ def evaluate(config, workdir: str | pathlib.Path, trained) -> list[dict]:
     key = grid.TABLE.key_of(ident)
     if key in done:
       rows.append(done[key])
+      progress.total -= 1  # the time left is for the cells still to compute
       continue
     t0 = time.perf_counter()
     # The other target's outcomes of this (jitter, method, output), if that cell is done.
@@ -221,19 +225,21 @@ def evaluate(config, workdir: str | pathlib.Path, trained) -> list[dict]:
       _save_outcomes(_per_image_path(out_dir, key), outcomes, index)
       grid.TABLE.write(results_path, all_rows)
     logging.info("single-pixel cell %d/%d  test jitter (%g, %g)  %s  target=%s output=%s: pointing %.1f%%, "
-                 "%d missed  (%.1f s, %.0f img/s%s)", i + 1, len(cells), position_sd, colour_sd, spec.label, target,
+                 "%d missed  (%.1f s, %.0f img/s%s)%s", i + 1, len(cells), position_sd, colour_sd, spec.label, target,
                  output, 100 * metrics["overall.attribution_correct_accuracy"], row["num_missed"], seconds,
                  len(labels) / seconds, f"; {len(labels) - differ.size} maps reused from target={other}" if prior
-                 else "")
+                 else "", f"; {progress.left(computed)} in the grid" if computed < progress.total else "")
   logging.info("single-pixel grid: %d cells, %d computed (%d image maps reused across targets), %d read from %s",
                len(cells), computed, reused, len(cells) - computed, results_path)
 
-  if write and sp.examples and (computed or not (out_dir / "examples.png").exists()):
-    from saliency_jax.evaluation import figures  # pylint: disable=g-import-not-at-top
+  # Every process computes the maps (one program over all of them); process 0 decides and draws.
+  if sp.examples and parallel.agree(bool(computed or not (out_dir / "examples.png").exists())):
     pix, _, labels, location = sets[sp.test_jitter[0]]
     n = min(sp.examples, len(labels))
     maps = {spec.label: runner.maps(spec, sp.targets[0], sp.outputs[0], pix[:n], labels[:n], index[:n])
             for spec in methods}
+  if write and maps:
+    from saliency_jax.evaluation import figures  # pylint: disable=g-import-not-at-top
     figures.examples(out_dir / "examples.png", pix[:n], labels[:n], location[:n], maps,
                      title=f"{config.model.name}, target={sp.targets[0]}, output={sp.outputs[0]}, "
                            f"test jitter {tuple(sp.test_jitter[0])}")

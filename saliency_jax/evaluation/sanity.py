@@ -40,6 +40,7 @@ from saliency_jax.attribution.batching import BatchRunner
 from saliency_jax.config_checks import ConfigError, require_choice, require_non_negative, require_positive
 from saliency_jax.evaluation import invariance, randomization, results, similarity
 from saliency_jax.evaluation.run import method_fn
+from saliency_jax.progress import Progress
 
 STUDIES = ("cascading", "independent", "class_sensitivity", "input_invariance", "label_randomization")
 ID_COLUMNS = (*results.RUN_COLUMNS, "study", *results.METHOD_COLUMNS, "output", "target", "num_images", "comparison",
@@ -98,7 +99,7 @@ class Context:
 
 
 class MapRunner:
-  """Maps of methods over a set of images, batched and split over the local devices.
+  """Maps of methods over a set of images, batched and split over the devices (of every process).
 
   One compiled program per (method, study kind); forwards (the trained model, its twin, a
   reference model) and randomised parameters are traced arguments, not constants.
@@ -284,13 +285,15 @@ def run_study(ctx: Context, study: str, methods: list[registry.MethodSpec]) -> l
   strips = dict(np.load(strips_path)) if strips_path.exists() else {}
   write = jax.process_index() == 0
   extras = None
-  rows = []
+  rows, computed = [], 0
+  progress = Progress(f"sanity {study}", len(methods), "methods")
   for i, spec in enumerate(methods):
     target = "top_vs_bottom" if study == "class_sensitivity" else ctx.config.sanity.target
     key = TABLE.key_of(_ident(ctx, study, spec, target))
     done = [r for r in all_rows if TABLE.key_of(r) == key]
     if done:
       rows += done
+      progress.total -= 1  # the time left is for the methods still to compute
       continue
     extras = extras or _study_extras(ctx, study)
     t0 = time.perf_counter()
@@ -310,9 +313,10 @@ def run_study(ctx: Context, study: str, methods: list[registry.MethodSpec]) -> l
     # The number worth a glance: randomisation's last step (everything re-initialised), else the first row.
     head = ([r for r in new if r["comparison"] == "randomized"] or new)[-1 if study in ("cascading", "independent")
                                                                        else 0]
-    logging.info("sanity %s %d/%d %s: %s  (%.1f s for %d images)", study, i + 1, len(methods), spec.label,
+    computed += 1
+    logging.info("sanity %s %d/%d %s: %s  (%.1f s for %d images)%s", study, i + 1, len(methods), spec.label,
                  "  ".join(f"{m} {float(head[f'{m}_mean']):.3f}" for m in similarity.METRICS), seconds,
-                 len(ctx.labels))
+                 len(ctx.labels), f"; {progress.left(computed)} in this study" if computed < progress.total else "")
   if write:
     from saliency_jax.evaluation import figures  # pylint: disable=g-import-not-at-top
     figures.sanity(ctx.out_dir, study, rows, strips, ctx.images_u8[:ctx.config.sanity.strip_images],

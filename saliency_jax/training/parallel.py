@@ -14,24 +14,58 @@ from typing import Sequence
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
+
+from saliency_jax.config_checks import ConfigError
 
 DATA_AXIS = "data"
 
-# Environment variables by which launchers say "this is one process of several".
-_DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")
-_WORLD_SIZE_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "JAX_NUM_PROCESSES")
+# What a launcher without SLURM or Open MPI sets on every process (launch/multihost_slurm.sbatch).
+# jax reads only the coordinator address from the environment itself: the other two are passed.
+_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+# Launchers whose job jax detects on its own (`jax.distributed.initialize()` without arguments).
+_WORLD_SIZE_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 
 
 def maybe_initialize_distributed() -> None:
-  """`jax.distributed.initialize()` when the environment describes a multi-process run."""
+  """`jax.distributed.initialize` when the environment describes a multi-process run: the three
+  `JAX_*` variables of `_ENV`, or a SLURM / Open MPI job of more than one task."""
   if jax.distributed.is_initialized():
     return
-  asked = any(os.environ.get(v) for v in _DISTRIBUTED_ENV)
-  asked = asked or any(int(os.environ.get(v, "1") or 1) > 1 for v in _WORLD_SIZE_ENV)
-  if asked:
-    jax.distributed.initialize()  # reads the coordinator and process ids from the environment
-    logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+  given = {name: os.environ.get(name, "").strip() for name in _ENV}
+  detected = any(int(os.environ.get(v, "1") or 1) > 1 for v in _WORLD_SIZE_ENV)
+  if not (any(given.values()) or detected):
+    return
+  kwargs = {}
+  try:
+    if given["JAX_COORDINATOR_ADDRESS"]:
+      kwargs["coordinator_address"] = given["JAX_COORDINATOR_ADDRESS"]
+    if given["JAX_NUM_PROCESSES"]:
+      kwargs["num_processes"] = int(given["JAX_NUM_PROCESSES"])
+    if given["JAX_PROCESS_ID"]:
+      kwargs["process_id"] = int(given["JAX_PROCESS_ID"])
+    jax.distributed.initialize(**kwargs)
+  except ValueError as e:  # a missing or malformed variable; jax names what it lacks
+    shown = ", ".join(f"{k}={v!r}" for k, v in given.items())
+    raise ConfigError(f"a multi-process run needs {', '.join(_ENV)} on every process (or a SLURM / Open MPI "
+                      f"job); here {shown} ({e})") from None
+  logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+
+
+def agree(value: int) -> int:
+  """Process 0's `value` (an int or bool) on every process: a decision read from a file only
+  process 0 writes, or one that must not differ between processes, is taken once."""
+  if jax.process_count() == 1:
+    return int(value)
+  return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
+def everywhere(flag: bool) -> bool:
+  """Whether `flag` holds on every process (e.g. a file read back on each of them)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(np.all(multihost_utils.process_allgather(np.int32(flag))))
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:

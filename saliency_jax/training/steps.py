@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -99,7 +99,8 @@ class Steps:
   def _jit_step(self):
     return jax.jit(self._indexed_step, donate_argnums=0)
 
-  def train_epoch(self, state: TrainState, images_u8, labels, seed: int, epoch: int, loop: str = "scan"):
+  def train_epoch(self, state: TrainState, images_u8, labels, seed: int, epoch: int, loop: str = "scan",
+                  on_step: Callable[[int, list, list], None] | None = None):
     """One epoch; returns `(state, {"loss_S", "correct"})` without waiting for the device.
 
     `loop="scan"`: the whole epoch is one compiled `lax.scan`, one dispatch per epoch (the fast
@@ -108,6 +109,8 @@ class Steps:
     magnitude slower than outside one, so this is the fast path there. Both compute the same
     thing: shuffling and dropout depend only on (seed, epoch, step), so a run resumed from a
     checkpoint continues exactly as the uninterrupted run would have. The state is donated.
+    `on_step(step, losses, corrects)`: called in the python loop once step `step` is dispatched,
+    with the arrays of the steps so far (for progress; it should not wait for `step` itself).
     """
     if loop == "scan":
       return self._jit_scan_epoch(state, images_u8, labels, seed, epoch)
@@ -117,6 +120,8 @@ class Steps:
       state, (loss, correct) = self._jit_step(state, images_u8, labels, index_SB, step, seed, epoch)
       losses.append(loss)
       corrects.append(correct)
+      if on_step is not None:
+        on_step(step, losses, corrects)
     return state, {"loss_S": jnp.stack(losses), "correct": jnp.sum(jnp.stack(corrects))}
 
   def compile_train_epoch(self, state: TrainState, images_u8, labels, seed: int, loop: str = "scan") -> None:

@@ -20,6 +20,7 @@ from saliency_jax import data as data_lib
 from saliency_jax import models
 from saliency_jax.config_checks import (ConfigError, require_choice, require_non_negative, require_positive,
                                         require_subset)
+from saliency_jax.progress import Progress
 from saliency_jax.training import parallel
 from saliency_jax.training.checkpoint import Checkpoints, abstract_like
 from saliency_jax.training.metrics import MetricsWriter
@@ -52,7 +53,7 @@ class TrainResult:
 
   @property
   def trained(self) -> Trained:
-    return Trained(self.model, models.model_variables(self.state.variables), self.epoch, self.data)
+    return Trained(self.model, for_evaluation(self.state.variables), self.epoch, self.data)
 
 
 def check_config(config, num_devices: int) -> None:
@@ -124,10 +125,26 @@ def _check_finite(loss_S: np.ndarray, epoch: int, steps_per_epoch: int, learning
         f"(now {learning_rate}) or train.dtype='float32'")
 
 
-def _log_epoch(epoch: int, epochs: int, row: dict) -> None:
+def _log_epoch(epoch: int, epochs: int, row: dict, left: str) -> None:
   tests = "  ".join(f"{k[5:-9]} {100 * v:5.1f}%" for k, v in row.items() if k.startswith("test_"))
-  logging.info("epoch %d/%d  loss %.4f  train %5.1f%%  | test %s  | %.0f img/s (%.2f s)", epoch, epochs,
-               row["train_loss"], 100 * row["train_accuracy"], tests, row["images_per_sec"], row["epoch_seconds"])
+  logging.info("epoch %d/%d  loss %.4f  train %5.1f%%  | test %s  | %.0f img/s (%.2f s)%s", epoch, epochs,
+               row["train_loss"], 100 * row["train_accuracy"], tests, row["images_per_sec"], row["epoch_seconds"],
+               f"; {left}" if epoch < epochs else "")
+
+
+def _step_progress(epoch: int, epochs: int, steps_per_epoch: int, batch_size: int):
+  """`on_step` for `Steps.train_epoch`: a few lines per long epoch. A line reports the steps
+  before the one just dispatched, so reading their loss waits only for the previous step while
+  the current one is queued: the device is never left idle for the log."""
+  progress = Progress(f"epoch {epoch}/{epochs}", steps_per_epoch, "steps")
+
+  def so_far(losses, corrects) -> str:
+    losses, corrects = parallel.to_host((losses, corrects))
+    accuracy = float(np.sum(corrects)) / (len(corrects) * batch_size)
+    return (f"loss {float(np.mean(losses)):.4f}, train {100 * accuracy:.1f}% so far, "
+            f"{progress.rate(len(losses)) * batch_size:.0f} img/s")
+
+  return lambda step, losses, corrects: progress.update(step, lambda: so_far(losses[:step], corrects[:step]))
 
 
 def train_and_evaluate(config, workdir: str | pathlib.Path, *, mesh: jax.sharding.Mesh | None = None,
@@ -161,9 +178,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, mesh: jax.shardin
                    out_shardings=replicated)
     init_key = jax.random.fold_in(jax.random.key(config.seed), 0)
     checkpoints = Checkpoints(workdir / "checkpoints", keep=tc.keep_checkpoints)
-    start = checkpoints.latest_epoch() or 0
+    start, state = checkpoints.restore_latest(abstract_like(jax.eval_shape(init, init_key), replicated)) or (0, None)
     if start:
-      state = checkpoints.restore(start, abstract_like(jax.eval_shape(init, init_key), replicated))
       logging.info("resumed from the checkpoint after epoch %d in %s", start, workdir)
     else:
       state = init(init_key)
@@ -176,7 +192,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, mesh: jax.shardin
     loop = epoch_loop(tc.epoch_loop)
     stop_at = tc.get("stop_at_train_accuracy", 0.0)
     end = tc.epochs
-    if start and stop_at and writer.rows and float(writer.rows[-1]["train_accuracy"]) >= stop_at:
+    # Only process 0 reads metrics.csv: its decision is every process's, or they would part ways.
+    if parallel.agree(bool(start and stop_at and writer.rows and float(writer.rows[-1]["train_accuracy"]) >= stop_at)):
       logging.info("the checkpoint after epoch %d already fits the training set (>= %.1f%%); nothing to train",
                    start, 100 * stop_at)
       end = start
@@ -187,10 +204,13 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, mesh: jax.shardin
       logging.info("compiled the training %s in %.1f s", "epoch" if loop == "scan" else "step",
                    time.perf_counter() - t0)
 
+    training = Progress("training", end - start, "epochs")
     try:
       for epoch in range(start, end):
         t0 = time.perf_counter()
-        state, train_metrics = steps.train_epoch(state, train_images, train_labels, config.seed, epoch, loop)
+        state, train_metrics = steps.train_epoch(state, train_images, train_labels, config.seed, epoch, loop,
+                                                 on_step=_step_progress(epoch + 1, tc.epochs, steps_per_epoch,
+                                                                        tc.batch_size))
         # Evaluation is queued behind the epoch before anything is read back.
         correct = {c: steps.count_correct(state.variables, *arrays, loop=loop) for c, arrays in tests.items()}
         train_metrics = parallel.to_host(train_metrics)
@@ -205,7 +225,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, mesh: jax.shardin
             "epoch_seconds": seconds,
         }
         writer.write(epoch + 1, row)
-        _log_epoch(epoch + 1, tc.epochs, row)
+        _log_epoch(epoch + 1, tc.epochs, row, training.left(epoch + 1 - start))
         last = epoch + 1
         fitted = bool(stop_at) and row["train_accuracy"] >= stop_at
         if last % tc.checkpoint_every_epochs == 0 or last == tc.epochs or fitted:
@@ -228,19 +248,32 @@ def restore(config, workdir: str | pathlib.Path, data: data_lib.Prepared | None 
   data = data or data_lib.prepare(config, conditions=())
   model = models.from_config(config.model, data.num_classes, dtype=config.train.dtype)
   optimizer = make_optimizer(config.train)
-  checkpoints = Checkpoints(pathlib.Path(workdir) / "checkpoints", keep=config.train.keep_checkpoints)
+  directory = pathlib.Path(workdir) / "checkpoints"
+  if not directory.is_dir():
+    raise ConfigError(f"no checkpoint in {directory}; train first (train.enabled=True) or point --workdir at a "
+                      "trained run")
+  checkpoints = Checkpoints(directory, keep=config.train.keep_checkpoints, read_only=True)
   try:
-    epoch = checkpoints.latest_epoch()
-    if not epoch:
-      raise ConfigError(f"no checkpoint in {pathlib.Path(workdir) / 'checkpoints'}; train first "
-                        "(train.enabled=True) or point --workdir at a trained run")
     with jax.set_mesh(mesh):
       init = functools.partial(init_state, model, optimizer, input_shape=(1, *data.source.test.images.shape[1:]))
       abstract = abstract_like(jax.eval_shape(init, jax.random.key(0)), parallel.replicated(mesh))
-      state = checkpoints.restore(epoch, abstract)
+      epoch, state = checkpoints.restore_latest(abstract) or (0, None)
+    if not epoch:
+      raise ConfigError(f"no checkpoint in {directory}; train first (train.enabled=True) or point --workdir at a "
+                        "trained run")
   finally:
     checkpoints.close()
-  return Trained(model, models.model_variables(state.variables), epoch, data)
+  return Trained(model, for_evaluation(state.variables), epoch, data)
+
+
+def for_evaluation(variables) -> dict:
+  """The model's variables as evaluation takes them. Evaluation places them on its own mesh
+  (`attribution.batching.BatchRunner`); over several processes it starts from each process's copy
+  of the replicated arrays, as host values, since arrays spanning processes cannot meet this
+  process's own arrays outside a program over all of them (the shifted twin, layer order)."""
+  variables = models.model_variables(variables)
+  return parallel.to_host(variables) if jax.process_count() > 1 else variables
+
 
 
 def check_torch_weights(config) -> None:

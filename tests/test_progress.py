@@ -1,0 +1,35 @@
+"""Progress where a user waits: a few lines with the count, the rate and the time left, read one
+step late so that the device is never waited for."""
+
+import jax.numpy as jnp
+
+from saliency_jax import progress
+from saliency_jax.data import sources
+from saliency_jax.training import train
+from tests.test_data import _write_tree
+
+
+def test_progress_reads_the_steps_before_the_one_just_dispatched(monkeypatch):
+  monkeypatch.setattr(progress, "QUIET_SECONDS", 0.0)
+
+  class NotYet:  # the step just dispatched: reading it would make the host wait for the device
+    def __array__(self, *args, **kwargs):
+      raise AssertionError("progress read the step that was just dispatched")
+
+  on_step = train._step_progress(1, 1, 4, batch_size=8)
+  losses, corrects = [jnp.float32(2.0), jnp.float32(4.0)], [jnp.int32(2), jnp.int32(6)]
+  lines = []
+  monkeypatch.setattr(progress.logging, "info", lambda fmt, *args: lines.append(fmt % args))
+  on_step(2, losses + [NotYet()], corrects + [NotYet()])
+  assert len(lines) == 1 and "2/4 steps" in lines[0] and "loss 3.0000, train 50.0% so far" in lines[0]
+
+
+def test_decoding_reports_count_rate_and_time_left(tmp_path, monkeypatch):
+  _write_tree(tmp_path / "tree", per_class=4)
+  monkeypatch.setattr(progress, "QUIET_SECONDS", 0.0)
+  lines = []
+  monkeypatch.setattr(progress.logging, "info", lambda fmt, *args: lines.append(fmt % args))
+  sources.folder(str(tmp_path / "tree"), cache_dir=str(tmp_path / "cache"))
+  train_lines = [line for line in lines if line.startswith("decoding train: ")]
+  assert train_lines and all("/12 images (" in line and "images/s" in line and "left" in line for line in train_lines)
+  assert len(train_lines) <= 10  # a tenth of the images at a time, not one line per image
