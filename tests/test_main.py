@@ -104,7 +104,10 @@ def test_ctrl_c_during_training_ends_with_one_line_saying_how_to_resume(tmp_path
   process = subprocess.Popen([sys.executable, "-m", "saliency_jax.main", "--config=configs/quickstart.py",
                               f"--workdir={tmp_path}", "--config.train.epochs=50", "--config.train.checkpoint_every_epochs=1",
                               "--config.data.synthetic_train_per_class=20", "--config.data.synthetic_test_per_class=5",
-                              "--config.train.batch_size=32"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+                              "--config.train.batch_size=32"], cwd=REPO, stderr=subprocess.PIPE, text=True,
+                             # A runner may ignore SIGINT (pytest-xdist's workers do), and a child that starts
+                             # with it ignored never installs Python's Ctrl-C handler: restore the default.
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   lines = []
   for line in process.stderr:  # wait until an epoch (and its checkpoint) is done
     lines.append(line)
