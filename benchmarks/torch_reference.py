@@ -5,7 +5,9 @@
   python benchmarks/torch_reference.py --model=vgg16 --batch_size=32 --methods=gradient,train_step
 
 Models: torchvision's `resnet18(num_classes=10)` with the CIFAR stem (3x3 stride-1 conv, no bias,
-max-pool kept) and `vgg16(num_classes=10)`, in eval() mode, with torchvision's initialisation. They
+max-pool kept) and `vgg16(num_classes=10)`, in eval() mode, with torchvision's initialisation; and
+`user_cnn`, a researcher's own small CNN (user_cnn.py: five 3x3 convs, three max-pools, two linear
+layers; torch's default initialisation), whose Flax twin the JAX side runs. They
 are written here in plain torch.nn with torchvision's layout and parameter names, since torchvision's
 PyPI wheels link against the CUDA build of torch and fail to import beside the CPU wheel; a working
 torchvision is used instead when `--arch_source=torchvision` (or `auto` and it imports).
@@ -18,6 +20,8 @@ Methods, for a batch x (NCHW float32, random) and random targets:
                         accumulated, averaged over the path and multiplied by (x - baseline).
   train_step            train() mode, cross-entropy, backward, SGD(lr 1e-3, momentum 0.9) step: what
                         benchmarks/train_throughput.py times in JAX.
+The captum references that attribution_throughput.py times (`captum_integrated_gradients`,
+`captum_smoothgrad`) are functions here too; they need captum (pip install -e '.[bench]').
 For the attribution methods the parameters are frozen (requires_grad False), so backward computes only
 input gradients, as jax.grad with respect to the input does; `--param_grads` leaves them trainable
 (weight gradients are computed and accumulated too: the fully naive way).
@@ -36,7 +40,7 @@ import resource
 import statistics
 import time
 
-MODELS = ("resnet18", "vgg16")
+MODELS = ("resnet18", "vgg16", "user_cnn")
 METHODS = ("gradient", "integrated_gradients", "train_step")
 # torchvision's cfgs["D"]: channel counts, "M" for a 2x2/2 max-pool.
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -156,6 +160,12 @@ def build_model(name: str, num_classes: int = 10, arch_source: str = "auto", ste
     raise ValueError(f"model={name!r} is not allowed; choose one of: {', '.join(map(repr, MODELS))}")
   if arch_source not in ("auto", "torchvision", "torch.nn"):
     raise ValueError(f"arch_source={arch_source!r} is not allowed; choose one of: 'auto', 'torchvision', 'torch.nn'")
+  if name == "user_cnn":
+    if __package__:  # imported as benchmarks.torch_reference (the tests)
+      from . import user_cnn  # pylint: disable=g-import-not-at-top
+    else:  # a script's sibling
+      import user_cnn  # pylint: disable=g-import-not-at-top
+    return user_cnn.torch_model(num_classes).eval(), "torch.nn"
   tv = None if arch_source == "torch.nn" else _torchvision_models()
   if arch_source == "torchvision" and tv is None:
     raise RuntimeError("arch_source='torchvision' but torchvision does not import beside this torch")
@@ -203,6 +213,25 @@ def integrated_gradients(model, x, target, steps: int, chunk: int = 0, baseline=
     logits.gather(1, target.repeat(c)[:, None]).sum().backward()
     total += inputs.grad.view(c, b, *image_shape).sum(0)
   return total / steps * diff
+
+
+def captum_integrated_gradients(model, x, target, steps: int, chunk: int = 0):
+  """captum's IntegratedGradients, baseline 0, alphas i/(steps-1) ('riemann_trapezoid': the path
+  points of the 'original' rule); `chunk` path points per forward (captum's internal_batch_size
+  counts images: chunk * B), 0: the whole path in one forward."""
+  from captum.attr import IntegratedGradients
+  return IntegratedGradients(model).attribute(x, baselines=0.0, target=target, n_steps=steps,
+                                              method="riemann_trapezoid",
+                                              internal_batch_size=chunk * x.shape[0] if chunk > 0 else None)
+
+
+def captum_smoothgrad(model, x, target, samples: int, chunk: int = 0, stdev: float = 0.15):
+  """captum's NoiseTunnel over Saliency (the signed gradient, abs=False): the mean gradient over
+  `samples` noisy copies, `chunk` samples per forward (nt_samples_batch_size), 0: all at once."""
+  from captum.attr import NoiseTunnel, Saliency
+  return NoiseTunnel(Saliency(model)).attribute(x, nt_type="smoothgrad", nt_samples=samples,
+                                                nt_samples_batch_size=chunk if chunk > 0 else None,
+                                                stdevs=stdev, target=target, abs=False)
 
 
 def _time_calls(fn, repeats: int) -> list[float]:
