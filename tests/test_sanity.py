@@ -273,3 +273,24 @@ def test_fullgrad_counts_the_twins_extra_bias_so_its_decomposition_stays_complet
   total = input_term.sum((1, 2, 3)) + sum(term.reshape(len(x), -1).sum(-1) for _, term in named)
   logits = jnp.take_along_axis(f2(x), t[:, None], axis=-1)[:, 0]
   np.testing.assert_allclose(total, logits, rtol=1e-4, atol=1e-4 * float(jnp.abs(logits).max()))
+
+
+def test_summary_reads_back_undefined_similarities_from_the_csv(tmp_path):
+  # A constant map has an undefined rank correlation: written as nan, read back as the string 'nan'
+  # beside this run's floats. A resumed study summarises both (pandas' to_numeric rejects 'nan').
+  from saliency_jax.evaluation import similarity  # pylint: disable=g-import-not-at-top
+
+  row = {"model": "small_cnn", "model_seed": 0, "data_seed": 0, "checkpoint_epoch": 1, "study": "cascading",
+         "method": "gradient", "method_options": "", "output": "logit", "target": "predicted", "num_images": 2,
+         "comparison": "randomized", "step": 1, "layer": "fc", "max_relative_difference": ""}
+  row.update({f"{m}_mean": 0.25 for m in similarity.METRICS})
+  undefined = {**row, "method": "deconvnet", "spearman_mean": float("nan")}
+  path = tmp_path / "cascading.csv"
+  sanity.TABLE.write(path, [row, undefined])
+  back = sanity.TABLE.read(path)
+  assert back[1]["spearman_mean"] == "nan"
+  text = sanity.summary_text([back[0], back[1], {**row, "method": "guided_backprop"}])
+  lines = {line.split()[1]: line.split() for line in text.splitlines()[1:]}
+  assert set(lines) == {"gradient", "deconvnet", "guided_backprop"}
+  assert "NaN" in lines["deconvnet"] and "NaN" not in lines["gradient"]
+  assert lines["gradient"][4:] == lines["guided_backprop"][4:]  # '0.25' read back and 0.25 computed agree

@@ -350,6 +350,13 @@ def run(config, workdir, trained, *, reference=None, devices=None) -> dict[str, 
   return out
 
 
+def _numbers(column):
+  """Floats from a column that mixes this run's floats with strings read back from a CSV: 'nan'
+  (an undefined similarity) and '' (a metric the row does not have); pandas' `to_numeric` rejects
+  'nan', and `errors='coerce'` would hide a real parse error."""
+  return column.map(lambda v: float("nan") if v is None or v == "" else float(v))
+
+
 def summary_text(rows: list[dict]) -> str:
   """Mean similarities per study, method and comparison (randomisation: the last step)."""
   import pandas as pd  # pylint: disable=g-import-not-at-top
@@ -364,9 +371,9 @@ def summary_text(rows: list[dict]) -> str:
   table["method"] = results.method_label(table["method"], table["method_options"])
   cols = ["study", "method", "comparison", "layer"] + [f"{m}_mean" for m in similarity.METRICS]
   for c in cols[4:]:
-    table[c] = pd.to_numeric(table[c]).round(3)
+    table[c] = _numbers(table[c]).round(3)
   if "max_relative_difference" in table and table["max_relative_difference"].notna().any():
     cols.append("max_relative_difference")
-    table["max_relative_difference"] = pd.to_numeric(table["max_relative_difference"]).map(
+    table["max_relative_difference"] = _numbers(table["max_relative_difference"]).map(
         lambda v: "" if pd.isna(v) else f"{v:.1e}")
   return table[cols].to_string(index=False)
