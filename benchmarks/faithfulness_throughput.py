@@ -1,26 +1,37 @@
-"""Pixel-flipping throughput: the JAX deletion curve against Quantus's PixelFlipping, same CPU, one run.
+"""Faithfulness throughput: the JAX metrics against Quantus's, same CPU, one run, equal numbers.
 
   pip install -e '.[compare]'
-  python benchmarks/faithfulness_throughput.py --images=200            # small_cnn, 5 maps per image
-  python benchmarks/faithfulness_throughput.py --images=1000 --model=resnet18
+  python benchmarks/faithfulness_throughput.py --images=1000                 # both metrics, small_cnn
+  python benchmarks/faithfulness_throughput.py --images=200 --metrics=road
 
-One model, the same weights in both: a torch.nn net with its default (seeded) initialisation, imported
-into Flax by `models.torch_import.from_torch`. Maps for 5 "methods" per image: gradient, |gradient|,
-gradient x input, |gradient| x |input| (JAX, logit of the target, mean over channels) and a random map.
-Both sides then compute the deletion curve of the target's softmax probability, replacing removed
-values by 0.0 (the dataset mean after normalisation), most relevant first:
+One model per metric, the same weights on both sides: a torch.nn net with its default (seeded)
+initialisation, imported into Flax by `models.torch_import.from_torch`. Maps for 5 "methods" per
+image: gradient, |gradient|, gradient x input, |gradient| x |input| (JAX, logit of the target, mean
+over channels) and a random map; targets: the model's predictions.
 
-- Quantus: `PixelFlipping(features_in_step=C*H*W/48 = 64, perturb_baseline=0.0, normalise=False, abs=False)`.
-  Quantus counts features per channel value (the (B,1,H,W) map is broadcast to (B,C,H,W)) but
-  requires features_in_step to divide H*W, so on RGB 32x32 images no step is a whole number of
-  pixels: 48 steps of 21 1/3 pixels.
-- JAX: `deletion_curve(steps=48)`, the same number of forward passes (49 with point 0); at every
-  third point (k = 3j) exactly 64 j whole pixels are gone in both, and those 16 points are compared.
+- pixel_flipping (RGB images): the deletion curve of the target's softmax probability, removed
+  values replaced by 0.0 (the dataset mean after normalisation), most relevant first.
+  Quantus: `PixelFlipping(features_in_step=C*H*W/48 = 64, perturb_baseline=0.0, normalise=False,
+  abs=False)`. Quantus counts features per channel value (the (B,1,H,W) map is broadcast to
+  (B,C,H,W)) but requires features_in_step to divide H*W, so on RGB 32x32 images no step is a whole
+  number of pixels: 48 steps of 21 1/3 pixels. JAX: `deletion_curve(steps=48)`, the same number of
+  forward passes (49 with point 0); at every third point (k = 3j) exactly 64 j whole pixels are gone
+  in both, and those 16 points are compared.
+- road (one-channel 32x32 images, a one-channel small_cnn): ROAD's accuracy after removing
+  10, 20, ..., 90% of the pixels most relevant first and imputing them by noisy linear imputation,
+  noise 0 (so both sides are deterministic). Quantus: `ROAD(noise=0.0, normalise=False, abs=False)`
+  (a sparse LU solve per image and percentage); JAX: `road(...)` (one batched CG solve). Quantus 0.6's
+  ROAD indexes the channel-broadcast map's C*H*W order as pixels and fails on RGB images, hence one
+  channel. Compared: the accuracy per percentage (Quantus returns the batch mean).
 
-Printed: images/s of each (one image = its 5 curves), the ratio, the ratio per method (the two sides
-run interleaved, method by method, the first side alternating) and its median, and the largest
-difference on the shared points. JAX is timed after compilation (the compile time is printed apart). Threads: both
+Printed per metric: images/s of each (one image = its 5 maps' curves), the ratio, the ratio per
+method (the two sides run interleaved, method by method, the first side alternating) and its median,
+and the largest difference on the compared numbers; then both metrics together. JAX is timed after
+compilation (the compile time is printed apart), Quantus after a warm-up batch. Threads: both
 libraries use the machine's cores unless --threads is set (torch.set_num_threads and XLA's flags).
+Run it on an otherwise idle machine: under oversubscription torch's thread pool slows far more than
+XLA's (measured here: a small_cnn forward 3.5x slower under load 4 on 2 cores, XLA's 1.3x), which
+inflates the ratio.
 """
 
 from __future__ import annotations
@@ -102,84 +113,125 @@ def quantus_pixel_flipping(net, x_BCHW, target_B, maps_BHW, steps: int, batch_si
   return np.asarray(scores, np.float64)
 
 
-def main(argv=None) -> dict:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--images", type=int, default=1000)
-  parser.add_argument("--batch_size", type=int, default=100, help="Images per JAX call and per Quantus batch.")
-  parser.add_argument("--model", default="small_cnn", choices=("small_cnn", "resnet18", "vgg16"))
-  parser.add_argument("--steps", type=int, default=48, help="Curve steps, 3 x a divisor of 1024; JAX runs the same.")
-  parser.add_argument("--threads", type=int, default=0, help="Threads for both libraries; 0: their defaults.")
-  parser.add_argument("--json", default="")
-  args = parser.parse_args(argv)
-  if args.threads:  # before jax starts
-    eigen = "false" if args.threads == 1 else "true"
-    os.environ["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen={eigen} "
-                               f"intra_op_parallelism_threads={args.threads}").strip()
+def quantus_road(net, x_BCHW, target_B, maps_BHW, percentages, batch_size: int) -> np.ndarray:
+  """Quantus's ROAD accuracy (P,): the batch's mean correctness per percentage, noise 0."""
+  import quantus  # pylint: disable=g-import-not-at-top
+  metric = quantus.ROAD(percentages=list(percentages), noise=0.0, normalise=False, abs=False, disable_warnings=True,
+                        display_progressbar=False)
+  scores = metric(model=net, x_batch=x_BCHW, y_batch=target_B, a_batch=maps_BHW[:, None], channel_first=True,
+                  device="cpu", batch_size=batch_size)
+  return np.asarray([scores[p] for p in percentages], np.float64)
+
+
+def _metric_sides(metric: str, args):
+  """(maps per method, run_jax(map) -> numbers, run_quantus(map) -> numbers, compare(j, q) -> max |diff|,
+  compile seconds) for one metric."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
 
   from saliency_jax import attribution  # pylint: disable=g-import-not-at-top
   from saliency_jax.evaluation import faithfulness  # pylint: disable=g-import-not-at-top
-  if args.threads:
-    torch.set_num_threads(args.threads)
-  if args.steps % 3 or 1024 % (args.steps // 3):
-    raise SystemExit(f"--steps={args.steps} must be 3 x a divisor of 1024: Quantus's features_in_step = 3072 / steps "
-                     "must divide 1024, and every third point must be whole pixels")
-
-  net, model, variables = shared_model(args.model)
+  channels = 3 if metric == "pixel_flipping" else 1
+  net, model, variables = shared_model(args.model, in_channels=channels)
   forward = attribution.ModelForward(model, variables)
   rng = np.random.default_rng(0)
-  x_BCHW = rng.standard_normal((args.images, 3, 32, 32)).astype(np.float32)
+  x_BCHW = rng.standard_normal((args.images, channels, 32, 32)).astype(np.float32)
   x_BHWC = jnp.asarray(x_BCHW.transpose(0, 2, 3, 1))
   with torch.no_grad():
     target = net(torch.from_numpy(x_BCHW)).argmax(-1).numpy()
   maps = method_maps(forward, x_BHWC, jnp.asarray(target))
-
-  curve = jax.jit(lambda f, x, m, t: faithfulness.deletion_curve(f, x, m, t, steps=args.steps, replacement="mean"))
   bs = args.batch_size
+  if metric == "pixel_flipping":
+    call = jax.jit(lambda f, x, m, t: faithfulness.deletion_curve(f, x, m, t, steps=args.steps,
+                                                                   replacement="mean").scores)
+    quantus_call = lambda m: quantus_pixel_flipping(net, x_BCHW, target, m, args.steps, bs)
+    shared = np.arange(3, args.steps + 1, 3)  # JAX point k = 3j <-> Quantus step index 3j - 1
+    finish = lambda parts: np.concatenate(parts)
+    compare = lambda j, q: float(np.abs(j[:, shared] - q[:, shared - 1]).max())
+  else:
+    percentages = tuple(range(10, 100, 10))
+    call = jax.jit(lambda f, x, m, t: faithfulness.road(f, x, m, t, percentages=percentages).correct)
+    quantus_call = lambda m: quantus_road(net, x_BCHW, target, m, percentages, bs)
+    finish = lambda parts: np.concatenate(parts).mean(0)
+    compare = lambda j, q: float(np.abs(j - q).max())
+
   t0 = time.perf_counter()
-  jax.block_until_ready(curve(forward, x_BHWC[:bs], jnp.asarray(maps["random"][:bs]), jnp.asarray(target[:bs])))
+  jax.block_until_ready(call(forward, x_BHWC[:bs], jnp.asarray(maps["random"][:bs]), jnp.asarray(target[:bs])))
   compile_s = time.perf_counter() - t0
-  quantus_pixel_flipping(net, x_BCHW[:bs], target[:bs], maps["random"][:bs], args.steps, bs)  # its warm-up
+  if metric == "pixel_flipping":  # Quantus's warm-up
+    quantus_pixel_flipping(net, x_BCHW[:bs], target[:bs], maps["random"][:bs], args.steps, bs)
+  else:
+    quantus_road(net, x_BCHW[:bs], target[:bs], maps["random"][:bs], (10,), bs)
 
   def run_jax(m):
     # Every batch dispatched back to back, read once after the last: no host round trip per batch.
-    parts = [curve(forward, x_BHWC[i:i + bs], jnp.asarray(m[i:i + bs]), jnp.asarray(target[i:i + bs])).scores
+    parts = [call(forward, x_BHWC[i:i + bs], jnp.asarray(m[i:i + bs]), jnp.asarray(target[i:i + bs]))
              for i in range(0, args.images, bs)]
-    return np.concatenate([np.asarray(p) for p in parts])
+    return finish([np.asarray(p) for p in parts])
 
-  def run_quantus(m):
-    return quantus_pixel_flipping(net, x_BCHW, target, m, args.steps, bs)
+  return maps, run_jax, quantus_call, compare, compile_s
 
-  # Interleaved per method, the first side alternating, so a change in the machine's load (a shared
-  # machine) falls on both sides alike; per-method ratios and their median are printed too.
-  jax_curves, quantus_curves, seconds = {}, {}, {}
-  for i, (name, m) in enumerate(maps.items()):
-    sides = [("jax", run_jax, jax_curves), ("quantus", run_quantus, quantus_curves)]
-    for side, fn, store in (sides if i % 2 == 0 else sides[::-1]):
-      t0 = time.perf_counter()
-      store[name] = fn(m)
-      seconds[(name, side)] = time.perf_counter() - t0
-  jax_s = sum(seconds[(n, "jax")] for n in maps)
-  quantus_s = sum(seconds[(n, "quantus")] for n in maps)
-  per_method = {n: round(seconds[(n, "quantus")] / seconds[(n, "jax")], 2) for n in maps}
 
-  shared = np.arange(3, args.steps + 1, 3)  # JAX point k = 3j <-> Quantus step index 3j - 1
-  diffs = {n: float(np.abs(jax_curves[n][:, shared] - quantus_curves[n][:, shared - 1]).max()) for n in maps}
-  ties = {n: int(sum(len(np.unique(m[i])) < m[i].size for i in range(len(m)))) for n, m in maps.items()}
-  result = dict(model=args.model, images=args.images, methods=list(maps), steps=args.steps, batch_size=bs,
-                threads=args.threads or "default", jax_compile_s=round(compile_s, 2), jax_s=round(jax_s, 2),
-                quantus_s=round(quantus_s, 2), jax_images_per_s=round(args.images / jax_s, 1),
-                quantus_images_per_s=round(args.images / quantus_s, 1), speedup=round(quantus_s / jax_s, 1),
-                speedup_per_method=per_method, speedup_median=round(float(np.median(list(per_method.values()))), 2),
-                seconds_per_method={f"{n} {side}": round(v, 2) for (n, side), v in seconds.items()},
-                max_abs_diff_shared_points=diffs, maps_with_tied_values=ties)
-  print(f"{args.model}, {args.images} images x {len(maps)} maps, {args.steps} steps, batch {bs}: "
-        f"JAX {result['jax_images_per_s']} images/s (compile {result['jax_compile_s']} s), "
-        f"Quantus {result['quantus_images_per_s']} images/s, JAX/Quantus = {result['speedup']}x "
-        f"(per method, median {result['speedup_median']}x: {per_method}); "
-        f"max |diff| on the {len(shared)} shared points: {max(diffs.values()):.2e}")
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--images", type=int, default=1000)
+  parser.add_argument("--batch_size", type=int, default=100, help="Images per JAX call and per Quantus batch.")
+  parser.add_argument("--model", default="small_cnn", choices=("small_cnn", "resnet18", "vgg16"),
+                      help="pixel_flipping's model; road runs the one-channel small_cnn.")
+  parser.add_argument("--metrics", default="pixel_flipping,road", help="Comma-separated: pixel_flipping, road.")
+  parser.add_argument("--steps", type=int, default=48, help="Curve steps, 3 x a divisor of 1024; JAX runs the same.")
+  parser.add_argument("--threads", type=int, default=0, help="Threads for both libraries; 0: their defaults.")
+  parser.add_argument("--json", default="")
+  args = parser.parse_args(argv)
+  metrics = [m for m in args.metrics.split(",") if m]
+  if not metrics or set(metrics) - {"pixel_flipping", "road"}:
+    raise SystemExit(f"--metrics={args.metrics}: choose from pixel_flipping, road (comma-separated)")
+  if args.steps % 3 or 1024 % (args.steps // 3):
+    raise SystemExit(f"--steps={args.steps} must be 3 x a divisor of 1024: Quantus's features_in_step = 3072 / steps "
+                     "must divide 1024, and every third point must be whole pixels")
+  if args.threads:  # before jax starts
+    eigen = "false" if args.threads == 1 else "true"
+    os.environ["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen={eigen} "
+                               f"intra_op_parallelism_threads={args.threads}").strip()
+  import torch  # pylint: disable=g-import-not-at-top
+  if args.threads:
+    torch.set_num_threads(args.threads)
+
+  result = dict(images=args.images, batch_size=args.batch_size, threads=args.threads or "default", metrics={})
+  for metric in metrics:
+    maps, run_jax, run_quantus, compare, compile_s = _metric_sides(metric, args)
+    # Interleaved per method, the first side alternating, so a change in the machine's load falls on
+    # both sides alike; per-method ratios and their median are printed too.
+    outputs, seconds = {}, {}
+    for i, (name, m) in enumerate(maps.items()):
+      sides = [("jax", run_jax), ("quantus", run_quantus)]
+      for side, fn in (sides if i % 2 == 0 else sides[::-1]):
+        t0 = time.perf_counter()
+        outputs[(name, side)] = fn(m)
+        seconds[(name, side)] = time.perf_counter() - t0
+    jax_s = sum(seconds[(n, "jax")] for n in maps)
+    quantus_s = sum(seconds[(n, "quantus")] for n in maps)
+    per_method = {n: round(seconds[(n, "quantus")] / seconds[(n, "jax")], 2) for n in maps}
+    diffs = {n: compare(outputs[(n, "jax")], outputs[(n, "quantus")]) for n in maps}
+    ties = {n: int(sum(len(np.unique(m[i])) < m[i].size for i in range(len(m)))) for n, m in maps.items()}
+    r = dict(model=args.model if metric == "pixel_flipping" else "small_cnn (1 channel)", methods=list(maps),
+             steps=args.steps if metric == "pixel_flipping" else None, jax_compile_s=round(compile_s, 2),
+             jax_s=round(jax_s, 2), quantus_s=round(quantus_s, 2), jax_images_per_s=round(args.images / jax_s, 1),
+             quantus_images_per_s=round(args.images / quantus_s, 1), speedup=round(quantus_s / jax_s, 1),
+             speedup_per_method=per_method, speedup_median=round(float(np.median(list(per_method.values()))), 2),
+             seconds_per_method={f"{n} {side}": round(v, 2) for (n, side), v in seconds.items()},
+             max_abs_diff=diffs, maps_with_tied_values=ties)
+    result["metrics"][metric] = r
+    print(f"{metric}: {r['model']}, {args.images} images x {len(maps)} maps, batch {args.batch_size}: "
+          f"JAX {r['jax_images_per_s']} images/s (compile {r['jax_compile_s']} s), "
+          f"Quantus {r['quantus_images_per_s']} images/s, Quantus/JAX = {r['speedup']}x "
+          f"(per method, median {r['speedup_median']}x: {per_method}); max |diff|: {max(diffs.values()):.2e}",
+          flush=True)
+  jax_s = sum(r["jax_s"] for r in result["metrics"].values())
+  quantus_s = sum(r["quantus_s"] for r in result["metrics"].values())
+  result.update(jax_s=round(jax_s, 2), quantus_s=round(quantus_s, 2), speedup=round(quantus_s / jax_s, 1))
+  print(f"all metrics: JAX {result['jax_s']} s, Quantus {result['quantus_s']} s, Quantus/JAX = {result['speedup']}x")
   print(json.dumps(result))
   if args.json:
     with open(args.json, "w") as f:
