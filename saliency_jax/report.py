@@ -13,6 +13,7 @@ skipped silently. `--notes=FILE` adds a hand-written reading of the numbers as t
 from __future__ import annotations
 
 import glob
+import json
 import pathlib
 import shutil
 
@@ -49,6 +50,20 @@ def _model_seed(workdir: pathlib.Path) -> tuple[str, int]:
   return model, int(seed) if seed.isdigit() else -1
 
 
+def _planned_epochs(workdir: pathlib.Path, last: dict) -> float:
+  """The epochs the run will have trained when it is done: `train.epochs` of its stored config, or
+  the epochs it has if it stopped early because it fit (`train.stop_at_train_accuracy`); NaN (taken
+  as finished) without a stored config."""
+  path = workdir / "config.json"
+  if not path.exists():
+    return float("nan")
+  train = json.loads(path.read_text()).get("config", {}).get("train", {})
+  stop_at = float(train.get("stop_at_train_accuracy", 0.0) or 0.0)
+  if stop_at and float(last["train_accuracy"]) >= stop_at:
+    return float(last["epoch"])
+  return float(train.get("epochs", last["epoch"]))
+
+
 def training_table(workdirs: list[pathlib.Path]) -> tuple[pd.DataFrame, str]:
   """Per run: epochs, final test accuracies, training time; and the markdown with means over seeds."""
   rows = []
@@ -59,7 +74,7 @@ def training_table(workdirs: list[pathlib.Path]) -> tuple[pd.DataFrame, str]:
       rows.append({"model": model, "seed": seed, "epochs": 0})
       continue
     last = metrics[-1]
-    rows.append({"model": model, "seed": seed, "epochs": int(last["epoch"]),
+    rows.append({"model": model, "seed": seed, "epochs": int(last["epoch"]), "planned": _planned_epochs(w, last),
                  "train accuracy": float(last["train_accuracy"]),
                  **{c: float(last[c]) for c in CONDITIONS if c in last},
                  "train seconds": sum(float(r["epoch_seconds"]) for r in metrics),
@@ -67,8 +82,11 @@ def training_table(workdirs: list[pathlib.Path]) -> tuple[pd.DataFrame, str]:
   runs = pd.DataFrame(rows)
   lines = ["| model | seeds | epochs | train acc. | " + " | ".join(f"test: {v}" for v in CONDITIONS.values())
            + " | training time |", "|---" * (5 + len(CONDITIONS)) + "|"]
+  # A run still training (or killed mid-schedule) would pull the means towards an undertrained
+  # model: only finished runs enter them; the others are listed below the table.
+  finished = runs["epochs"] >= runs["planned"].fillna(0) if "planned" in runs else runs["epochs"] > 0
   for model, block in runs.groupby("model", sort=False):
-    block = block[block["epochs"] > 0]
+    block = block[(block["epochs"] > 0) & finished[block.index]]
     if block.empty:
       lines.append(f"| {model} | – | not trained yet |" + " |" * (2 + len(CONDITIONS)))
       continue
@@ -80,7 +98,14 @@ def training_table(workdirs: list[pathlib.Path]) -> tuple[pd.DataFrame, str]:
   per_seed = ["", "Per seed (with / without / conflicting pixel, %): " + "; ".join(
       f"{r.model} seed {r.seed}: " + " / ".join(f"{100 * getattr(r, c.replace(' ', '_'), np.nan):.1f}"
                                                 for c in CONDITIONS)
-      for r in runs[runs["epochs"] > 0].rename(columns=lambda c: c.replace(" ", "_")).itertuples()) + "."]
+      for r in runs[(runs["epochs"] > 0) & finished].rename(columns=lambda c: c.replace(" ", "_")).itertuples()) + "."]
+  training = runs[(runs["epochs"] > 0) & ~finished]
+  if len(training):
+    per_seed.append("Still training, left out of the table (epochs done of those planned; with / without / "
+                    "conflicting pixel, %): " + "; ".join(
+                        f"{r.model} seed {r.seed}: {r.epochs} of {r.planned:.0f}, " + " / ".join(
+                            f"{100 * getattr(r, c.replace(' ', '_'), np.nan):.1f}" for c in CONDITIONS)
+                        for r in training.rename(columns=lambda c: c.replace(" ", "_")).itertuples()) + ".")
   waiting = runs[runs["epochs"] == 0]
   if len(waiting):
     per_seed.append("Runs not trained yet: " + ", ".join(f"{r.model} seed {r.seed}" for r in waiting.itertuples())
@@ -174,8 +199,12 @@ def sanity_tables(workdirs: list[pathlib.Path]) -> tuple[str, list[pathlib.Path]
         lines = [head, "", "| method | " + " | ".join(comparisons) + " | random map |", "|---" * (len(comparisons) + 2) + "|"]
         for method, sub in rows.groupby("method_label", sort=False):
           values = sub.set_index("comparison")[metric]
-          lines.append(f"| {method} | " + " | ".join(f"{values.get(c, np.nan):.2f}" for c in comparisons)
-                       + f" | {calib.get(method, np.nan):.2f} |")
+          # '–': the comparison does not apply to the method (a baseline shift for a method without one).
+          lines.append(f"| {method} | " + " | ".join(f"{values[c]:.2f}" if c in values.index else "–"
+                                                     for c in comparisons) + f" | {calib.get(method, np.nan):.2f} |")
+      if any(line.startswith("| ") and "| nan" in line for line in lines):
+        lines += ["", "nan: the rank correlation is undefined for the method on every image (a constant map, "
+                  "e.g. a CAM that is zero everywhere)."]
       parts.append("\n".join(lines))
       found += sorted((w / "sanity").glob(f"{study}_curves.png")) + sorted((w / "sanity").glob(f"{study}_strip0.png"))
   return "\n\n".join(parts), found

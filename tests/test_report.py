@@ -44,3 +44,49 @@ def test_report_is_rebuilt_from_workdirs_and_quotes_their_numbers(tmp_path, tiny
   assert (tmp_path / "docs" / "results" / "pointing_accuracy_small_cnn.png").exists()
   assert (tmp_path / "docs" / "results" / "examples_small_cnn_seed0.png").exists()
   assert "small_cnn_seed0: class_sensitivity" in text
+
+
+def test_runs_still_training_stay_out_of_the_means(tmp_path):
+  # Three resnet18 seeds: one done (5 of 5 epochs), one stopped early because it fit the training
+  # set, one killed after 2 of 5 epochs. The means are over the first two only.
+  import json  # pylint: disable=g-import-not-at-top
+
+  from saliency_jax import files  # pylint: disable=g-import-not-at-top
+
+  def workdir(seed, accuracies, stop_at=0.0):
+    w = tmp_path / f"resnet18_seed{seed}"
+    w.mkdir()
+    (w / "config.json").write_text(json.dumps({"config": {"train": {"epochs": 5, "stop_at_train_accuracy": stop_at}}}))
+    rows = [{"epoch": e + 1, "train_accuracy": a, "test_pixel_accuracy": a, "test_nopix_accuracy": 0.1,
+             "test_conflict_accuracy": 0.02, "epoch_seconds": 60,
+             "images_per_sec": 100} for e, a in enumerate(accuracies)]
+    with files.atomic_open(w / "metrics.csv", "w") as f:
+      f.write(",".join(rows[0]) + "\n" + "".join(",".join(map(str, r.values())) + "\n" for r in rows))
+    return w
+
+  runs, text = report.training_table([workdir(0, [0.5, 0.8, 0.9, 0.95, 0.99]), workdir(1, [0.6, 0.97], stop_at=0.95),
+                                      workdir(2, [0.4, 0.7])])
+  line = next(l for l in text.splitlines() if l.startswith("| resnet18 |"))
+  assert line.startswith("| resnet18 | 0 1 | 5 2 | 98.0 (1.4) | 98.0 (1.4) |"), line
+  assert "Still training, left out of the table" in text and "resnet18 seed 2: 2 of 5, 70.0 / 10.0 / 2.0" in text
+  assert len(runs) == 3
+
+
+def test_sanity_table_tells_not_applicable_from_undefined(tmp_path):
+  from saliency_jax.evaluation import sanity, similarity  # pylint: disable=g-import-not-at-top
+
+  base = {"model": "resnet18", "model_seed": 0, "data_seed": 0, "checkpoint_epoch": 5, "study": "input_invariance",
+          "method_options": "", "output": "logit", "target": "predicted", "num_images": 4, "step": "", "layer": ""}
+  metrics = lambda v: {f"{m}_mean": v for m in similarity.METRICS}
+  rows = [{**base, "method": "gradient", "comparison": "twin", **metrics(1.0)},
+          {**base, "method": "gradient", "comparison": "random_map", **metrics(0.0)},
+          {**base, "method": "integrated_gradients", "comparison": "twin", **metrics(0.5)},
+          {**base, "method": "integrated_gradients", "comparison": "twin_shifted_baseline", **metrics(float("nan"))},
+          {**base, "method": "integrated_gradients", "comparison": "random_map", **metrics(0.0)}]
+  (tmp_path / "resnet18_seed0" / "sanity").mkdir(parents=True)
+  sanity.TABLE.write(tmp_path / "resnet18_seed0" / "sanity" / "input_invariance.csv", rows)
+  text, _ = report.sanity_tables([tmp_path / "resnet18_seed0"])
+  lines = {l.split(" | ")[0][2:]: l for l in text.splitlines() if l.startswith("| ") and "---" not in l}
+  assert lines["gradient"] == "| gradient | 1.00 | – | 0.00 |"  # no baseline to shift: not applicable
+  assert lines["integrated_gradients"] == "| integrated_gradients | 0.50 | nan | 0.00 |"
+  assert "nan: the rank correlation is undefined" in text
