@@ -114,13 +114,22 @@ def quantus_pixel_flipping(net, x_BCHW, target_B, maps_BHW, steps: int, batch_si
 
 
 def quantus_road(net, x_BCHW, target_B, maps_BHW, percentages, batch_size: int) -> np.ndarray:
-  """Quantus's ROAD accuracy (P,): the batch's mean correctness per percentage, noise 0."""
+  """Quantus's ROAD accuracy (P,): the mean correctness per percentage over all images, noise 0.
+
+  One Quantus call per batch: Quantus 0.6's ROAD computes every batch of a call but reports the
+  first batch's accuracy only (`custom_postprocess` reads `evaluation_scores[0]`, one entry per
+  batch), so a single call on 1,000 images at batch 100 returns the accuracy of images 0-99.
+  """
   import quantus  # pylint: disable=g-import-not-at-top
   metric = quantus.ROAD(percentages=list(percentages), noise=0.0, normalise=False, abs=False, disable_warnings=True,
                         display_progressbar=False)
-  scores = metric(model=net, x_batch=x_BCHW, y_batch=target_B, a_batch=maps_BHW[:, None], channel_first=True,
-                  device="cpu", batch_size=batch_size)
-  return np.asarray([scores[p] for p in percentages], np.float64)
+  correct = np.zeros(len(percentages))
+  for i in range(0, len(x_BCHW), batch_size):
+    part = slice(i, i + batch_size)
+    scores = metric(model=net, x_batch=x_BCHW[part], y_batch=target_B[part], a_batch=maps_BHW[part, None],
+                    channel_first=True, device="cpu", batch_size=batch_size)
+    correct += np.asarray([scores[p] for p in percentages], np.float64) * len(x_BCHW[part])
+  return correct / len(x_BCHW)
 
 
 def _metric_sides(metric: str, args):

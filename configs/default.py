@@ -76,7 +76,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.single_pixel.outputs = ("softmax", "logit")
   config.single_pixel.test_jitter = ((0.0, 0.0), (0.0, 5.0), (3.0, 5.0), (3.0, 3.0), (1.0, 3.0))  # (position, colour) sd
   config.single_pixel.batch_size = 250  # images per compiled call, split over the local devices
-  config.single_pixel.chunk_size = 10  # IG path points per vectorised chunk (memory only; 0: whole path)
+  config.single_pixel.chunk_size = 4  # IG path points per vectorised chunk (memory only; 0: whole path): 4 keeps
+  # resnet18 at batch 250 under 2.1 GB, as fast as 10 (docs/performance.md)
   config.single_pixel.max_images = 0  # a class-balanced subset of N test images, drawn from data.seed; 0: all
   config.single_pixel.examples = 6  # images in examples.png; 0: no figure
 

@@ -175,3 +175,31 @@ def test_under_vmap_and_with_static_arguments_and_pytrees():
   # Non-array leaves (flags, collection names) are passed through as static.
   out, state = apply(variables, x[0], mutable=["intermediates"])
   assert isinstance(state, dict)
+
+
+def test_attribution_programs_compile_without_ynn_library_fusions_and_compute_the_same():
+  # BatchRunner compiles every program that differentiates with `gradient_compiler_options()`:
+  # XLA:CPU's YNNPACK fusions, one library call per convolution there, are slower than XLA's own
+  # convolutions in gradient programs. The options change how the program runs, not its values.
+  from saliency_jax.attribution.batching import BatchRunner  # pylint: disable=g-import-not-at-top
+  from saliency_jax.lowering import gradient_compiler_options  # pylint: disable=g-import-not-at-top
+
+  if jax.default_backend() != "cpu":
+    assert gradient_compiler_options() == {}
+    return
+  assert gradient_compiler_options() == {"xla_cpu_experimental_ynn_fusion_type": ""}
+  # 32 channels: XLA hands these convolutions to the library (16 it keeps, on the CPUs tried).
+  model = nn.Sequential([nn.Conv(32, (3, 3)), nn.relu, nn.Conv(32, (3, 3)), lambda y: y.mean((1, 2))])
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  variables = model.init(jax.random.key(1), x)
+  fn = lambda v, x: jax.grad(lambda x: cpu_lowering(model.apply)(v, x)[:, 0].sum())(x)
+  runner = BatchRunner(jax.devices()[:1])
+  maps = runner.run("maps", fn, (x,), (variables,))
+  program = runner._compiled["maps"].lower(variables, x).compile().as_text()  # pylint: disable=protected-access
+  assert "ynn_fusion" not in program
+  # XLA's own convolutions and the library's sum in other orders: float32 rounding only.
+  np.testing.assert_allclose(maps, jax.jit(fn)(variables, x), rtol=1e-5, atol=1e-6)
+  forward_only = BatchRunner(jax.devices()[:1])
+  forward_only.run("logits", model.apply, (x,), (variables,), gradients=False)
+  assert forward_only._compiled["logits"].lower(variables, x).compile().as_text() == \
+      jax.jit(model.apply).lower(variables, x).compile().as_text()  # pylint: disable=protected-access

@@ -22,6 +22,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from saliency_jax import lowering
 from saliency_jax.training.parallel import DATA_AXIS
 
 
@@ -85,12 +86,15 @@ class BatchRunner:
     return jax.device_put(tree, sharding)
 
   def run(self, name, fn: Callable, per_image, shared: tuple = (), *, image_axis: int = 0,
-          batch_size: int | None = None):
+          batch_size: int | None = None, gradients: bool = True):
     """`fn(*shared, *per_image_batch)` over the images of `per_image` (a tuple of pytrees whose
     leaves have the images first), compiled once under `name`. Returns the outputs (a pytree of
-    device arrays) for every image, concatenated along `image_axis`."""
+    device arrays) for every image, concatenated along `image_axis`. `gradients`: whether `fn`
+    differentiates (compiled with `lowering.gradient_compiler_options()`) or only runs forward
+    passes (XLA's defaults, faster there)."""
     if name not in self._compiled:
-      self._compiled[name] = jax.jit(fn)
+      options = lowering.gradient_compiler_options() if gradients else {}
+      self._compiled[name] = jax.jit(fn, compiler_options=options or None)
     program = self._compiled[name]
     leaves, treedef = jax.tree.flatten(per_image)
     n = leaves[0].shape[0]
