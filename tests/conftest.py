@@ -1,7 +1,10 @@
 """Test setup: 4 emulated CPU devices (set before JAX starts), tiny configs, the shared data."""
 
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 import jax
 
@@ -16,6 +19,18 @@ if jax.__version_info__ >= (0, 8, 1):
 
 # Must happen before any JAX computation: the multi-device tests compare 4 devices with 1.
 jax.config.update("jax_num_cpu_devices", 4)
+
+# Compilation dominates this suite, and many tests compile the same programs again: a model's
+# initialisation (a fresh jit per `init_variables` call), the tiny training steps, the grid's and
+# the sanity studies' maps. JAX's compilation cache, in a folder of this process alone that is
+# removed when it ends, hands back the executable of an identical program (same HLO, options,
+# devices and JAX version) instead of compiling it again; nothing outlives the test run, and
+# nothing is shared with another process (xdist's other worker, the binary's subprocesses).
+_COMPILATION_CACHE = tempfile.mkdtemp(prefix="saliency_jax_tests_xla_cache_")
+atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)  # below that, compiling beats a file
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 import pytest  # noqa: E402
 
