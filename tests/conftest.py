@@ -60,3 +60,26 @@ def one_device_mesh():
   from saliency_jax.training import parallel  # pylint: disable=g-import-not-at-top
 
   return parallel.make_mesh(jax.devices()[:1])
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_run(tmp_path_factory):
+  """The tiny config's workdir, trained once per test process: read it or copy it, never write to it
+  (`trained_tmp_path` is a copy to work in)."""
+  from saliency_jax import pipeline  # pylint: disable=g-import-not-at-top
+
+  config = make_tiny_config()
+  config.single_pixel.enabled = False
+  workdir = tmp_path_factory.mktemp("tiny_trained_run")
+  pipeline.run(config, workdir)
+  return workdir
+
+
+@pytest.fixture
+def trained_tmp_path(tiny_trained_run, tmp_path):
+  """`tmp_path` holding a copy of the tiny config's run, trained (2 epochs, on every device, as
+  `pipeline.run` trains) once per test process: for the tests of what comes after training. A
+  `pipeline.run` of the tiny config there with `train.enabled` finds the training finished and
+  restores its checkpoint; the model settings must stay the tiny config's."""
+  shutil.copytree(tiny_trained_run, tmp_path, dirs_exist_ok=True)
+  return tmp_path
