@@ -1,7 +1,10 @@
 """Test setup: 4 emulated CPU devices (set before JAX starts), tiny configs, the shared data."""
 
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 import jax
 
@@ -16,6 +19,18 @@ if jax.__version_info__ >= (0, 8, 1):
 
 # Must happen before any JAX computation: the multi-device tests compare 4 devices with 1.
 jax.config.update("jax_num_cpu_devices", 4)
+
+# Compilation dominates this suite, and many tests compile the same programs again: a model's
+# initialisation (a fresh jit per `init_variables` call), the tiny training steps, the grid's and
+# the sanity studies' maps. JAX's compilation cache, in a folder of this process alone that is
+# removed when it ends, hands back the executable of an identical program (same HLO, options,
+# devices and JAX version) instead of compiling it again; nothing outlives the test run, and
+# nothing is shared with another process (xdist's other worker, the binary's subprocesses).
+_COMPILATION_CACHE = tempfile.mkdtemp(prefix="saliency_jax_tests_xla_cache_")
+atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)  # below that, compiling beats a file
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 import pytest  # noqa: E402
 
@@ -45,3 +60,26 @@ def one_device_mesh():
   from saliency_jax.training import parallel  # pylint: disable=g-import-not-at-top
 
   return parallel.make_mesh(jax.devices()[:1])
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_run(tmp_path_factory):
+  """The tiny config's workdir, trained once per test process: read it or copy it, never write to it
+  (`trained_tmp_path` is a copy to work in)."""
+  from saliency_jax import pipeline  # pylint: disable=g-import-not-at-top
+
+  config = make_tiny_config()
+  config.single_pixel.enabled = False
+  workdir = tmp_path_factory.mktemp("tiny_trained_run")
+  pipeline.run(config, workdir)
+  return workdir
+
+
+@pytest.fixture
+def trained_tmp_path(tiny_trained_run, tmp_path):
+  """`tmp_path` holding a copy of the tiny config's run, trained (2 epochs, on every device, as
+  `pipeline.run` trains) once per test process: for the tests of what comes after training. A
+  `pipeline.run` of the tiny config there with `train.enabled` finds the training finished and
+  restores its checkpoint; the model settings must stay the tiny config's."""
+  shutil.copytree(tiny_trained_run, tmp_path, dirs_exist_ok=True)
+  return tmp_path

@@ -8,7 +8,7 @@ from saliency_jax import pipeline, report
 from saliency_jax.evaluation import grid
 
 
-def test_report_is_rebuilt_from_workdirs_and_quotes_their_numbers(tmp_path, tiny_config):
+def test_report_is_rebuilt_from_workdirs_and_quotes_their_numbers(tmp_path, tiny_config, tiny_trained_run):
   config = tiny_config
   sp = config.single_pixel
   sp.methods, sp.targets, sp.outputs = ("absolute_gradient", "gradient_x_input"), ("predicted", "label"), ("logit",)
@@ -16,6 +16,7 @@ def test_report_is_rebuilt_from_workdirs_and_quotes_their_numbers(tmp_path, tiny
   config.sanity.studies, config.sanity.methods, config.sanity.num_images = ("class_sensitivity",), ("gradient",), 10
   workdirs = [tmp_path / "runs" / "small_cnn_seed0", tmp_path / "runs" / "small_cnn_seed1",
               tmp_path / "runs" / "small_cnn_seed2"]
+  shutil.copytree(tiny_trained_run, workdirs[0])  # the tiny run, trained: the grid and the study follow
   pipeline.run(config, workdirs[0])
   # A second seed without a second training run: seed 0's workdir with other pointing accuracies.
   shutil.copytree(workdirs[0], workdirs[1])

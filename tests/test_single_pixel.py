@@ -151,8 +151,9 @@ def _eval_config(tiny_config):
   return config
 
 
-def test_grid_resumes_computing_only_missing_cells_and_evaluates_a_trained_workdir(tmp_path, tiny_config,
+def test_grid_resumes_computing_only_missing_cells_and_evaluates_a_trained_workdir(trained_tmp_path, tiny_config,
                                                                                   monkeypatch, caplog):
+  tmp_path = trained_tmp_path  # the tiny run, trained
   config = _eval_config(tiny_config)
   caplog.set_level(logging.INFO, logger="absl")
   out = pipeline.run(config, tmp_path)
@@ -190,7 +191,8 @@ def test_grid_resumes_computing_only_missing_cells_and_evaluates_a_trained_workd
   assert len(again) == 4
 
 
-def test_four_devices_count_as_one(tmp_path, tiny_config):
+def test_four_devices_count_as_one(trained_tmp_path, tiny_config):
+  tmp_path = trained_tmp_path  # the tiny run, trained
   config = _eval_config(tiny_config)
   config.single_pixel.enabled = False
   trained = pipeline.run(config, tmp_path)["train"]
@@ -240,9 +242,10 @@ def test_aggregation_refuses_the_same_seed_twice(tmp_path):
     aggregate.summarize(aggregate.read_runs([str(tmp_path / "*")]))
 
 
-def test_the_label_cell_that_reuses_the_predicted_maps_equals_one_computed_alone(tmp_path, tiny_config):
+def test_the_label_cell_that_reuses_the_predicted_maps_equals_one_computed_alone(trained_tmp_path, tiny_config):
   # SmoothGrad needs a random key: the grid derives one per image from the model seed, so the
   # two targets see the same noise and a rerun gives the same numbers.
+  tmp_path = trained_tmp_path  # the tiny run, trained
   config = _eval_config(tiny_config)
   config.single_pixel.methods = ("gradient_x_input", "smoothgrad(samples=4)")
   reused = {(r["method"], r["target"]): r for r in pipeline.run(config, tmp_path)["single_pixel"]}

@@ -8,7 +8,7 @@ from saliency_jax import attribution as A
 from saliency_jax import pipeline
 
 
-def test_smoothgrad_squared_is_the_mean_of_squared_noisy_gradients_and_runs_in_every_stage(tmp_path, tiny_config):
+def test_smoothgrad_squared_is_the_mean_of_squared_noisy_gradients_and_runs_in_every_stage(trained_tmp_path, tiny_config):
   # A quadratic model: the gradient of f(x) = sum(w * x^2) is 2 w x, so at x + s e the squared
   # gradient is 4 w^2 (x + s e)^2, and its mean over the noise draws is computed here by hand.
   w = jnp.arange(1.0, 13.0).reshape(1, 2, 2, 3) / 10
@@ -27,6 +27,6 @@ def test_smoothgrad_squared_is_the_mean_of_squared_noisy_gradients_and_runs_in_e
   config.single_pixel.max_images, config.single_pixel.examples = 20, 0
   config.single_pixel.outputs = ("logit",)
   config.sanity.studies, config.sanity.methods, config.sanity.num_images = ("cascading",), ("smoothgrad_squared(samples=4)",), 10
-  out = pipeline.run(config, tmp_path)
+  out = pipeline.run(config, trained_tmp_path)  # the tiny run, trained: the grid and the study follow
   assert {r["method"] for r in out["single_pixel"]} == {"smoothgrad_squared"}
   assert {r["method"] for r in out["sanity"]["cascading"]} == {"smoothgrad_squared"}
