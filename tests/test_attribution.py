@@ -337,15 +337,22 @@ def test_layer_methods_explain_what_they_need(small_cnn):
 
 def test_smoothgrad_with_sigma_zero_is_the_wrapped_method(small_cnn):
   forward, x, target = small_cnn
-  key = jax.random.key(0)
-  np.testing.assert_allclose(A.smoothgrad(forward, x, target, sigma=0.0, samples=3, key=key),
-                             A.gradient(forward, x, target), rtol=1e-6)
-  ig = A.smoothgrad(forward, x, target, sigma=0.0, samples=2, key=key, method="integrated_gradients",
-                    method_options={"steps": 4, "normalization": "unit"})
-  np.testing.assert_allclose(ig, A.integrated_gradients(forward, x, target, steps=4, normalization="unit"), rtol=1e-6)
-  np.testing.assert_allclose(A.vargrad(forward, x, target, sigma=0.0, samples=3, key=key), 0.0, atol=1e-12)
-  noisy = A.smoothgrad(forward, x, target, sigma=0.2, samples=3, key=key)
-  assert not np.allclose(noisy, A.gradient(forward, x, target))
+
+  @jax.jit  # one program for all the maps below (op by op, each would compile its every primitive)
+  def maps(forward, x, target, key):
+    return {"smooth": A.smoothgrad(forward, x, target, sigma=0.0, samples=3, key=key),
+            "gradient": A.gradient(forward, x, target),
+            "smooth_ig": A.smoothgrad(forward, x, target, sigma=0.0, samples=2, key=key, method="integrated_gradients",
+                                      method_options={"steps": 4, "normalization": "unit"}),
+            "ig": A.integrated_gradients(forward, x, target, steps=4, normalization="unit"),
+            "var": A.vargrad(forward, x, target, sigma=0.0, samples=3, key=key),
+            "noisy": A.smoothgrad(forward, x, target, sigma=0.2, samples=3, key=key)}
+
+  out = maps(forward, x, target, jax.random.key(0))
+  np.testing.assert_allclose(out["smooth"], out["gradient"], rtol=1e-6)
+  np.testing.assert_allclose(out["smooth_ig"], out["ig"], rtol=1e-6)
+  np.testing.assert_allclose(out["var"], 0.0, atol=1e-12)
+  assert not np.allclose(out["noisy"], out["gradient"])
 
 
 def test_smoothgrad_noise_scale():
