@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import hashlib
+import importlib
 import os
 import pathlib
 import time
@@ -212,7 +213,7 @@ _OFFLINE_HINT = ("offline, use the folder source instead: --config.data.source=f
 def cifar10(data_dir: str | None = None, per_class: int = 0) -> Source:
   """CIFAR-10 through tensorflow-datasets (downloads on first use)."""
   try:
-    import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    importlib.import_module("tensorflow")  # tfds needs it to read CIFAR; checked here for a clear message
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ConfigError(f"data.source='cifar10' needs tensorflow-datasets and TensorFlow ({e}); install them with "
