@@ -187,6 +187,8 @@ def test_attribution_programs_compile_without_ynn_library_fusions_and_compute_th
   if jax.default_backend() != "cpu":
     assert gradient_compiler_options() == {}
     return
+  if not gradient_compiler_options():  # jax>=0.7 is allowed; the option is measured on jaxlib 0.10
+    pytest.skip(f"this XLA (jaxlib {jax.__version__}) does not know xla_cpu_experimental_ynn_fusion_type")
   assert gradient_compiler_options() == {"xla_cpu_experimental_ynn_fusion_type": ""}
   # 32 channels: XLA hands these convolutions to the library (16 it keeps, on the CPUs tried).
   model = nn.Sequential([nn.Conv(32, (3, 3)), nn.relu, nn.Conv(32, (3, 3)), lambda y: y.mean((1, 2))])
