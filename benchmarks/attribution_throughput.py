@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-from absl import app, flags, logging
+from absl import app, flags
 
 import interleave
 import user_cnn
@@ -161,13 +161,10 @@ def table(model: str, method: str, results: dict[str, interleave.Result]) -> tup
 
 def main(_):
   if _WORKER.value:
-    logging.set_verbosity(logging.WARNING)  # not jax's backend probing on every child's stderr
-    spec = json.loads(_WORKER.value)
-    interleave.serve(setup_jax if spec["framework"] == "jax" else setup_torch, _WORKER.value)
+    interleave.serve_worker(_WORKER.value, dict(jax=setup_jax, torch=setup_torch))
     return
   machine = interleave.describe_machine()
-  print(f"{machine['date']}: {machine['nproc']} x {machine['cpu']}, load average {machine['loadavg']} at the start; "
-        f"{_ROUNDS.value} rounds")
+  print(interleave.machine_line(machine, f"{_ROUNDS.value} rounds"))
   rows = []
   for model in _MODELS.value:
     for method in _METHODS.value:

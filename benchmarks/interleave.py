@@ -167,6 +167,18 @@ def run(script: str, variants: list[Variant], rounds: int, python: str = sys.exe
   return results
 
 
+def serve_worker(spec_json: str, setups: dict[str, Callable[[dict], tuple[Callable[[], None], dict]]]) -> None:
+  """A benchmark's child process: `serve` its variant with the setup of the variant's framework."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)  # not jax's backend probing on every child's stderr
+  serve(setups[json.loads(spec_json)["framework"]], spec_json)
+
+
+def machine_line(m: dict, what: str) -> str:
+  """The first line of a result table: `describe_machine()`'s date, cores, CPU and load, and `what` ran."""
+  return f"{m['date']}: {m['nproc']} x {m['cpu']}, load average {m['loadavg']} at the start; {what}"
+
+
 def describe_machine() -> dict:
   """What a result table needs to be read: cores, CPU model, load, date."""
   model = ""

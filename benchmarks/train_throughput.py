@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-from absl import app, flags, logging
+from absl import app, flags
 
 import interleave
 
@@ -118,13 +118,10 @@ def variants(model: str, batch: int) -> list[interleave.Variant]:
 
 def main(_):
   if _WORKER.value:
-    logging.set_verbosity(logging.WARNING)  # not jax's backend probing on every child's stderr
-    spec = json.loads(_WORKER.value)
-    interleave.serve(setup_jax if spec["framework"] == "jax" else setup_torch, _WORKER.value)
+    interleave.serve_worker(_WORKER.value, dict(jax=setup_jax, torch=setup_torch))
     return
   machine = interleave.describe_machine()
-  print(f"{machine['date']}: {machine['nproc']} x {machine['cpu']}, load average {machine['loadavg']} at the start; "
-        f"{_ROUNDS.value} rounds of {_STEPS.value} steps")
+  print(interleave.machine_line(machine, f"{_ROUNDS.value} rounds of {_STEPS.value} steps"))
   print("| model | batch | variant | median s/step | min-max s/step | images/s | peak RSS MiB | speed vs torch |")
   print("|---|---|---|---|---|---|---|---|")
   rows = []
