@@ -86,17 +86,19 @@ def setup_jax(spec):
     options = dict(steps=spec["steps"], chunk_size=chunk, baseline="zero")
   else:
     options = dict(samples=spec["steps"], chunk_size=chunk, sigma=SIGMA, key=jax.random.key(3))
-  try:  # what the library's own runs compile attribution programs with (a checkout before it: none)
-    from saliency_jax.lowering import gradient_compiler_options  # pylint: disable=g-import-not-at-top
-    compiler_options = gradient_compiler_options()
+  # What the library's own runs compile with (checkouts before: the gradient-only options, or none).
+  try:
+    from saliency_jax import lowering  # pylint: disable=g-import-not-at-top
+    xla_options = (lowering.compiler_options() if hasattr(lowering, "compiler_options")
+                   else getattr(lowering, "gradient_compiler_options", dict)() or None)
   except ImportError:
-    compiler_options = {}
+    xla_options = None
   t0 = time.perf_counter()
   compiled = jax.jit(lambda v, x, t: method(make_forward(v), x, t, **options),
-                     compiler_options=compiler_options or None).lower(variables, x, target).compile()
+                     compiler_options=xla_options).lower(variables, x, target).compile()
   info = dict(compile_s=round(time.perf_counter() - t0, 1), program_mib=round(_program_mib(compiled), 1),
               saliency_jax=str(pathlib.Path(saliency_jax.__file__).parent.parent), jax=jax.__version__,
-              compiler_options=compiler_options)
+              compiler_options=xla_options)
   return (lambda: compiled(variables, x, target).block_until_ready()), info
 
 

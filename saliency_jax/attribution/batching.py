@@ -86,15 +86,13 @@ class BatchRunner:
     return jax.device_put(tree, sharding)
 
   def run(self, name, fn: Callable, per_image, shared: tuple = (), *, image_axis: int = 0,
-          batch_size: int | None = None, gradients: bool = True):
+          batch_size: int | None = None):
     """`fn(*shared, *per_image_batch)` over the images of `per_image` (a tuple of pytrees whose
     leaves have the images first), compiled once under `name`. Returns the outputs (a pytree of
-    device arrays) for every image, concatenated along `image_axis`. `gradients`: whether `fn`
-    differentiates (compiled with `lowering.gradient_compiler_options()`) or only runs forward
-    passes (XLA's defaults, faster there)."""
+    device arrays) for every image, concatenated along `image_axis`. Compiled with
+    `lowering.compiler_options()`."""
     if name not in self._compiled:
-      options = lowering.gradient_compiler_options() if gradients else {}
-      self._compiled[name] = jax.jit(fn, compiler_options=options or None)
+      self._compiled[name] = jax.jit(fn, compiler_options=lowering.compiler_options())
     program = self._compiled[name]
     leaves, treedef = jax.tree.flatten(per_image)
     n = leaves[0].shape[0]

@@ -212,7 +212,7 @@ def evaluate(config, workdir: str | pathlib.Path, trained, devices=None) -> list
           (images, labels), (forward,)))
     t0 = time.perf_counter()
     maps = cells.maps(spec, fc.target, fc.output, images, labels, index)
-    out = jax.device_get(runner.run(("curves",), program, (images, maps, targets, index), shared, gradients=False))
+    out = jax.device_get(runner.run(("curves",), program, (images, maps, targets, index), shared))
     new = _rows(fc, ident, out, hw, time.perf_counter() - t0)
     all_rows = [r for r in all_rows if TABLE.key_of(r) not in wanted] + new
     done |= set(wanted)

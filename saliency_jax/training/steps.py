@@ -17,7 +17,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from saliency_jax.data import Normalization
-from saliency_jax.lowering import cpu_lowering
+from saliency_jax.lowering import compiler_options, cpu_lowering
 from saliency_jax.training.parallel import DATA_AXIS
 from saliency_jax.training.state import TrainState
 
@@ -89,7 +89,7 @@ class Steps:
 
   @functools.cached_property
   def _jit_scan_epoch(self):
-    return jax.jit(self._scan_epoch, donate_argnums=0)
+    return jax.jit(self._scan_epoch, donate_argnums=0, compiler_options=compiler_options())
 
   @functools.cached_property
   def _jit_epoch_index(self):
@@ -97,7 +97,7 @@ class Steps:
 
   @functools.cached_property
   def _jit_step(self):
-    return jax.jit(self._indexed_step, donate_argnums=0)
+    return jax.jit(self._indexed_step, donate_argnums=0, compiler_options=compiler_options())
 
   def train_epoch(self, state: TrainState, images_u8, labels, seed: int, epoch: int, loop: str = "scan",
                   on_step: Callable[[int, list, list], None] | None = None):
@@ -154,7 +154,7 @@ class Steps:
 
   @functools.cached_property
   def _jit_scan_correct(self):
-    return jax.jit(self._scan_correct)
+    return jax.jit(self._scan_correct, compiler_options=compiler_options())
 
   @functools.cached_property
   def _jit_eval_index(self):
@@ -162,7 +162,7 @@ class Steps:
 
   @functools.cached_property
   def _jit_batch_correct(self):
-    return jax.jit(self._batch_correct)
+    return jax.jit(self._batch_correct, compiler_options=compiler_options())
 
   def count_correct(self, variables, images_u8, labels, loop: str = "scan") -> jax.Array:
     """How many of `images_u8` the model classifies as `labels`; batched on the device, not
