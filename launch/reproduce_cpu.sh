@@ -33,6 +33,8 @@ for run in $RUNS; do
   workdir="$OUT/${model}_seed$seed"
   base="${model/resnet18/resnet}_cpu"
   flags=(--config="configs/$base.py" --workdir="$workdir" --config.seed="$seed" "${DATA_FLAGS[@]}")
+  mkdir -p "$workdir"  # the commit a run starts at stays its commit when later resumed at another
+  [[ -e "$workdir/COMMIT" ]] || git rev-parse --short HEAD > "$workdir/COMMIT" 2>/dev/null || true
   stage "${model}_seed${seed}_train_grid" python -m saliency_jax.main "${flags[@]}"
   stage "${model}_seed${seed}_grid_jitter" python -m saliency_jax.main "${flags[@]}" --config.train.enabled=False \
       --config.single_pixel.test_jitter="$JITTER" --config.single_pixel.max_images="$JITTER_IMAGES"

@@ -292,6 +292,21 @@ def _copy_figure(src: pathlib.Path, dst: pathlib.Path, max_bytes: int = 300_000)
   return None
 
 
+def commits_line(workdirs: list[pathlib.Path], commit: str = "") -> str:
+  """The commit each run was made at: `<workdir>/COMMIT` (written by launch/reproduce_cpu.sh when
+  the run starts), else `commit` (the launcher's last commit for the whole folder)."""
+  made = {w.name: (w / "COMMIT").read_text().strip() if (w / "COMMIT").exists() else commit for w in workdirs}
+  by_commit: dict[str, list[str]] = {}
+  for name, c in made.items():
+    by_commit.setdefault(c or "unrecorded", []).append(name)
+  if set(by_commit) == {"unrecorded"}:
+    return ""
+  if len(by_commit) == 1:
+    return f"Runs made at commit `{next(iter(by_commit))}`."
+  return "Runs made at more than one commit (each run at one): " + "; ".join(
+      f"`{c}`: {', '.join(names)}" for c, names in by_commit.items()) + "."
+
+
 def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", commit: str = "") -> pathlib.Path:
   fig_dir = out / "results"
   fig_dir.mkdir(parents=True, exist_ok=True)
@@ -311,8 +326,7 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", comm
         "to take the shortcut, and the single-pixel grid on class-balanced test subsets rather than all 10,000 "
         "images. The data is the JPEG re-encoded CIFAR-10 copy (all 60,000 images). No column comes from a GPU run.",
         ""]
-  if commit:
-    md += [f"Runs made at commit `{commit}`.", ""]
+  md += [commits_line(workdirs, commit), ""] if commits_line(workdirs, commit) else []
   md += ["## What differs from the paper", "", config_differences("resnet", "resnet_cpu"), "",
          "`launch/reproduce_cpu.sh` adds a second grid at test jitter (3, 5) on 500 images per seed, and runs "
          "the sanity checks on seed 0 of each model.", "",

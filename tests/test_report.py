@@ -91,3 +91,16 @@ def test_sanity_table_tells_not_applicable_from_undefined(tmp_path):
   assert lines["gradient"] == "| gradient | 1.00 | – | 0.00 |"  # no baseline to shift: not applicable
   assert lines["integrated_gradients"] == "| integrated_gradients | 0.50 | nan | 0.00 |"
   assert "nan: the rank correlation is undefined" in text
+
+
+def test_commits_line_names_each_runs_commit(tmp_path):
+  # Runs resumed or started after a change of code are reported at the commit each was made at.
+  workdirs = [tmp_path / name for name in ("resnet18_seed0", "resnet18_seed1", "vgg16_seed0")]
+  for w in workdirs:
+    w.mkdir()
+  assert report.commits_line(workdirs) == ""
+  assert report.commits_line(workdirs, "aaa1111") == "Runs made at commit `aaa1111`."
+  (workdirs[2] / "COMMIT").write_text("bbb2222\n")
+  assert report.commits_line(workdirs, "aaa1111") == (
+      "Runs made at more than one commit (each run at one): `aaa1111`: resnet18_seed0, resnet18_seed1; "
+      "`bbb2222`: vgg16_seed0.")
