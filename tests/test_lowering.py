@@ -56,17 +56,18 @@ def _conv(stride, padding, dn=("NHWC", "HWIO", "NHWC"), **kw):
 
 # (input size, kernel, stride, padding): each fast form (a map smaller than the kernel: one
 # product per kernel tap, strided or not, and with output positions that see only padding;
-# stride 1: a native conv with a forward-style gradient; strided: im2col), asymmetric padding,
-# 'VALID', the 1x1 strided downsample and a 7x7 stem.
+# stride 1: a native conv with a forward-style gradient, im2col on few channels; strided: im2col),
+# asymmetric padding, 'VALID', the 1x1 strided downsample and a 7x7 stem.
 CONVS = [(2, 3, 1, ((1, 1), (1, 1))), (2, 3, 2, ((1, 0), (0, 1))), (2, 3, 1, ((3, 3), (3, 2))),
          (5, 3, 1, "SAME"), (6, 3, 1, "VALID"),
          (8, 3, 2, ((1, 1), (1, 1))), (8, 1, 2, ((0, 0), (0, 0))), (9, 7, 2, ((3, 2), (2, 3)))]
 
 
+@pytest.mark.parametrize("channels", [3, 6])  # an image's few channels (im2col at stride 1) and more
 @pytest.mark.parametrize("hw,kernel,stride,padding", CONVS)
-def test_convolutions_and_both_gradients_equal_native(hw, kernel, stride, padding):
+def test_convolutions_and_both_gradients_equal_native(hw, kernel, stride, padding, channels):
   kx, kw, kg = jax.random.split(jax.random.key(0), 3)
-  x, w = jax.random.normal(kx, (3, hw, hw, 4)), jax.random.normal(kw, (kernel, kernel, 4, 5))
+  x, w = jax.random.normal(kx, (3, hw, hw, channels)), jax.random.normal(kw, (kernel, kernel, channels, 5))
   native = jax.jit(_conv(stride, padding))
   fast = jax.jit(cpu_lowering(native))
   assert "conv_general_dilated" in _primitives(native, x, w)
@@ -115,11 +116,12 @@ class UserCNN(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = nn.relu(nn.Conv(8, (3, 3))(x))  # relu is a custom_jvp
+    x = nn.relu(nn.Conv(8, (3, 3))(x))  # relu is a custom_jvp; 3 input channels: im2col
     x = nn.max_pool(x, (2, 2), (2, 2))
+    x = nn.Conv(8, (3, 3))(x)  # 8 input channels: XLA's conv with a forward-style input gradient
     x = nn.remat(nn.Conv)(8, (3, 3), strides=(2, 2))(x)
     x = jax.jit(lambda y: lax.cond(y.sum() > 0, jnp.tanh, jnp.sin, y))(x)
-    x = nn.Conv(16, (3, 3))(x)  # 2x2 map: the Toeplitz form
+    x = nn.Conv(16, (3, 3))(x)  # 2x2 map: one product per kernel tap
     return nn.Dense(3)(x.reshape(x.shape[0], -1))
 
 
@@ -140,7 +142,7 @@ def test_a_user_network_with_bodies_of_every_kind_keeps_its_maps_and_gets_every_
 
 
 def test_scan_while_and_custom_vjp_bodies_are_rewritten_and_keep_their_values_and_rules():
-  w = jax.random.normal(jax.random.key(2), (3, 3, 2, 2))
+  w = jax.random.normal(jax.random.key(2), (3, 3, 6, 6)) / 4  # 6 channels: XLA's conv, not im2col
   conv = _conv(1, "SAME")
 
   @jax.custom_vjp
@@ -156,7 +158,7 @@ def test_scan_while_and_custom_vjp_bodies_are_rewritten_and_keep_their_values_an
   def looped(x):  # forward only: reverse mode does not go through a while loop
     return lax.while_loop(lambda c: c[1] < 2, lambda c: (conv(c[0], w), c[1] + 1), (x, 0))[0]
 
-  x = jax.random.normal(jax.random.key(3), (2, 5, 5, 2))
+  x = jax.random.normal(jax.random.key(3), (2, 5, 5, 6))
   for f in (scanned, looped):
     np.testing.assert_allclose(jax.jit(cpu_lowering(f))(x), jax.jit(f)(x), **TOL)
   grad = lambda f: jax.grad(lambda x: f(x).sum())
