@@ -307,12 +307,30 @@ def commits_line(workdirs: list[pathlib.Path], commit: str = "") -> str:
       f"`{c}`: {', '.join(names)}" for c, names in by_commit.items()) + "."
 
 
+def complete_grids(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+  """A run's grid at one test jitter with fewer cells than the fullest of its model there is still
+  running: in the means it would enter some rows and not others. Those rows are left out; returned
+  with a line per such grid ('resnet18 seed 2 at test jitter (0, 0): 4 of 20 cells')."""
+  where = ["model", "test_position_sd", "test_colour_sd"]
+  cells = runs.groupby(where + ["workdir", "model_seed"], sort=False).size().rename("cells").reset_index()
+  cells["full"] = cells.groupby(where)["cells"].transform("max")
+  partial = cells[cells["cells"] < cells["full"]]
+  if partial.empty:
+    return runs, []
+  keys = runs[where + ["workdir"]].apply(tuple, axis=1)
+  left_out = set(partial[where + ["workdir"]].apply(tuple, axis=1))
+  lines = [f"{r.model} seed {r.model_seed} at test jitter ({r.test_position_sd:g}, {r.test_colour_sd:g}): "
+           f"{r.cells} of {r.full} cells" for r in partial.itertuples()]
+  return runs[~keys.isin(left_out)].reset_index(drop=True), lines
+
+
 def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", commit: str = "") -> pathlib.Path:
   fig_dir = out / "results"
   fig_dir.mkdir(parents=True, exist_ok=True)
   runs_table, training_md = training_table(workdirs)
+  running = []
   try:
-    runs = aggregate.read_runs([str(w) for w in workdirs])
+    runs, running = complete_grids(aggregate.read_runs([str(w) for w in workdirs]))
     summary = aggregate.summarize(runs)
   except ConfigError:
     runs = summary = None
@@ -336,8 +354,10 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", comm
   if summary is not None:
     md += ["## Pointing accuracy", "",
            "How often the map's maximum (all tied pixels) includes the planted pixel, % as mean (std) over seeds. "
-           "Channel reduction: the signed mean over RGB (for `absolute_gradient` the mean of absolute values).",
-           "", pointing_tables(summary, runs), "",
+           "Channel reduction: the signed mean over RGB (for `absolute_gradient` the mean of absolute values).", ""]
+    if running:
+      md += ["Grids still running, left out of every table below until complete: " + "; ".join(running) + ".", ""]
+    md += [pointing_tables(summary, runs), "",
            "## Importance of the pixel a method chose instead (on its misses)", "",
            "On the images where a method missed the planted pixel: the model's accuracy on a black image carrying "
            "only the planted pixel (add: pix) or only the attributed pixel(s) (add: attr), and on the image with "

@@ -104,3 +104,17 @@ def test_commits_line_names_each_runs_commit(tmp_path):
   assert report.commits_line(workdirs, "aaa1111") == (
       "Runs made at more than one commit (each run at one): `aaa1111`: resnet18_seed0, resnet18_seed1; "
       "`bbb2222`: vgg16_seed0.")
+
+
+def test_a_grid_still_running_is_left_out_of_the_means_and_listed():
+  # Seed 2 has finished 1 of the 2 cells at jitter (0, 0): averaging it in would give one row 3
+  # seeds and the other 2. Its jitter-(3, 5) grid is complete and stays.
+  def cells(workdir, seed, jitter, methods):
+    return [dict(model="resnet18", test_position_sd=jitter, test_colour_sd=jitter, workdir=workdir, model_seed=seed,
+                 method=m) for m in methods]
+  runs = pd.DataFrame(cells("s0", 0, 0.0, "ab") + cells("s1", 1, 0.0, "ab") + cells("s2", 2, 0.0, "a")
+                      + cells("s0", 0, 3.0, "ab") + cells("s2", 2, 3.0, "ab"))
+  kept, running = report.complete_grids(runs)
+  assert running == ["resnet18 seed 2 at test jitter (0, 0): 1 of 2 cells"]
+  assert len(kept) == len(runs) - 1 and not ((kept["workdir"] == "s2") & (kept["test_position_sd"] == 0)).any()
+  assert report.complete_grids(kept)[1] == []
