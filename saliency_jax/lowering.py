@@ -17,9 +17,10 @@ Each form is chosen per platform when the program is lowered (`lax.platform_depe
 or TPU program is the native one, and on a non-CPU default backend the transform returns `f`.
 
 Programs are compiled with `compiler_options()` (XLA's own convolutions, the library's
-reductions; see there). Maps are equal to native ones to float32 rounding (tests/test_lowering.py). The attribution
-methods (`registry.register`), `ModelForward`, the layer gradients of the CAMs and the training
-step apply it, so a researcher's own network gets the speed as well as the project's models.
+reductions; see there). Maps are equal to native ones to float32 rounding
+(tests/test_lowering.py). The attribution methods (`registry.register`), `ModelForward`, the layer
+gradients of the CAMs and the training step apply it, so a researcher's own network gets the speed
+as well as the project's models.
 """
 
 from __future__ import annotations
@@ -104,12 +105,12 @@ def _conv_stride1_bwd(padding, precision, residuals, g):
   lhs, rhs, differentiated = residuals
   if isinstance(g, jax.custom_derivatives.SymbolicZero):
     return jnp.zeros_like(lhs), jnp.zeros_like(rhs)
-  kh, kw = rhs.shape[:2]
-  (top, bottom), (left, right) = padding
   if lhs.shape[-1] <= _FEW_CHANNELS:
     _, input_vjp = jax.vjp(lambda lhs: _im2col_conv(lhs, rhs, (1, 1), padding, precision), lhs)
     d_lhs, = input_vjp(g)
   else:
+    kh, kw = rhs.shape[:2]
+    (top, bottom), (left, right) = padding
     flipped = jnp.flip(rhs, (0, 1)).swapaxes(2, 3)
     d_lhs = _conv_stride1(g, flipped, ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right)), precision)
   if not differentiated.kernel:
@@ -387,8 +388,9 @@ def is_lowered(f) -> bool:
 # XLA:CPU (jaxlib 0.10) hands convolutions, dots, elementwise ops and reductions to YNNPACK
 # library fusions. Its convolutions run on one thread (a 32x32, 64-channel layer at batch 128:
 # 100 ms, where XLA's own takes 48 ms on two), and a weight gradient through them (16x16, 64
-# channels) takes 77 ms (XLA's own: 17 ms); its reductions are the fast ones (batch-norm statistics: without them the
-# resnet18 step spends 370 ms in reduce-windows). Measured on 2 idle cores at batch 128:
+# channels) takes 77 ms (XLA's own: 17 ms); its reductions are the fast ones (batch-norm
+# statistics: without them the resnet18 step spends 370 ms in reduce-windows). Measured on 2 idle
+# cores at batch 128:
 # resnet18 training step 0.99 s -> 0.71 s, forward pass at batch 250 400 -> 276 ms, IG chunk 8
 # 1.73 -> 1.52 s against no library fusions at all; a small CNN's forward pass unchanged.
 _OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}

@@ -344,7 +344,8 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", comm
         "to take the shortcut, and the single-pixel grid on class-balanced test subsets rather than all 10,000 "
         "images. The data is the JPEG re-encoded CIFAR-10 copy (all 60,000 images). No column comes from a GPU run.",
         ""]
-  md += [commits_line(workdirs, commit), ""] if commits_line(workdirs, commit) else []
+  made_at = commits_line(workdirs, commit)
+  md += [made_at, ""] if made_at else []
   md += ["## What differs from the paper", "", config_differences("resnet", "resnet_cpu"), "",
          "`launch/reproduce_cpu.sh` adds a second grid at test jitter (3, 5) on 500 images per seed, and runs "
          "the sanity checks on seed 0 of each model.", "",
