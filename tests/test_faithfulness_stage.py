@@ -88,7 +88,7 @@ def test_stage_writes_curves_that_meet_their_definitions_and_resumes_per_method(
   # A rerun computes nothing; with one method's rows gone, only that method.
   calls = []
   maps = CellRunner.maps
-  monkeypatch.setattr(CellRunner, "maps", lambda self, spec, *a: calls.append(spec.name) or maps(self, spec, *a))
+  monkeypatch.setattr(CellRunner, "maps", lambda self, spec, *a, **kw: calls.append(spec.name) or maps(self, spec, *a, **kw))
   before = path.read_text()
   faithfulness_run.evaluate(config, tmp_path, trained)
   assert calls == [] and path.read_text() == before

@@ -33,3 +33,21 @@ def test_decoding_reports_count_rate_and_time_left(tmp_path, monkeypatch):
   train_lines = [line for line in lines if line.startswith("decoding train: ")]
   assert train_lines and all("/12 images (" in line and "images/s" in line and "left" in line for line in train_lines)
   assert len(train_lines) <= 10  # a tenth of the images at a time, not one line per image
+
+
+def test_a_long_batched_run_reports_the_images_done(monkeypatch):
+  """An integrated-gradients cell runs for minutes: `BatchRunner.run(progress=...)` logs the images
+  finished (one batch late), their rate and the time left, between the cell's own lines."""
+  from saliency_jax.attribution.batching import BatchRunner  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(progress, "QUIET_SECONDS", 0.0)
+  lines = []
+  monkeypatch.setattr(progress.logging, "info", lambda fmt, *args: lines.append(fmt % args))
+  runner = BatchRunner(batch_size=4)
+  x = jnp.arange(32.0).reshape(16, 2)
+  out = runner.run("double", lambda x: 2 * x, (x,), progress="cell 3/20 gradient")
+  assert jnp.array_equal(out, 2 * x)
+  assert lines and all(line.startswith("cell 3/20 gradient: ") and "images/s" in line for line in lines)
+  # The batches before the one just dispatched: 4, 8, 12 of 16 images, never all 16.
+  assert [line.split(": ")[1].split(" ")[0] for line in lines] == ["4/16", "8/16", "12/16"]
+  runner.run("double", lambda x: 2 * x, (x,))  # without a name: no lines
+  assert len(lines) == 3

@@ -171,8 +171,8 @@ def test_grid_resumes_computing_only_missing_cells_and_evaluates_a_trained_workd
 
   calls = []
   outcomes = run.CellRunner.outcomes
-  monkeypatch.setattr(run.CellRunner, "outcomes", lambda self, spec, target, output, pix, *a: calls.append(
-      (spec.name, target, len(pix))) or outcomes(self, spec, target, output, pix, *a))
+  monkeypatch.setattr(run.CellRunner, "outcomes", lambda self, spec, target, output, pix, *a, **kw: calls.append(
+      (spec.name, target, len(pix))) or outcomes(self, spec, target, output, pix, *a, **kw))
   config.train.enabled = False  # evaluate the newest checkpoint of the workdir
   again = pipeline.run(config, tmp_path)["single_pixel"]
   # Only the missing cell, and of it only the images whose prediction differs from the label: the

@@ -23,6 +23,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from saliency_jax import lowering
+from saliency_jax.progress import Progress
 from saliency_jax.training.parallel import DATA_AXIS
 
 
@@ -86,11 +87,12 @@ class BatchRunner:
     return jax.device_put(tree, sharding)
 
   def run(self, name, fn: Callable, per_image, shared: tuple = (), *, image_axis: int = 0,
-          batch_size: int | None = None):
+          batch_size: int | None = None, progress: str | None = None):
     """`fn(*shared, *per_image_batch)` over the images of `per_image` (a tuple of pytrees whose
     leaves have the images first), compiled once under `name`. Returns the outputs (a pytree of
     device arrays) for every image, concatenated along `image_axis`. Compiled with
-    `lowering.compiler_options()`."""
+    `lowering.compiler_options()`. `progress`: what to call the work in progress lines (a long
+    run, e.g. an integrated-gradients cell, logs its images done, rate and time left)."""
     if name not in self._compiled:
       self._compiled[name] = jax.jit(fn, compiler_options=lowering.compiler_options())
     program = self._compiled[name]
@@ -100,6 +102,7 @@ class BatchRunner:
     if self.spans_processes:
       leaves = [a if _is_key(a) else _host(a) for a in leaves]
     parts = []
+    report = Progress(progress, n, "images") if progress else None
     for start in range(0, n, size):
       chunk = [a[start:start + size] for a in leaves]
       m = chunk[0].shape[0]
@@ -109,6 +112,9 @@ class BatchRunner:
         chunk = [jnp.asarray(a) if not _is_key(a) else a for a in chunk]
         chunk = jax.device_put([_pad(a, size - m) for a in chunk], self._split)
       parts.append((program(*shared, *jax.tree.unflatten(treedef, chunk)), m))
+      if report and len(parts) > 1:  # one batch late: the one just dispatched runs meanwhile
+        jax.block_until_ready(parts[-2][0])
+        report.update(start)
     if self.spans_processes:  # every process gets every image's outputs, as local arrays
       parts = [(jax.tree.map(lambda a: jnp.asarray(_host(a)), out), m) for out, m in parts]
     cut = lambda out, m: jax.tree.map(lambda a: jax.lax.slice_in_dim(a, 0, m, axis=image_axis), out)

@@ -211,8 +211,10 @@ def evaluate(config, workdir: str | pathlib.Path, trained, devices=None) -> list
           jnp.argmax(f(data.normalization(u8)), -1) if fc.target == "predicted" else y).astype(jnp.int32),
           (images, labels), (forward,)))
     t0 = time.perf_counter()
-    maps = cells.maps(spec, fc.target, fc.output, images, labels, index)
-    out = jax.device_get(runner.run(("curves",), program, (images, maps, targets, index), shared))
+    maps = cells.maps(spec, fc.target, fc.output, images, labels, index,
+                      progress=f"faithfulness {i + 1}/{len(methods)} {spec.label}: maps")
+    out = jax.device_get(runner.run(("curves",), program, (images, maps, targets, index), shared,
+                                    progress=f"faithfulness {i + 1}/{len(methods)} {spec.label}: curves"))
     new = _rows(fc, ident, out, hw, time.perf_counter() - t0)
     all_rows = [r for r in all_rows if TABLE.key_of(r) not in wanted] + new
     done |= set(wanted)

@@ -100,9 +100,10 @@ class CellRunner:
     return lambda f, x, t, index_B: importance(f, x, t, key=jax.vmap(lambda i: jax.random.fold_in(base, i))(index_B))
 
   def outcomes(self, spec: registry.MethodSpec, target: str, output: str, pix, nopix, labels, location,
-               index=None) -> dict[str, np.ndarray]:
+               index=None, progress: str | None = None) -> dict[str, np.ndarray]:
     """Per image (see `single_pixel.batch_outcomes`), as numpy arrays. `index`: each image's
-    index in the test split (its random key's; default 0..N-1)."""
+    index in the test split (its random key's; default 0..N-1). `progress`: the cell's name in
+    progress lines (`BatchRunner.run`)."""
     importance = self._importance(spec, output)
 
     def program(forward, pix, nopix, labels, location, index_B):
@@ -111,15 +112,16 @@ class CellRunner:
 
     index = np.arange(len(labels)) if index is None else np.asarray(index)
     out = self.runner.run(("outcomes", spec, target, output), program, (pix, nopix, labels, location, index),
-                          (self.forward,))
+                          (self.forward,), progress=progress)
     return {k: np.asarray(v) for k, v in jax.device_get(out).items()}
 
   def counts(self, spec: registry.MethodSpec, target: str, output: str, pix, nopix, labels, location) -> dict:
     outcomes = self.outcomes(spec, target, output, pix, nopix, labels, location)
     return {k: int(v) for k, v in single_pixel.counts_from_outcomes(outcomes, labels).items()}
 
-  def maps(self, spec: registry.MethodSpec, target: str, output: str, pix, labels, index=None) -> np.ndarray:
-    """(B, H, W) importance maps of a few images, for the example figure."""
+  def maps(self, spec: registry.MethodSpec, target: str, output: str, pix, labels, index=None,
+           progress: str | None = None) -> np.ndarray:
+    """(B, H, W) importance maps (the example figure's, the faithfulness stage's)."""
     importance = self._importance(spec, output)
 
     def program(forward, pix, labels, index_B):
@@ -128,7 +130,8 @@ class CellRunner:
       return importance(forward, x, t.astype(jnp.int32), index_B)
 
     index = np.arange(len(labels)) if index is None else np.asarray(index)
-    return np.asarray(self.runner.run(("maps", spec, target, output), program, (pix, labels, index), (self.forward,)))
+    return np.asarray(self.runner.run(("maps", spec, target, output), program, (pix, labels, index), (self.forward,),
+                                      progress=progress))
 
 
 def _per_image_path(out_dir: pathlib.Path, key: tuple[str, ...]) -> pathlib.Path:
@@ -200,17 +203,18 @@ def evaluate(config, workdir: str | pathlib.Path, trained) -> list[dict]:
     other_key = grid.TABLE.key_of({**ident, "target": other})
     prior = other and (memory.get(other_key) or (jax.process_count() == 1 and _load_outcomes(
         _per_image_path(out_dir, other_key), index)))
+    name = f"single-pixel cell {i + 1}/{len(cells)} {spec.label} target={target} output={output}"
     if prior:
       outcomes = {k: v.copy() for k, v in prior.items()}
       differ = np.flatnonzero(prior["predicted"] != labels)
       if differ.size:
         sub = runner.outcomes(spec, target, output, pix[differ], nopix[differ], labels[differ], location[differ],
-                              index[differ])
+                              index[differ], progress=name)
         for k, v in sub.items():
           outcomes[k][differ] = v
       reused += len(labels) - differ.size
     else:
-      outcomes = runner.outcomes(spec, target, output, pix, nopix, labels, location, index)
+      outcomes = runner.outcomes(spec, target, output, pix, nopix, labels, location, index, progress=name)
     counts = {k: int(v) for k, v in single_pixel.counts_from_outcomes(outcomes, labels).items()}
     metrics = single_pixel.metrics_from_counts(counts)
     seconds = time.perf_counter() - t0
