@@ -180,11 +180,35 @@ def _max_pool_fwd(x, window, strides, padding):
   return y, (x, y)
 
 
+def _tiled_max_pool_bwd(x, y, g, window):
+  """The gradient where the windows tile the map (window == strides, no padding: the usual 2x2
+  pool). Offset (i, j) of every window is `x_tiles[:, :, i, :, j]`, and each offset's share is
+  written into the same tiled view, one pass over x. The general form below places each offset's
+  share with an interior-padded `lax.pad`, which XLA evaluates for every offset at every element:
+  interleaved (7 rounds), the user CNN's IG 0.460 -> 0.404 s at chunk 8, 0.570 -> 0.561 s
+  unchunked; vgg16's unchanged within noise (+-2%). For overlapping windows (resnet18's stem pool)
+  the same idea, phase by phase, was no faster (-5% +- noise) and is not used."""
+  (kh, kw), (b, ho, wo, c) = window, y.shape
+  x_tiles = x.reshape(b, ho, kh, wo, kw, c)
+  taken = jnp.zeros(y.shape, bool)
+  parts = []
+  for i in range(kh):
+    for j in range(kw):
+      first = (x_tiles[:, :, i, :, j] == y) & ~taken
+      taken = taken | first
+      parts.append(jnp.where(first, g, 0).astype(g.dtype))
+  dx = jnp.stack(parts, axis=3).reshape(b, ho, wo, kh, kw, c)
+  return dx.transpose(0, 1, 3, 2, 4, 5).reshape(x.shape)
+
+
 def _max_pool_bwd(window, strides, padding, residuals, g):
   # Each window's gradient goes to its first maximum in row-major order, as select-and-scatter
   # sends it (ties included); window offset (i, j) is one strided slice, placed back by `lax.pad`.
   x, y = residuals
   (_, kw), (sh, sw), ((top, bottom), (left, right)) = window, strides, padding
+  if tuple(window) == tuple(strides) and top == bottom == left == right == 0 and x.shape[1:3] == (
+      y.shape[1] * sh, y.shape[2] * sw):
+    return (_tiled_max_pool_bwd(x, y, g, window),)
   xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=-jnp.inf)
   ho, wo = y.shape[1:3]
   taken = jnp.zeros(y.shape, bool)

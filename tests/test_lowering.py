@@ -97,10 +97,13 @@ def test_forms_not_covered_stay_native(case):
                                 jax.grad(lambda x: native(x, w).astype(jnp.float32).sum())(x))
 
 
-@pytest.mark.parametrize("window,stride,padding", [(3, 2, ((1, 1), (1, 1))), (2, 2, "VALID"), (3, 1, "SAME")])
-def test_max_pool_and_its_gradient_equal_select_and_scatter_with_ties(window, stride, padding):
+@pytest.mark.parametrize("window,stride,padding", [(3, 2, ((1, 1), (1, 1))), (2, 2, "VALID"), (3, 1, "SAME"),
+                                                   (3, 2, "VALID"), (2, 1, ((0, 1), (1, 0))), (3, 3, ((1, 0), (0, 2)))])
+@pytest.mark.parametrize("size", [8, 7])
+def test_max_pool_and_its_gradient_equal_select_and_scatter_with_ties(window, stride, padding, size):
   # Rounded ReLU outputs: many windows hold several equal maxima, where the gradient goes to the first.
-  x = jax.nn.relu(jnp.round(jax.random.normal(jax.random.key(0), (2, 8, 8, 3))))
+  # Odd sizes leave rows no window reaches; overlapping windows share rows.
+  x = jax.nn.relu(jnp.round(jax.random.normal(jax.random.key(0), (2, size, size, 3))))
   native = jax.jit(lambda x: nn.max_pool(x, (window, window), strides=(stride, stride), padding=padding))
   fast = jax.jit(cpu_lowering(native))
   grad_program = lambda f: _cpu_program(jax.grad(lambda x: f(x).sum()), x)
