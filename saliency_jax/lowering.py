@@ -189,7 +189,9 @@ def _tiled_max_pool_bwd(x, y, g, window):
   unchunked; vgg16's unchanged within noise (+-2%). For overlapping windows (resnet18's stem pool)
   the same idea, phase by phase, was no faster (-5% +- noise) and is not used."""
   (kh, kw), (b, ho, wo, c) = window, y.shape
-  x_tiles = x.reshape(b, ho, kh, wo, kw, c)
+  # One axis split or merged per reshape: under an explicit batch sharding (the training step)
+  # jax infers the output's sharding only for those.
+  x_tiles = x.reshape(b, ho, kh, x.shape[2], c).reshape(b, ho, kh, wo, kw, c)
   taken = jnp.zeros(y.shape, bool)
   parts = []
   for i in range(kh):
@@ -197,8 +199,8 @@ def _tiled_max_pool_bwd(x, y, g, window):
       first = (x_tiles[:, :, i, :, j] == y) & ~taken
       taken = taken | first
       parts.append(jnp.where(first, g, 0).astype(g.dtype))
-  dx = jnp.stack(parts, axis=3).reshape(b, ho, wo, kh, kw, c)
-  return dx.transpose(0, 1, 3, 2, 4, 5).reshape(x.shape)
+  dx = jnp.stack(parts, axis=3).reshape(b, ho, wo, kh, kw, c).transpose(0, 1, 3, 2, 4, 5)
+  return dx.reshape(b, ho * kh, wo, kw, c).reshape(x.shape)
 
 
 def _max_pool_bwd(window, strides, padding, residuals, g):
