@@ -59,6 +59,9 @@ def get_config() -> ml_collections.ConfigDict:
   # > 0: stop after the first epoch whose train accuracy (running, over the epoch) reaches it;
   # the label-randomisation run trains until it fits its permuted labels (configs/label_randomization.py).
   config.train.stop_at_train_accuracy = 0.0
+  # > 0: stop after the first epoch whose test accuracy with the pixel reaches it: the model has
+  # taken the shortcut (configs/vgg16_cpu.py). train.epochs stays the most it may train.
+  config.train.stop_at_pixel_accuracy = 0.0
 
   # The single-pixel evaluation (SPEC section 4) after training: workdir/single_pixel/results.csv.
   config.single_pixel = ml_collections.ConfigDict()

@@ -26,6 +26,7 @@ from saliency_jax import files
 from saliency_jax.config_checks import ConfigError
 from saliency_jax.evaluation import aggregate, faithfulness_run, figures, grid, results, sanity
 from saliency_jax.files import read_csv
+from saliency_jax.training.train import stop_reached
 
 CONDITIONS = {"test_pixel_accuracy": "with pixel", "test_nopix_accuracy": "without pixel",
               "test_conflict_accuracy": "conflicting pixel"}
@@ -52,14 +53,13 @@ def _model_seed(workdir: pathlib.Path) -> tuple[str, int]:
 
 def _planned_epochs(workdir: pathlib.Path, last: dict) -> float:
   """The epochs the run will have trained when it is done: `train.epochs` of its stored config, or
-  the epochs it has if it stopped early because it fit (`train.stop_at_train_accuracy`); NaN (taken
+  the epochs it has if it stopped early (`train.STOPS`: it fit, or took the shortcut); NaN (taken
   as finished) without a stored config."""
   path = workdir / "config.json"
   if not path.exists():
     return float("nan")
   train = json.loads(path.read_text()).get("config", {}).get("train", {})
-  stop_at = float(train.get("stop_at_train_accuracy", 0.0) or 0.0)
-  if stop_at and float(last["train_accuracy"]) >= stop_at:
+  if stop_reached(train, last):
     return float(last["epoch"])
   return float(train.get("epochs", last["epoch"]))
 

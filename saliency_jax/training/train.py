@@ -56,6 +56,23 @@ class TrainResult:
     return Trained(self.model, for_evaluation(self.state.variables), self.epoch, self.data)
 
 
+# Early stops: the train setting (a fraction; 0: off) and the metrics.csv column it watches.
+# Training ends after the first epoch where a column reaches its setting (a resumed run that
+# already did trains no more): the label-randomisation run stops once it fits its labels, a
+# CPU-scale run once the model has taken the shortcut (test accuracy with the pixel).
+STOPS = {"stop_at_train_accuracy": "train_accuracy", "stop_at_pixel_accuracy": "test_pixel_accuracy"}
+
+
+def stop_reached(train_config, row) -> str:
+  """The first early-stop setting of `train_config` (a ConfigDict, or a dict as config.json holds
+  it) that `row` (an epoch's metrics) meets; '' if none."""
+  for setting, column in STOPS.items():
+    value = float(train_config.get(setting, 0.0) or 0.0)
+    if value and column in row and float(row[column]) >= value:
+      return setting
+  return ""
+
+
 def check_config(config, num_devices: int) -> None:
   """Every setting a user can get wrong, checked before any work starts."""
   require_choice("model.name", config.model.name, models.MODELS)
@@ -70,9 +87,15 @@ def check_config(config, num_devices: int) -> None:
     section, name = field.split(".")
     require_non_negative(field, config[section][name])
   require_positive("train.learning_rate", config.train.learning_rate)
-  if not 0.0 <= config.train.get("stop_at_train_accuracy", 0.0) <= 1.0:
-    raise ConfigError(f"train.stop_at_train_accuracy={config.train.stop_at_train_accuracy!r} is not allowed; "
-                      "give a fraction in [0, 1] (0: train for train.epochs)")
+  for setting, column in STOPS.items():
+    value = config.train.get(setting, 0.0)
+    if not 0.0 <= value <= 1.0:
+      raise ConfigError(f"train.{setting}={value!r} is not allowed; give a fraction in [0, 1] (0: train for "
+                        "train.epochs)")
+    condition = column.removeprefix("test_").removesuffix("_accuracy")
+    if value and column.startswith("test_") and condition not in config.train.eval_conditions:
+      raise ConfigError(f"train.{setting} watches the test accuracy on '{condition}' images; add it to "
+                        f"train.eval_conditions (now {tuple(config.train.eval_conditions)})")
   for field in ("train.batch_size", "train.epochs", "train.checkpoint_every_epochs", "train.eval_batch_size",
                 "data.synthetic_train_per_class", "data.synthetic_test_per_class"):
     section, name = field.split(".")
@@ -190,12 +213,11 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, mesh: jax.shardin
     writer = MetricsWriter(workdir, resume_epoch=start, tensorboard=tc.tensorboard, enabled=jax.process_index() == 0)
 
     loop = epoch_loop(tc.epoch_loop)
-    stop_at = tc.get("stop_at_train_accuracy", 0.0)
     end = tc.epochs
     # Only process 0 reads metrics.csv: its decision is every process's, or they would part ways.
-    if parallel.agree(bool(start and stop_at and writer.rows and float(writer.rows[-1]["train_accuracy"]) >= stop_at)):
-      logging.info("the checkpoint after epoch %d already fits the training set (>= %.1f%%); nothing to train",
-                   start, 100 * stop_at)
+    if parallel.agree(bool(start and writer.rows and stop_reached(tc, writer.rows[-1]))):
+      logging.info("the checkpoint after epoch %d already meets train.%s; nothing to train", start,
+                   stop_reached(tc, writer.rows[-1]) or "its early stop")
       end = start
     last = start
     if start < end:
@@ -227,13 +249,13 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, mesh: jax.shardin
         writer.write(epoch + 1, row)
         _log_epoch(epoch + 1, tc.epochs, row, training.left(epoch + 1 - start))
         last = epoch + 1
-        fitted = bool(stop_at) and row["train_accuracy"] >= stop_at
-        if last % tc.checkpoint_every_epochs == 0 or last == tc.epochs or fitted:
+        stop = stop_reached(tc, row)
+        if last % tc.checkpoint_every_epochs == 0 or last == tc.epochs or stop:
           with _sigint_deferred():
             checkpoints.save(last, state)
-        if fitted:
-          logging.info("train accuracy %.1f%% >= train.stop_at_train_accuracy=%.1f%%: stopping after epoch %d",
-                       100 * row["train_accuracy"], 100 * stop_at, last)
+        if stop:
+          logging.info("%s %.1f%% >= train.%s=%.1f%%: stopping after epoch %d", STOPS[stop],
+                       100 * row[STOPS[stop]], stop, 100 * tc[stop], last)
           break
     finally:
       checkpoints.close()
