@@ -20,11 +20,12 @@ mkdir -p "$OUT/logs"
 git rev-parse --short HEAD > "$OUT/COMMIT" 2>/dev/null || true  # the report names the commit the runs used
 DATA_FLAGS=(--config.data.source=folder --config.data.path="$DATA")
 
-stage() {  # name command...: its log in OUT_DIR/logs/NAME.log; a rerun resumes it
+stage() {  # name command...: its log in OUT_DIR/logs/NAME.log; a rerun resumes it, appending to the log
   local log="$OUT/logs/$1.log"
   shift
   echo "$(date -u +%FT%TZ) start: $log"
-  "$@" > "$log" 2>&1
+  echo "=== $(date -u +%FT%TZ) at $(git rev-parse --short HEAD 2>/dev/null || echo '?'): $*" >> "$log"
+  "$@" >> "$log" 2>&1
   echo "$(date -u +%FT%TZ) done:  $log"
 }
 
