@@ -108,7 +108,7 @@ def test_two_processes_train_resume_and_evaluate_as_one_process_with_two_devices
   # Only process 0 reads metrics.csv; every process must take its decision (they hung, apart).
   logs = _run(two, "stopped", "--config.train.epochs=5", "--config.train.stop_at_train_accuracy=0.01", *EVALUATIONS,
               processes=2)
-  assert all("already fits the training set" in log and "nothing to train" in log for log in logs)
+  assert all("already meets" in log and "nothing to train" in log for log in logs)
 
   # The same numbers: a gradient all-reduce over two devices adds the same two numbers in any
   # process layout, and each device evaluates the same images; only timings differ.

@@ -215,9 +215,10 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, mesh: jax.shardin
     loop = epoch_loop(tc.epoch_loop)
     end = tc.epochs
     # Only process 0 reads metrics.csv: its decision is every process's, or they would part ways.
-    if parallel.agree(bool(start and writer.rows and stop_reached(tc, writer.rows[-1]))):
-      logging.info("the checkpoint after epoch %d already meets train.%s; nothing to train", start,
-                   stop_reached(tc, writer.rows[-1]) or "its early stop")
+    met = stop_reached(tc, writer.rows[-1]) if start and writer.rows else ""  # '' on processes > 0
+    if parallel.agree(bool(met)):
+      logging.info("the checkpoint after epoch %d already meets %s; nothing to train", start,
+                   f"train.{met}" if met else "its early stop (process 0's metrics.csv says)")
       end = start
     last = start
     if start < end:
