@@ -13,7 +13,9 @@ map), in the library's CPU forms (`lowering.cpu_lowering`, `compiler_options`) a
 rounds (interleave.py); printed: seconds per pass over all the convolutions, GFLOP/s (2 x
 multiply-adds, padding included) and PyTorch's seconds / ours. Where that ratio is about 1, no
 attribution method built on these convolutions can run much faster than captum's at equal work:
-what is left is captum's own overhead outside the convolutions.
+what is left is captum's own overhead outside the convolutions. (The shapes come from the
+model's top-level jaxpr and the bodies of jit/remat/custom_vjp, not `cond` branches; an
+asymmetrically padded convolution is padded once outside PyTorch's timed call.)
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ ResNet-18 was at 96.5% with the pixel after its first 390. So the run stops afte
 whose test accuracy with the pixel reaches 99% (`train.stop_at_pixel_accuracy`), at most 15
 epochs (~12 min per epoch at ~70 images/s); the report gives the epochs it took. Where it stops
 at 15 without reaching 99%, the model has not taken the shortcut and its grid answers a different
-question: the report's accuracies with and without the pixel say so.
+question: the report's accuracies with and without the pixel say so. The stop reads the test
+split (the issue's definition of the shortcut: >= 99% test accuracy with the pixel), the split the
+grid later samples; what it selects is the number of epochs, not the model the grid explains.
 """
 
 from configs import resnet_cpu

@@ -114,6 +114,18 @@ def test_max_pool_and_its_gradient_equal_select_and_scatter_with_ties(window, st
   np.testing.assert_allclose(jax.vjp(fast, x)[1](g)[0], jax.vjp(native, x)[1](g)[0], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("window,size", [((2, 3), (4, 9)), ((3, 2), (6, 4)), ((3, 3), (6, 6)), ((1, 2), (3, 4))])
+def test_tiling_max_pool_gradient_equals_select_and_scatter_on_non_square_windows(window, size):
+  # Windows that tile the map take their own form (`_tiled_max_pool_bwd`); a swapped height and
+  # width, or a tie sent to another than the first maximum, would be off by O(1).
+  x = jax.nn.relu(jnp.round(jax.random.normal(jax.random.key(0), (2, *size, 3))))
+  native = lambda x: lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *window, 1), "VALID")
+  fast = cpu_lowering(native)
+  g = jax.random.normal(jax.random.key(1), native(x).shape)
+  assert "select_and_scatter" not in _cpu_program(jax.grad(lambda x: (fast(x) * g).sum()), x)
+  np.testing.assert_array_equal(jax.vjp(fast, x)[1](g)[0], jax.vjp(native, x)[1](g)[0])
+
+
 class UserCNN(nn.Module):
   """A researcher's own network, written with plain flax layers, and bodies of every kind."""
 

@@ -118,3 +118,14 @@ def test_a_grid_still_running_is_left_out_of_the_means_and_listed():
   assert running == ["resnet18 seed 2 at test jitter (0, 0): 1 of 2 cells"]
   assert len(kept) == len(runs) - 1 and not ((kept["workdir"] == "s2") & (kept["test_position_sd"] == 0)).any()
   assert report.complete_grids(kept)[1] == []
+
+
+def test_a_run_stopped_at_the_shortcut_is_finished(tmp_path):
+  # configs/vgg16_cpu.py trains at most 15 epochs, until 99% test accuracy with the pixel.
+  import json  # pylint: disable=g-import-not-at-top
+
+  (tmp_path / "config.json").write_text(json.dumps({"config": {"train": {"epochs": 15,
+                                                                           "stop_at_pixel_accuracy": 0.99}}}))
+  stopped = {"epoch": 4, "train_accuracy": 0.6, "test_pixel_accuracy": 0.995}
+  assert report._planned_epochs(tmp_path, stopped) == 4.0
+  assert report._planned_epochs(tmp_path, {**stopped, "test_pixel_accuracy": 0.98}) == 15.0

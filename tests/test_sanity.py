@@ -206,14 +206,18 @@ def test_training_stops_once_it_fits_and_a_rerun_trains_no_more(tmp_path, tiny_c
     train.check_config(config, 1)
 
 
-def test_training_stops_once_the_shortcut_is_taken(tmp_path, tiny_config, one_device_mesh):
+def test_training_stops_once_the_shortcut_is_taken(tmp_path, tiny_config, one_device_mesh, caplog):
   # Test accuracy with the pixel: a tiny model passes 1% after one epoch, not 100% after four.
   from saliency_jax.training import train
 
+  caplog.set_level(logging.INFO, logger="absl")
   config = tiny_config
   config.train.epochs, config.train.stop_at_pixel_accuracy = 4, 0.01
   result = train.train_and_evaluate(config, tmp_path / "a", mesh=one_device_mesh)
   assert result.epoch == 1 and result.metrics[-1]["test_pixel_accuracy"] >= 0.01
+  assert any(r.getMessage().startswith("test_pixel_accuracy ") and "train.stop_at_pixel_accuracy=1.0%" in
+             r.getMessage() for r in caplog.records)  # the stop watched the pixel column
+  assert train.stop_reached(config.train, {"test_pixel_accuracy": ""}) == ""  # an epoch that did not evaluate it
   config.train.epochs, config.train.stop_at_pixel_accuracy = 2, 1.0
   assert train.train_and_evaluate(config, tmp_path / "b", mesh=one_device_mesh).epoch == 2
   config.train.stop_at_pixel_accuracy, config.train.eval_conditions = 0.99, ("nopix",)

@@ -4,7 +4,8 @@ The Explainer, the single-pixel grid and the sanity studies all run `fn(*shared,
 over batches: the per-image arrays are padded to the batch shape and split over the devices,
 the shared ones (a forward with its variables, randomised parameters) are replicated, the
 program is compiled once per name, and the padding is cut off the outputs. Batches are
-dispatched back to back and read once, after the last.
+dispatched back to back and read once, after the last (with `progress`, each is waited for
+once the next one is dispatched, to count it).
 
 Over several processes (`jax.distributed`) the mesh spans every process's devices: each process
 passes the same host values, holds its share of every batch, and gets every output back, so each
@@ -102,7 +103,7 @@ class BatchRunner:
     if self.spans_processes:
       leaves = [a if _is_key(a) else _host(a) for a in leaves]
     parts = []
-    report = Progress(progress, n, "images") if progress else None
+    report = None
     for start in range(0, n, size):
       chunk = [a[start:start + size] for a in leaves]
       m = chunk[0].shape[0]
@@ -112,7 +113,9 @@ class BatchRunner:
         chunk = [jnp.asarray(a) if not _is_key(a) else a for a in chunk]
         chunk = jax.device_put([_pad(a, size - m) for a in chunk], self._split)
       parts.append((program(*shared, *jax.tree.unflatten(treedef, chunk)), m))
-      if report and len(parts) > 1:  # one batch late: the one just dispatched runs meanwhile
+      if progress and report is None:  # its clock starts once the first batch has compiled
+        report = Progress(progress, n, "images")
+      elif report:  # one batch late: the one just dispatched runs meanwhile
         jax.block_until_ready(parts[-2][0])
         report.update(start)
     if self.spans_processes:  # every process gets every image's outputs, as local arrays

@@ -68,7 +68,8 @@ def stop_reached(train_config, row) -> str:
   it) that `row` (an epoch's metrics) meets; '' if none."""
   for setting, column in STOPS.items():
     value = float(train_config.get(setting, 0.0) or 0.0)
-    if value and column in row and float(row[column]) >= value:
+    seen = row.get(column)  # '' in metrics.csv for an epoch that did not evaluate it
+    if value and seen not in (None, "") and float(seen) >= value:
       return setting
   return ""
 
