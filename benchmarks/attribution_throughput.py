@@ -68,16 +68,13 @@ def setup_jax(spec):
   import time  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import saliency_jax  # pylint: disable=g-import-not-at-top
-  from saliency_jax import attribution, models  # pylint: disable=g-import-not-at-top
+  from saliency_jax import attribution  # pylint: disable=g-import-not-at-top
 
   b, chunk = spec["batch_size"], spec["chunk_size"] or None
+  model, variables = user_cnn.model_and_variables(spec["model"])
   if spec["model"] == "user_cnn":
-    model = user_cnn.flax_model()
-    variables = model.init(jax.random.key(0), jax.numpy.zeros((1, 32, 32, 3)))
     make_forward = lambda v: (lambda x: model.apply(v, x))  # a plain function, as a user passes it
   else:
-    model = models.create_model(spec["model"])
-    variables = models.init_variables(model, jax.random.key(0), (1, 32, 32, 3))
     make_forward = lambda v: attribution.ModelForward(model, v)
   x = jax.random.normal(jax.random.key(1), (b, 32, 32, 3))
   target = jax.random.randint(jax.random.key(2), (b,), 0, 10)

@@ -39,14 +39,8 @@ def conv_shapes(model_name: str, batch: int) -> list[dict]:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import user_cnn  # pylint: disable=g-import-not-at-top
-  from saliency_jax import models  # pylint: disable=g-import-not-at-top
 
-  if model_name == "user_cnn":
-    model = user_cnn.flax_model()
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-  else:
-    model = models.create_model(model_name)
-    variables = models.init_variables(model, jax.random.key(0), (1, 32, 32, 3))
+  model, variables = user_cnn.model_and_variables(model_name)
   jaxpr = jax.make_jaxpr(lambda x: model.apply(variables, x))(jnp.zeros((batch, 32, 32, 3)))
   out = []
 

@@ -32,6 +32,19 @@ def flax_model(num_classes: int = 10):
   return UserCNN()
 
 
+def model_and_variables(name: str):
+  """`user_cnn` (the Flax model above) or one of the library's models by name, with its initial
+  variables for 32x32x3 images (key 0): what every benchmark explains or times."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from saliency_jax import models  # pylint: disable=g-import-not-at-top
+
+  if name == "user_cnn":
+    model = flax_model()
+    return model, model.init(jax.random.key(0), jax.numpy.zeros((1, 32, 32, 3)))
+  model = models.create_model(name)
+  return model, models.init_variables(model, jax.random.key(0), (1, 32, 32, 3))
+
+
 def torch_model(num_classes: int = 10):
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
