@@ -419,7 +419,17 @@ def is_lowered(f) -> bool:
 # cores at batch 128:
 # resnet18 training step 0.99 s -> 0.71 s, forward pass at batch 250 400 -> 276 ms, IG chunk 8
 # 1.73 -> 1.52 s against no library fusions at all; a small CNN's forward pass unchanged.
-_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+# Its dots are faster than XLA's on these shapes (a 4096x1152 by 1152x128 product: 4.2 vs 5.3
+# ms), and the im2col, per-tap and dense layers are made of them. Where a dot also takes in its
+# neighbours (DOT) the training step gains most, a gradient program can lose: so each alone
+# (INDIVIDUAL_DOT) for the maps, forward passes and evaluation, DOT for the training step.
+# Interleaved, medians (docs/performance.md): IG with chunks of 8 on vgg16 3.25 -> 2.64 s,
+# resnet18 1.25 -> 1.19 s, the user CNN unchanged (resnet18's unchunked IG with DOT: 1.28 ->
+# 1.46 s); the resnet18 training step with DOT at batch 64 / 128 / 256: 0.98x / 0.99x / 1.09x
+# PyTorch's with INDIVIDUAL_DOT, 1.04x / 1.12x / 1.13x with DOT.
+_REDUCE = "LIBRARY_FUSION_TYPE_REDUCE"
+_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": f"{_REDUCE},LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+_TRAINING_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": f"{_REDUCE},LIBRARY_FUSION_TYPE_DOT"}
 
 
 @functools.cache
@@ -433,8 +443,11 @@ def _options_accepted() -> bool:
   return True
 
 
-def compiler_options() -> dict | None:
-  """XLA options for compiling any program of this library on CPU (training steps, attribution
-  maps, forward passes): `jax.jit(fn, compiler_options=compiler_options())`; None elsewhere.
-  They change how a program runs, never what it computes."""
-  return dict(_OPTIONS) if _options_accepted() else None
+def compiler_options(training: bool = False) -> dict | None:
+  """XLA options for compiling any program of this library on CPU (attribution maps, forward
+  passes, evaluation; `training=True`: a training step): `jax.jit(fn,
+  compiler_options=compiler_options())`; None elsewhere. They change how a program runs, never
+  what it computes (beyond float32 rounding)."""
+  if not _options_accepted():
+    return None
+  return dict(_TRAINING_OPTIONS if training else _OPTIONS)

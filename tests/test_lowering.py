@@ -205,7 +205,8 @@ def _library_convolutions(hlo: str) -> int:
 
 def test_programs_compile_without_library_convolutions_and_compute_the_same():
   # Every program of the library is compiled with `compiler_options()`: XLA:CPU's YNNPACK fusions
-  # for reductions only, XLA's own (multi-threaded) convolutions and dots. The options change how
+  # for reductions and dots only (the training step lets a dot take in its neighbours), XLA's own
+  # (multi-threaded) convolutions. The options change how
   # the program runs, not its values.
   from saliency_jax.attribution.batching import BatchRunner  # pylint: disable=g-import-not-at-top
   from saliency_jax.lowering import compiler_options  # pylint: disable=g-import-not-at-top
@@ -215,7 +216,10 @@ def test_programs_compile_without_library_convolutions_and_compute_the_same():
     return
   if not compiler_options():  # jax>=0.7 is allowed; the option is measured on jaxlib 0.10
     pytest.skip(f"this XLA (jaxlib {jax.__version__}) does not know xla_cpu_experimental_ynn_fusion_type")
-  assert compiler_options() == {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+  assert compiler_options() == {
+      "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+  assert compiler_options(training=True) == {
+      "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_DOT"}
   # 32 channels: XLA's defaults hand these convolutions to the library (16 it keeps, on the CPUs tried).
   model = nn.Sequential([nn.Conv(32, (3, 3)), nn.relu, nn.Conv(32, (3, 3)), lambda y: y.mean((1, 2))])
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))

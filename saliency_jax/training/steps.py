@@ -89,7 +89,7 @@ class Steps:
 
   @functools.cached_property
   def _jit_scan_epoch(self):
-    return jax.jit(self._scan_epoch, donate_argnums=0, compiler_options=compiler_options())
+    return jax.jit(self._scan_epoch, donate_argnums=0, compiler_options=compiler_options(training=True))
 
   @functools.cached_property
   def _jit_epoch_index(self):
@@ -97,7 +97,7 @@ class Steps:
 
   @functools.cached_property
   def _jit_step(self):
-    return jax.jit(self._indexed_step, donate_argnums=0, compiler_options=compiler_options())
+    return jax.jit(self._indexed_step, donate_argnums=0, compiler_options=compiler_options(training=True))
 
   def train_epoch(self, state: TrainState, images_u8, labels, seed: int, epoch: int, loop: str = "scan",
                   on_step: Callable[[int, list, list], None] | None = None):
