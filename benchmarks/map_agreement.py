@@ -9,6 +9,7 @@ difference. Models: resnet18 through `ModelForward`, and the user_cnn of user_cn
 as a plain function (where an earlier checkout ran XLA's native convolutions). Printed per map:
 the largest absolute difference and that difference relative to the largest |value| of the
 reference map; float32 rounding through a deep network is ~1e-6 relative, a real change O(1).
+Each map is compiled with its checkout's `lowering.compiler_options()`, as the library's own runs are.
 """
 
 from __future__ import annotations
@@ -86,13 +87,18 @@ def compute(spec: dict) -> None:
     variables[name] = traverse_util.unflatten_dict({k: jnp.asarray(a) for k, a in theirs.items()}, sep="/")
   forwards = {"resnet18": attribution.ModelForward(nets["resnet18"], variables["resnet18"]),
               "user_cnn": lambda x: nets["user_cnn"].apply(variables["user_cnn"], x)}
+  try:  # compiled as the library's own runs compile (BatchRunner): the options can change rounding
+    from saliency_jax import lowering  # pylint: disable=g-import-not-at-top
+    xla_options = lowering.compiler_options() if hasattr(lowering, "compiler_options") else None
+  except ImportError:
+    xla_options = None
   maps = {}
   for i, (model, method, options) in enumerate(CASES):
     options = {k: (jax.random.key(5) if v == "key" else v) for k, v in options.items()}
     fn = attribution.get(method)
     forward = forwards[model]
-    maps[_case_name(i, model, method, options)] = np.asarray(jax.jit(lambda x, t: fn(forward, x, t, **options))(
-        x, target))
+    maps[_case_name(i, model, method, options)] = np.asarray(jax.jit(
+        lambda x, t: fn(forward, x, t, **options), compiler_options=xla_options)(x, target))
   np.savez(spec["out"], **maps)
 
 
