@@ -78,13 +78,16 @@ def _native_conv(lhs, rhs, padding, precision):
 # input gradient its transpose (3 -> 64 channels, 32x32, batch 128: 16.0 + 17.4 ms -> 8.8 + 4.7 ms;
 # interleaved, user CNN IG chunk 8: 0.381 -> 0.348 s, resnet18's 1.313 -> 1.277 s, training step
 # unchanged). The weight gradient stays XLA's (19.8 ms; im2col's 34 ms).
+# Only where the layer is differentiated: a forward pass alone (pixel flipping, evaluation) keeps
+# XLA's conv, which the im2col form made 2x slower on small_cnn (3 -> 32 channels; batch 500:
+# 129 vs 62 ms; pixel flipping on 1,000 images 26 -> 58 s) and 5% slower on resnet18 (batch 250).
+# In IG the im2col forward is worth keeping (resnet18 chunk 8: 1.57 s; XLA's forward with the
+# im2col transpose: 1.70 s; XLA's conv both ways: 1.60 s).
 _FEW_CHANNELS = 4
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv_stride1(lhs, rhs, padding, precision):
-  if lhs.shape[-1] <= _FEW_CHANNELS:
-    return _im2col_conv(lhs, rhs, (1, 1), padding, precision)
   return _native_conv(lhs, rhs, padding, precision)
 
 
@@ -97,7 +100,9 @@ class _Differentiated:
 
 
 def _conv_stride1_fwd(lhs, rhs, padding, precision):
-  out = _conv_stride1(lhs.value, rhs.value, padding, precision)
+  few = lhs.value.shape[-1] <= _FEW_CHANNELS
+  out = (_im2col_conv(lhs.value, rhs.value, (1, 1), padding, precision) if few
+         else _native_conv(lhs.value, rhs.value, padding, precision))
   return out, (lhs.value, rhs.value, _Differentiated(kernel=rhs.perturbed))
 
 
