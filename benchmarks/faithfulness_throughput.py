@@ -139,7 +139,7 @@ def _metric_sides(metric: str, args):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
 
-  from saliency_jax import attribution  # pylint: disable=g-import-not-at-top
+  from saliency_jax import attribution, lowering  # pylint: disable=g-import-not-at-top
   from saliency_jax.evaluation import faithfulness  # pylint: disable=g-import-not-at-top
   channels = 3 if metric == "pixel_flipping" else 1
   net, model, variables = shared_model(args.model, in_channels=channels)
@@ -151,16 +151,19 @@ def _metric_sides(metric: str, args):
     target = net(torch.from_numpy(x_BCHW)).argmax(-1).numpy()
   maps = method_maps(forward, x_BHWC, jnp.asarray(target))
   bs = args.batch_size
+  options = lowering.compiler_options()  # as the library's faithfulness stage compiles (BatchRunner)
   if metric == "pixel_flipping":
     call = jax.jit(lambda f, x, m, t: faithfulness.deletion_curve(f, x, m, t, steps=args.steps,
-                                                                   replacement="mean").scores)
+                                                                   replacement="mean").scores,
+                   compiler_options=options)
     quantus_call = lambda m: quantus_pixel_flipping(net, x_BCHW, target, m, args.steps, bs)
     shared = np.arange(3, args.steps + 1, 3)  # JAX point k = 3j <-> Quantus step index 3j - 1
     finish = lambda parts: np.concatenate(parts)
     compare = lambda j, q: float(np.abs(j[:, shared] - q[:, shared - 1]).max())
   else:
     percentages = tuple(range(10, 100, 10))
-    call = jax.jit(lambda f, x, m, t: faithfulness.road(f, x, m, t, percentages=percentages).correct)
+    call = jax.jit(lambda f, x, m, t: faithfulness.road(f, x, m, t, percentages=percentages).correct,
+                   compiler_options=options)
     quantus_call = lambda m: quantus_road(net, x_BCHW, target, m, percentages, bs)
     finish = lambda parts: np.concatenate(parts).mean(0)
     compare = lambda j, q: float(np.abs(j - q).max())

@@ -17,7 +17,7 @@ Each form is chosen per platform when the program is lowered (`lax.platform_depe
 or TPU program is the native one, and on a non-CPU default backend the transform returns `f`.
 
 Programs are compiled with `compiler_options()` (XLA's own convolutions, the library's
-reductions; see there). Maps are equal to native ones to float32 rounding
+reductions and dots; see there). Maps are equal to native ones to float32 rounding
 (tests/test_lowering.py). The attribution methods (`registry.register`), `ModelForward`, the layer
 gradients of the CAMs and the training step apply it, so a researcher's own network gets the speed
 as well as the project's models.
@@ -78,9 +78,9 @@ def _native_conv(lhs, rhs, padding, precision):
 # input gradient its transpose (3 -> 64 channels, 32x32, batch 128: 16.0 + 17.4 ms -> 8.8 + 4.7 ms;
 # interleaved, user CNN IG chunk 8: 0.381 -> 0.348 s, resnet18's 1.313 -> 1.277 s, training step
 # unchanged). The weight gradient stays XLA's (19.8 ms; im2col's 34 ms).
-# Only where the layer is differentiated: a forward pass alone (pixel flipping, evaluation) keeps
-# XLA's conv, which the im2col form made 2x slower on small_cnn (3 -> 32 channels; batch 500:
-# 129 vs 62 ms; pixel flipping on 1,000 images 26 -> 58 s) and 5% slower on resnet18 (batch 250).
+# Only where the layer's input is differentiated (a map; training differentiates the kernel
+# alone): a forward pass alone (pixel flipping, evaluation) keeps XLA's conv, which the im2col form made 2x slower on small_cnn (3 -> 32 channels; batch 500:
+# 129 vs 62 ms; pixel flipping on 1,000 images 26 -> 58 s) and 6% slower on resnet18 (batch 250).
 # In IG the im2col forward is worth keeping (resnet18 chunk 8: 1.57 s; XLA's forward with the
 # im2col transpose: 1.70 s; XLA's conv both ways: 1.60 s).
 _FEW_CHANNELS = 4
@@ -100,9 +100,10 @@ class _Differentiated:
 
 
 def _conv_stride1_fwd(lhs, rhs, padding, precision):
-  few = lhs.value.shape[-1] <= _FEW_CHANNELS
-  out = (_im2col_conv(lhs.value, rhs.value, (1, 1), padding, precision) if few
-         else _native_conv(lhs.value, rhs.value, padding, precision))
+  if lhs.value.shape[-1] <= _FEW_CHANNELS and lhs.perturbed:  # the input gradient's partner
+    out = _im2col_conv(lhs.value, rhs.value, (1, 1), padding, precision)
+  else:  # through the primal, so a second derivative gets these rules again
+    out = _conv_stride1(lhs.value, rhs.value, padding, precision)
   return out, (lhs.value, rhs.value, _Differentiated(kernel=rhs.perturbed))
 
 
@@ -117,7 +118,11 @@ def _conv_stride1_bwd(padding, precision, residuals, g):
     kh, kw = rhs.shape[:2]
     (top, bottom), (left, right) = padding
     flipped = jnp.flip(rhs, (0, 1)).swapaxes(2, 3)
-    d_lhs = _conv_stride1(g, flipped, ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right)), precision)
+    flipped_padding = ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right))
+    if g.shape[-1] <= _FEW_CHANNELS:  # a layer out to few channels: XLA's slow case again
+      d_lhs = _im2col_conv(g, flipped, (1, 1), flipped_padding, precision)
+    else:
+      d_lhs = _conv_stride1(g, flipped, flipped_padding, precision)
   if not differentiated.kernel:
     # Not even traced: XLA would drop it unused, but under vmap over both the images and the
     # parameters in a mesh (the sanity studies) jax cannot batch the grouped convolution it becomes.
@@ -430,22 +435,27 @@ def is_lowered(f) -> bool:
 # (INDIVIDUAL_DOT) for the maps, forward passes and evaluation, DOT for the training step.
 # Interleaved, medians (docs/performance.md): IG with chunks of 8 on vgg16 3.25 -> 2.64 s,
 # resnet18 1.25 -> 1.19 s, the user CNN unchanged (resnet18's unchunked IG with DOT: 1.28 ->
-# 1.46 s); the resnet18 training step with DOT at batch 64 / 128 / 256: 0.98x / 0.99x / 1.09x
+# 1.46 s); the resnet18 training step at batch 64 / 128 / 256 (one run): 0.98x / 0.99x / 1.09x
 # PyTorch's with INDIVIDUAL_DOT, 1.04x / 1.12x / 1.13x with DOT.
 _REDUCE = "LIBRARY_FUSION_TYPE_REDUCE"
 _OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": f"{_REDUCE},LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 _TRAINING_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": f"{_REDUCE},LIBRARY_FUSION_TYPE_DOT"}
+_REDUCE_ONLY = {"xla_cpu_experimental_ynn_fusion_type": _REDUCE}
 
 
 @functools.cache
-def _options_accepted() -> bool:
+def _accepted(options: tuple) -> dict | None:
+  """The first of `options` this XLA compiles with (an XLA that does not know an option or one of
+  its values rejects it at compile time), or None: its defaults then."""
   if jax.default_backend() != "cpu":
-    return False
-  try:  # an XLA that does not know the option rejects it at compile time: keep its defaults then
-    jax.jit(lambda x: x + 1, compiler_options=_OPTIONS).lower(np.float32(0)).compile()
-  except Exception:  # pylint: disable=broad-except
-    return False
-  return True
+    return None
+  for option in options:
+    try:
+      jax.jit(lambda x: x + 1, compiler_options=dict(option)).lower(np.float32(0)).compile()
+    except Exception:  # pylint: disable=broad-except
+      continue
+    return dict(option)
+  return None
 
 
 def compiler_options(training: bool = False) -> dict | None:
@@ -453,6 +463,6 @@ def compiler_options(training: bool = False) -> dict | None:
   passes, evaluation; `training=True`: a training step): `jax.jit(fn,
   compiler_options=compiler_options())`; None elsewhere. They change how a program runs, never
   what it computes (beyond float32 rounding)."""
-  if not _options_accepted():
-    return None
-  return dict(_TRAINING_OPTIONS if training else _OPTIONS)
+  # An older XLA may know the library reductions but not its dots: keep the reductions then.
+  chosen = _accepted(tuple(tuple(o.items()) for o in ((_TRAINING_OPTIONS if training else _OPTIONS), _REDUCE_ONLY)))
+  return None if chosen is None else dict(chosen)

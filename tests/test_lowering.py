@@ -1,6 +1,7 @@
 """The CPU lowering transform: outputs and gradients equal to native, fallbacks, bodies."""
 
 import re
+from unittest import mock
 
 import flax.linen as nn
 import jax
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from saliency_jax import lowering
 from saliency_jax.lowering import cpu_lowering, is_lowered
 
 # float32: the fast forms sum the same products in another order (a matmul instead of a direct
@@ -56,7 +58,8 @@ def _conv(stride, padding, dn=("NHWC", "HWIO", "NHWC"), **kw):
 
 # (input size, kernel, stride, padding): each fast form (a map smaller than the kernel: one
 # product per kernel tap, strided or not, and with output positions that see only padding;
-# stride 1: a native conv with a forward-style gradient, im2col on few channels; strided: im2col),
+# stride 1: a native conv with a forward-style gradient, im2col on few channels where the input is
+# differentiated; strided: im2col),
 # asymmetric padding, 'VALID', the 1x1 strided downsample and a 7x7 stem.
 CONVS = [(2, 3, 1, ((1, 1), (1, 1))), (2, 3, 2, ((1, 0), (0, 1))), (2, 3, 1, ((3, 3), (3, 2))),
          (5, 3, 1, "SAME"), (6, 3, 1, "VALID"),
@@ -78,6 +81,22 @@ def test_convolutions_and_both_gradients_equal_native(hw, kernel, stride, paddin
   np.testing.assert_allclose(out, native(x, w), **TOL)
   for a, b in zip(fast_vjp(g), jax.vjp(native, x, w)[1](g)):
     np.testing.assert_allclose(a, b, **TOL)
+
+
+def test_a_layer_out_to_few_channels_has_the_native_input_gradient():
+  # Its input gradient is a conv back from 3 channels (the im2col form's case), higher orders too.
+  kx, kw, kg = jax.random.split(jax.random.key(3), 3)
+  x, w = jax.random.normal(kx, (2, 7, 7, 6)), jax.random.normal(kw, (3, 3, 6, 3))
+  native = _conv(1, "SAME")
+  fast = cpu_lowering(native)
+  g = jax.random.normal(kg, native(x, w).shape)
+  for a, b in zip(jax.vjp(fast, x, w)[1](g), jax.vjp(native, x, w)[1](g)):
+    np.testing.assert_allclose(a, b, **TOL)
+  second = lambda f: jax.grad(lambda x: (jax.grad(lambda x: (f(x, w) ** 2).sum())(x) ** 2).sum())(x)
+  ref = second(native)
+  # Two float32 passes whose sums reach ~1e4 while some entries cancel to ~1: rounding relative
+  # to the largest entry.
+  np.testing.assert_allclose(second(fast), ref, rtol=1e-4, atol=1e-6 * float(np.abs(ref).max()))
 
 
 @pytest.mark.parametrize("case", ["grouped", "rhs_dilated", "lhs_dilated", "nchw", "bfloat16", "negative_padding"])
@@ -133,7 +152,7 @@ class UserCNN(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = nn.relu(nn.Conv(8, (3, 3))(x))  # relu is a custom_jvp; 3 input channels: im2col
+    x = nn.relu(nn.Conv(8, (3, 3))(x))  # relu is a custom_jvp; 3 input channels: im2col when differentiated
     x = nn.max_pool(x, (2, 2), (2, 2))
     x = nn.Conv(8, (3, 3))(x)  # 8 input channels: XLA's conv with a forward-style input gradient
     x = nn.remat(nn.Conv)(8, (3, 3), strides=(2, 2))(x)
@@ -220,6 +239,9 @@ def test_programs_compile_without_library_convolutions_and_compute_the_same():
     pytest.skip(f"this XLA (jaxlib {jax.__version__}) does not know xla_cpu_experimental_ynn_fusion_type")
   assert compiler_options() == {
       "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+  # An XLA that does not know one of the values keeps the reductions (not XLA's defaults).
+  with mock.patch.object(lowering, "_OPTIONS", {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_NEW"}):
+    assert compiler_options() == {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
   assert compiler_options(training=True) == {
       "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_DOT"}
   # 32 channels: XLA's defaults hand these convolutions to the library (16 it keeps, on the CPUs tried).
