@@ -83,13 +83,7 @@ def setup_jax(spec):
     options = dict(steps=spec["steps"], chunk_size=chunk, baseline="zero")
   else:
     options = dict(samples=spec["steps"], chunk_size=chunk, sigma=SIGMA, key=jax.random.key(3))
-  # What the library's own runs compile with (checkouts before: the gradient-only options, or none).
-  try:
-    from saliency_jax import lowering  # pylint: disable=g-import-not-at-top
-    xla_options = (lowering.compiler_options() if hasattr(lowering, "compiler_options")
-                   else getattr(lowering, "gradient_compiler_options", dict)() or None)
-  except ImportError:
-    xla_options = None
+  xla_options = user_cnn.library_compiler_options()  # what the library's own runs compile with
   t0 = time.perf_counter()
   compiled = jax.jit(lambda v, x, t: method(make_forward(v), x, t, **options),
                      compiler_options=xla_options).lower(variables, x, target).compile()

@@ -87,11 +87,7 @@ def compute(spec: dict) -> None:
     variables[name] = traverse_util.unflatten_dict({k: jnp.asarray(a) for k, a in theirs.items()}, sep="/")
   forwards = {"resnet18": attribution.ModelForward(nets["resnet18"], variables["resnet18"]),
               "user_cnn": lambda x: nets["user_cnn"].apply(variables["user_cnn"], x)}
-  try:  # compiled as the library's own runs compile (BatchRunner): the options can change rounding
-    from saliency_jax import lowering  # pylint: disable=g-import-not-at-top
-    xla_options = lowering.compiler_options() if hasattr(lowering, "compiler_options") else None
-  except ImportError:
-    xla_options = None
+  xla_options = user_cnn.library_compiler_options()  # compiled as the library's runs are
   maps = {}
   for i, (model, method, options) in enumerate(CASES):
     options = {k: (jax.random.key(5) if v == "key" else v) for k, v in options.items()}

@@ -45,6 +45,19 @@ def model_and_variables(name: str):
   return model, models.init_variables(model, jax.random.key(0), (1, 32, 32, 3))
 
 
+def library_compiler_options() -> dict | None:
+  """The XLA options this checkout's library compiles its maps with, so a benchmark times and
+  compares what the library runs (checkouts before `compiler_options`: the gradient-only options,
+  or none)."""
+  try:
+    from saliency_jax import lowering  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  if hasattr(lowering, "compiler_options"):
+    return lowering.compiler_options()
+  return getattr(lowering, "gradient_compiler_options", dict)() or None
+
+
 def torch_model(num_classes: int = 10):
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top

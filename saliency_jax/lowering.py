@@ -79,8 +79,9 @@ def _native_conv(lhs, rhs, padding, precision):
 # interleaved, user CNN IG chunk 8: 0.381 -> 0.348 s, resnet18's 1.313 -> 1.277 s, training step
 # unchanged). The weight gradient stays XLA's (19.8 ms; im2col's 34 ms).
 # Only where the layer's input is differentiated (a map; training differentiates the kernel
-# alone): a forward pass alone (pixel flipping, evaluation) keeps XLA's conv, which the im2col form made 2x slower on small_cnn (3 -> 32 channels; batch 500:
-# 129 vs 62 ms; pixel flipping on 1,000 images 26 -> 58 s) and 6% slower on resnet18 (batch 250).
+# alone): a forward pass alone (pixel flipping, evaluation) keeps XLA's conv, which the im2col
+# form made 2x slower on small_cnn (3 -> 32 channels; batch 500: 129 vs 62 ms; pixel flipping on
+# 1,000 images 26 -> 58 s) and 6% slower on resnet18 (batch 250).
 # In IG the im2col forward is worth keeping (resnet18 chunk 8: 1.57 s; XLA's forward with the
 # im2col transpose: 1.70 s; XLA's conv both ways: 1.60 s).
 _FEW_CHANNELS = 4
@@ -444,18 +445,14 @@ _REDUCE_ONLY = {"xla_cpu_experimental_ynn_fusion_type": _REDUCE}
 
 
 @functools.cache
-def _accepted(options: tuple) -> dict | None:
-  """The first of `options` this XLA compiles with (an XLA that does not know an option or one of
-  its values rejects it at compile time), or None: its defaults then."""
-  if jax.default_backend() != "cpu":
-    return None
-  for option in options:
-    try:
-      jax.jit(lambda x: x + 1, compiler_options=dict(option)).lower(np.float32(0)).compile()
-    except Exception:  # pylint: disable=broad-except
-      continue
-    return dict(option)
-  return None
+def _compiles(options: tuple) -> bool:
+  """Whether this XLA compiles with `options` (items): one that does not know an option or one
+  of its values rejects it at compile time."""
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(np.float32(0)).compile()
+  except Exception:  # pylint: disable=broad-except
+    return False
+  return True
 
 
 def compiler_options(training: bool = False) -> dict | None:
@@ -463,6 +460,10 @@ def compiler_options(training: bool = False) -> dict | None:
   passes, evaluation; `training=True`: a training step): `jax.jit(fn,
   compiler_options=compiler_options())`; None elsewhere. They change how a program runs, never
   what it computes (beyond float32 rounding)."""
+  if jax.default_backend() != "cpu":
+    return None
   # An older XLA may know the library reductions but not its dots: keep the reductions then.
-  chosen = _accepted(tuple(tuple(o.items()) for o in ((_TRAINING_OPTIONS if training else _OPTIONS), _REDUCE_ONLY)))
-  return None if chosen is None else dict(chosen)
+  for options in (_TRAINING_OPTIONS if training else _OPTIONS, _REDUCE_ONLY):
+    if _compiles(tuple(options.items())):
+      return dict(options)
+  return None
