@@ -45,6 +45,16 @@ def _pct(mean, std=float("nan"), n=None) -> str:
   return text + ("" if n is None else f" [{n}]")
 
 
+def _in_table_order(frame: pd.DataFrame) -> pd.DataFrame:
+  """Rows by method (in the order first listed), then target / output in `HUES` order: results
+  files list cells in the order they finished, which a resumed or re-timed grid changes."""
+  methods = {m: i for i, m in enumerate(dict.fromkeys(frame["method_label"]))}
+  hues = {h: i for i, h in enumerate(HUES)}
+  key = [methods[m] * (len(HUES) + 1) + hues.get((t, o), len(HUES))
+         for m, t, o in zip(frame["method_label"], frame["target"], frame["output"])]
+  return frame.iloc[np.argsort(key, kind="stable")]
+
+
 def _model_seed(workdir: pathlib.Path) -> tuple[str, int]:
   """'resnet18_seed2' -> ('resnet18', 2): the launchers' naming."""
   model, _, seed = workdir.name.rpartition("_seed")
@@ -140,7 +150,7 @@ def localisation_tables(summary: pd.DataFrame) -> str:
   short = {"localisation.rank_mean": "rank mean", "localisation.rank_median": "rank median",
            "localisation.top5": "top 5 %", "localisation.top10": "top 10 %", "localisation.mass_mean": "mass %"}
   for (model, pos, col), block in summary.groupby(["model", "test_position_sd", "test_colour_sd"], sort=False):
-    block = block[block["target"] == "predicted"]
+    block = _in_table_order(block[block["target"] == "predicted"])
     lines = [f"**{model}, test jitter ({pos:g}, {col:g})**, target predicted, mean over seeds", "",
              "| method | output | " + " | ".join(short.values()) + " |", "|---" * (2 + len(short)) + "|"]
     for _, r in block.iterrows():
@@ -160,7 +170,8 @@ def importance_tables(runs: pd.DataFrame) -> str:
     lines = [f"**{model}, test jitter ({pos:g}, {col:g})**", "",
              "| method | target / output | missed (mean) | " + " | ".join(IMPORTANCE.values()) + " |",
              "|---" * (3 + len(IMPORTANCE)) + "|"]
-    for (method, target, output), sub in block.groupby(["method_label", "target", "output"], sort=False):
+    for (method, target, output), sub in _in_table_order(block).groupby(["method_label", "target", "output"],
+                                                                         sort=False):
       cells = []
       for c in IMPORTANCE:
         v = sub[c].astype(float)
@@ -347,6 +358,7 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", comm
   made_at = commits_line(workdirs, commit)
   md += [made_at, ""] if made_at else []
   md += ["## What differs from the paper", "", config_differences("resnet", "resnet_cpu"), "",
+         config_differences("vgg16", "vgg16_cpu"), "",
          "`launch/reproduce_cpu.sh` adds a second grid at test jitter (3, 5) on 500 images per seed, and runs "
          "the sanity checks on seed 0 of each model.", "",
          "## Models", "", "Test accuracy (%) after the last epoch, mean (std over seeds; sample std).", "",

@@ -129,3 +129,18 @@ def test_a_run_stopped_at_the_shortcut_is_finished(tmp_path):
   stopped = {"epoch": 4, "train_accuracy": 0.6, "test_pixel_accuracy": 0.995}
   assert report._planned_epochs(tmp_path, stopped) == 4.0
   assert report._planned_epochs(tmp_path, {**stopped, "test_pixel_accuracy": 0.98}) == 15.0
+
+
+def test_importance_rows_follow_the_methods_and_targets_not_the_order_cells_finished():
+  # Seed 0 re-ran its IG predicted / softmax cell last: its row must still come first under IG.
+  def cell(seed, method, target, output):
+    return {"model": "resnet18", "test_position_sd": 0.0, "test_colour_sd": 0.0, "model_seed": seed,
+            "method_label": method, "target": target, "output": output,
+            "overall.attribution_incorrect": 3.0, **{c: 0.5 for c in report.IMPORTANCE}}
+  order = [("gradient", "predicted", "logit"), ("ig", "label", "logit"), ("ig", "predicted", "logit"),
+           ("gradient", "predicted", "softmax"), ("ig", "predicted", "softmax")]
+  runs = pd.DataFrame([cell(s, *c) for s in (0, 1) for c in order])
+  rows = [l.split("|")[1:3] for l in report.importance_tables(runs).splitlines() if l.startswith("| ") and "---" not in l]
+  assert [(m.strip(), t.strip()) for m, t in rows[1:]] == [
+      ("gradient", "predicted / softmax"), ("gradient", "predicted / logit"), ("ig", "predicted / softmax"),
+      ("ig", "predicted / logit"), ("ig", "label / logit")]
