@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import json
 import pathlib
+import re
 import shutil
 
 import numpy as np
@@ -303,18 +304,34 @@ def _copy_figure(src: pathlib.Path, dst: pathlib.Path, max_bytes: int = 300_000)
   return None
 
 
+def _resumed_at(workdir: pathlib.Path) -> list[str]:
+  """The commits a run's stages were (re)started at, in order: the `=== <time> at <commit>: ...`
+  lines launch/reproduce_cpu.sh writes into `<out>/logs/<run>_<stage>.log` at each start."""
+  found = []
+  for log in sorted((workdir.parent / "logs").glob(f"{workdir.name}_*.log")):
+    for line in log.read_text(errors="replace").splitlines():
+      head = re.match(r"=== (\S+) at (\S+?):", line)
+      if head:
+        found.append(head.groups())
+  return list(dict.fromkeys(c for _, c in sorted(found) if c != "?"))
+
+
 def commits_line(workdirs: list[pathlib.Path], commit: str = "") -> str:
   """The commit each run was made at: `<workdir>/COMMIT` (written by launch/reproduce_cpu.sh when
-  the run starts), else `commit` (the launcher's last commit for the whole folder)."""
+  the run starts), else `commit` (the launcher's last commit for the whole folder); and the
+  commits it was resumed at, from its stage logs."""
   made = {w.name: (w / "COMMIT").read_text().strip() if (w / "COMMIT").exists() else commit for w in workdirs}
+  resumed = {w.name: [c for c in _resumed_at(w) if c != made[w.name]] for w in workdirs}
   by_commit: dict[str, list[str]] = {}
   for name, c in made.items():
-    by_commit.setdefault(c or "unrecorded", []).append(name)
+    later = f" (resumed at {', '.join(f'`{r}`' for r in resumed[name])})" if resumed[name] else ""
+    by_commit.setdefault(c or "unrecorded", []).append(name + later)
   if set(by_commit) == {"unrecorded"}:
     return ""
   if len(by_commit) == 1:
-    return f"Runs made at commit `{next(iter(by_commit))}`."
-  return "Runs made at more than one commit (each run at one): " + "; ".join(
+    c, names = next(iter(by_commit.items()))
+    return f"Runs started at commit `{c}`" + ("" if names == list(made) else f": {', '.join(names)}") + "."
+  return "Runs started at more than one commit: " + "; ".join(
       f"`{c}`: {', '.join(names)}" for c, names in by_commit.items()) + "."
 
 

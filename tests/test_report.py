@@ -99,11 +99,22 @@ def test_commits_line_names_each_runs_commit(tmp_path):
   for w in workdirs:
     w.mkdir()
   assert report.commits_line(workdirs) == ""
-  assert report.commits_line(workdirs, "aaa1111") == "Runs made at commit `aaa1111`."
+  assert report.commits_line(workdirs, "aaa1111") == "Runs started at commit `aaa1111`."
   (workdirs[2] / "COMMIT").write_text("bbb2222\n")
   assert report.commits_line(workdirs, "aaa1111") == (
-      "Runs made at more than one commit (each run at one): `aaa1111`: resnet18_seed0, resnet18_seed1; "
-      "`bbb2222`: vgg16_seed0.")
+      "Runs started at more than one commit: `aaa1111`: resnet18_seed0, resnet18_seed1; `bbb2222`: vgg16_seed0.")
+  # The launcher's stage logs: vgg16 resumed twice (its grid log sorts first, its later stage), the
+  # same commit again and a '?' (no git) are not news; resnet18_seed1's log is not vgg16's.
+  logs = tmp_path / "logs"
+  logs.mkdir()
+  (logs / "vgg16_seed0_grid_jitter.log").write_text("=== 2026-11-30T12:41:21Z at ddd4444: python ...\nlog\n")
+  (logs / "vgg16_seed0_train_grid.log").write_text(
+      "=== 2026-11-30T09:21:04Z at bbb2222: python ...\nI1130 training\n"
+      "=== 2026-11-30T11:06:23Z at ccc3333: python ...\n=== 2026-11-30T11:50:00Z at ?: python ...\n")
+  (logs / "resnet18_seed1_train_grid.log").write_text("=== 2026-11-30T08:00:00Z at aaa1111: python ...\n")
+  assert report.commits_line(workdirs, "aaa1111") == (
+      "Runs started at more than one commit: `aaa1111`: resnet18_seed0, resnet18_seed1; "
+      "`bbb2222`: vgg16_seed0 (resumed at `ccc3333`, `ddd4444`).")
 
 
 def test_a_grid_still_running_is_left_out_of_the_means_and_listed():
