@@ -25,7 +25,9 @@ from ml_collections import ConfigDict
 
 from saliency_jax import files
 from saliency_jax.config_checks import ConfigError
+from saliency_jax.data import pixel, sources
 from saliency_jax.evaluation import aggregate, faithfulness_run, figures, grid, results, sanity
+from saliency_jax.evaluation import run as evaluation_run
 from saliency_jax.files import read_csv
 from saliency_jax.training.train import stop_reached
 
@@ -159,6 +161,62 @@ def localisation_tables(summary: pd.DataFrame) -> str:
                  f"{r[f'{c} mean']:.1f}" if c.startswith("localisation.rank") else f"{100 * r[f'{c} mean']:.1f}")
                 for c in short]
       lines.append(f"| {r['method_label']} | {r['output']} | " + " | ".join(values) + " |")
+    parts.append("\n".join(lines))
+  return "\n\n".join(parts)
+
+
+def _test_labels(workdir: pathlib.Path) -> np.ndarray | None:
+  """The test labels of a run's data (from its stored config; the folder source reads its decode
+  cache), for per-image files written before they held the labels; None if unavailable."""
+  try:
+    data = json.loads((workdir / "config.json").read_text())["config"]["data"]
+    return np.asarray(sources.load(ConfigDict(data)).test.labels)
+  except (OSError, KeyError, ValueError, ConfigError) as e:
+    logging.warning("%s: no test labels for the per-class table (%s)", workdir, e)
+    return None
+
+
+def per_class_tables(workdirs: list[pathlib.Path]) -> str:
+  """Pointing accuracy per class (the class sets the pixel's colour), target `predicted`, mean over
+  seeds, from the grid's per-image outcomes."""
+  found, coded = [], True
+  for w in workdirs:
+    labels = None
+    stored = json.loads((w / "config.json").read_text()).get("config", {}) if (w / "config.json").exists() else {}
+    coded &= stored.get("pixel", {}).get("variant", "colour") == "colour"
+    for row in grid.TABLE.read(w / "single_pixel" / "results.csv"):
+      path = evaluation_run.per_image_file(w, row)
+      if row["target"] != "predicted" or not path.exists():
+        continue
+      with np.load(path) as z:
+        if "label" in z.files:
+          label = z["label"]
+        else:
+          labels = _test_labels(w) if labels is None else labels
+          if labels is None:
+            return ""
+          label = labels[z["index"]]
+        hit = pd.Series(z["hit"]).groupby(label).mean()
+      found += [dict(model=_model_seed(w)[0], seed=row["model_seed"], jitter=(float(row["test_position_sd"]),
+                                                                             float(row["test_colour_sd"])),
+                     method_label=results.method_label(row["method"], row["method_options"]), target="predicted",
+                     output=row["output"], cls=int(k), hit=v) for k, v in hit.items()]
+  if not found:
+    return ""
+  frame = pd.DataFrame(found)
+  red = pixel.colour_code()[:, 0]  # the colour code of CIFAR-10's (and the synthetic source's) 10 classes
+  coded &= frame["cls"].max() < len(red)
+  parts = []
+  for (model, jitter), block in frame.groupby(["model", "jitter"], sort=False):
+    classes = sorted(block["cls"].unique())
+    table = block.pivot_table(index=["method_label", "target", "output"], columns="cls", values="hit", sort=False)
+    table = _in_table_order(table.reset_index())
+    seeds = " ".join(str(s) for s in sorted(block["seed"].unique()))
+    lines = [f"**{model}, test jitter ({jitter[0]:g}, {jitter[1]:g})**, target predicted, % mean over seeds {seeds}",
+             "", "| method | output | " + " | ".join(f"{k} (r {red[k]})" if coded else str(k) for k in classes) + " |",
+             "|---" * (2 + len(classes)) + "|"]
+    for _, r in table.iterrows():
+      lines.append(f"| {r['method_label']} | {r['output']} | " + " | ".join(f"{100 * r[k]:.0f}" for k in classes) + " |")
     parts.append("\n".join(lines))
   return "\n\n".join(parts)
 
@@ -400,6 +458,12 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", comm
            "scoring strictly higher (so rank 1 is a hit), and its share of the map's total absolute value (mass; "
            "a pixel is 1/1024 of a 32x32 map, 0.1%). Top 1 equals pointing accuracy.", "",
            localisation_tables(summary), ""]
+    by_class = per_class_tables(workdirs)
+    if by_class:
+      md += ["## Pointing accuracy per class", "",
+             "In the colour variant the class sets the planted pixel's colour, RGB (r, 10, 245), r in the column "
+             "head: after normalisation by the dataset's mean and std, a red near the mean is near 0, so a method "
+             "that multiplies by the input sees little of that channel.", "", by_class, ""]
     for model, block in summary.groupby("model", sort=False):
       path = fig_dir / f"pointing_accuracy_{model}.png"
       figures.pointing_bars(path, block, title=f"{model}: pointing accuracy, mean (std) over model seeds")

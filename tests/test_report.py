@@ -30,7 +30,8 @@ def test_report_is_rebuilt_from_workdirs_and_quotes_their_numbers(tmp_path, tiny
   path = report.build(workdirs, tmp_path / "docs", notes="The pixel is found.", commit="abc1234")
   text = path.read_text()
   for heading in ("## What differs from the paper", "## Models", "## Pointing accuracy", "## Importance",
-                  "## Sanity checks", "## Wall time per stage", "## Reading", "abc1234"):
+                  "## Pointing accuracy per class", "## Sanity checks", "## Wall time per stage", "## Reading",
+                  "abc1234"):
     assert heading in text
   assert "| `train.learning_rate` | 0.001 | 0.01 |" in text  # derived from the two configs
 
@@ -155,3 +156,36 @@ def test_importance_rows_follow_the_methods_and_targets_not_the_order_cells_fini
   assert [(m.strip(), t.strip()) for m, t in rows[1:]] == [
       ("gradient", "predicted / softmax"), ("gradient", "predicted / logit"), ("ig", "predicted / softmax"),
       ("ig", "predicted / logit"), ("ig", "label / logit")]
+
+
+def test_per_class_pointing_is_the_hit_rate_of_each_class_over_seeds(tmp_path):
+  # Two seeds of one cell, 6 test images of classes 0, 0, 1, 1, 2, 2: seed 0's per-image file holds
+  # the labels, seed 1's (written before they were stored) has them from its data config.
+  import json  # pylint: disable=g-import-not-at-top
+
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from saliency_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from saliency_jax.evaluation import run  # pylint: disable=g-import-not-at-top
+
+  data = {"source": "synthetic", "path": "", "cache_dir": "", "tfds_data_dir": "", "seed": 0,
+          "max_per_class": 0, "synthetic_train_per_class": 2, "synthetic_test_per_class": 10}
+  test_labels = sources.synthetic(0, 2, 10).test.labels
+  index = np.concatenate([np.flatnonzero(test_labels == k)[:2] for k in range(3)])
+  hits = {0: [1, 1, 1, 0, 0, 0], 1: [1, 0, 1, 1, 1, 0]}
+  for seed, hit in hits.items():
+    w = tmp_path / f"small_cnn_seed{seed}"
+    (w / "single_pixel").mkdir(parents=True)
+    (w / "config.json").write_text(json.dumps({"config": {"data": data, "pixel": {"variant": "colour"}}}))
+    row = {c: "0" for c in grid.TABLE.columns}
+    row.update(model="small_cnn", model_seed=seed, method="gradient_x_input", method_options="", target="predicted",
+               output="logit", test_position_sd=0.0, test_colour_sd=0.0)
+    grid.TABLE.write(w / "single_pixel" / "results.csv", [row])
+    path = run.per_image_file(w, grid.TABLE.read(w / "single_pixel" / "results.csv")[0])
+    path.parent.mkdir()
+    extra = {"label": np.array([0, 0, 1, 1, 2, 2])} if seed == 0 else {}
+    np.savez(path, index=index, hit=np.array(hit, bool), **extra)
+  text = report.per_class_tables([tmp_path / "small_cnn_seed0", tmp_path / "small_cnn_seed1"])
+  assert "| method | output | 0 (r 10) | 1 (r 36) | 2 (r 62) |" in text
+  # class 0: (100 + 50) / 2, class 1: (50 + 100) / 2, class 2: (0 + 50) / 2
+  assert "| gradient_x_input | logit | 75 | 75 | 25 |" in text

@@ -138,9 +138,16 @@ def _per_image_path(out_dir: pathlib.Path, key: tuple[str, ...]) -> pathlib.Path
   return out_dir / "per_image" / (hashlib.sha1("|".join(key).encode()).hexdigest()[:16] + ".npz")
 
 
-def _save_outcomes(path: pathlib.Path, outcomes: dict, index: np.ndarray) -> None:
+def per_image_file(workdir: str | pathlib.Path, row: dict) -> pathlib.Path:
+  """Where the grid keeps the per-image outcomes of one of its results rows (`index`, `label`,
+  `hit`, `rank`, `mass`, `predicted`, ...; `label` since the report's per-class table)."""
+  return _per_image_path(pathlib.Path(workdir) / "single_pixel", grid.TABLE.key_of(row))
+
+
+def _save_outcomes(path: pathlib.Path, outcomes: dict, index: np.ndarray, labels: np.ndarray) -> None:
+  """The test images' indices and labels (read by the report's per-class table) beside the outcomes."""
   with files.atomic_open(path, "wb") as f:
-    np.savez(f, index=index, **outcomes)
+    np.savez(f, index=index, label=labels, **outcomes)
 
 
 def _load_outcomes(path: pathlib.Path, index: np.ndarray) -> dict | None:
@@ -150,7 +157,7 @@ def _load_outcomes(path: pathlib.Path, index: np.ndarray) -> dict | None:
     with np.load(path) as z:
       if not np.array_equal(z["index"], index) or not {"rank", "mass"} <= set(z.files):
         return None
-      return {k: z[k] for k in z.files if k != "index"}
+      return {k: z[k] for k in z.files if k not in ("index", "label")}
   except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
     return None
 
@@ -226,7 +233,7 @@ def evaluate(config, workdir: str | pathlib.Path, trained) -> list[dict]:
     computed += 1
     memory = {key: outcomes}  # every process holds it: the next cell may be this one's other target
     if write:
-      _save_outcomes(_per_image_path(out_dir, key), outcomes, index)
+      _save_outcomes(_per_image_path(out_dir, key), outcomes, index, labels)
       grid.TABLE.write(results_path, all_rows)
     logging.info("single-pixel cell %d/%d  test jitter (%g, %g)  %s  target=%s output=%s: pointing %.1f%%, "
                  "%d missed  (%.1f s, %.0f img/s%s)%s", i + 1, len(cells), position_sd, colour_sd, spec.label, target,
