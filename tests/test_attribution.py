@@ -10,6 +10,7 @@ import pytest
 
 from saliency_jax import attribution as A
 from saliency_jax import models
+from saliency_jax.attribution import noise
 from saliency_jax.data import Normalization
 from saliency_jax.models.common import tap
 
@@ -353,6 +354,24 @@ def test_smoothgrad_with_sigma_zero_is_the_wrapped_method(small_cnn):
   np.testing.assert_allclose(out["smooth_ig"], out["ig"], rtol=1e-6)
   np.testing.assert_allclose(out["var"], 0.0, atol=1e-12)
   assert not np.allclose(out["noisy"], out["gradient"])
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 3])  # 3 of 7 samples leaves a remainder
+def test_smoothgrad_is_the_mean_over_the_noisy_copies_and_vargrad_their_variance(chunk_size):
+  # On a linear model gradient x input at x + n is (x + n) w: SmoothGrad is x w + mean_s(n_s) w,
+  # VarGrad var_s(n_s) w^2, with n_s the noise of the given key (sigma absolute), per sample.
+  forward, W, x = _linear(jax.random.key(3), shape=(2, 3, 3, 2), classes=3)
+  target = jnp.array([2, 0])
+  w = np.asarray(W[:, target].T.reshape(x.shape), np.float64)
+  key, samples, sigma = jax.random.key(4), 7, 0.3
+  noise_S = sigma * np.asarray(noise.noise_samples(key, x, samples), np.float64)
+  options = dict(method="gradient_x_input", sigma=sigma, sigma_mode="absolute", samples=samples, key=key,
+                 chunk_size=chunk_size)
+  scale = np.abs(np.asarray(x) * w).max()  # float32 products and sums of 7 terms: ~1e-7 of the largest
+  np.testing.assert_allclose(A.smoothgrad(forward, x, target, **options), (np.asarray(x) + noise_S.mean(0)) * w,
+                             rtol=0, atol=1e-6 * scale)
+  np.testing.assert_allclose(A.vargrad(forward, x, target, **options), noise_S.var(0) * w**2, rtol=0,
+                             atol=1e-6 * scale**2)
 
 
 def test_smoothgrad_noise_scale():
