@@ -5,7 +5,8 @@
 writes `OUT/results.md` and its figures under `OUT/results/`: model accuracies, pointing accuracy
 per method x target x output x test jitter, additive and subtractive importance on the misses, the
 sanity checks, example maps, and the wall time of every stage, all read from the workdirs
-(`metrics.csv`, `single_pixel/results.csv`, `sanity/*.csv`, `faithfulness/results.csv`), so rerunning it after a change or after
+(`metrics.csv`, `single_pixel/results.csv` and `per_image/`, `sanity/*.csv`, `faithfulness/results.csv`;
+the launcher's stage logs in `logs/` beside them for the commits), so rerunning it after a change or after
 more runs finished regenerates the same document. Whatever a workdir does not have yet is said, not
 skipped silently. `--notes=FILE` adds a hand-written reading of the numbers as the last section.
 """
@@ -165,58 +166,65 @@ def localisation_tables(summary: pd.DataFrame) -> str:
   return "\n\n".join(parts)
 
 
-def _test_labels(workdir: pathlib.Path) -> np.ndarray | None:
+def _test_labels(workdir: pathlib.Path, cache: dict) -> np.ndarray | None:
   """The test labels of a run's data (from its stored config; the folder source reads its decode
-  cache), for per-image files written before they held the labels; None if unavailable."""
+  cache), for per-image files written before they held the labels; None if unavailable. `cache`
+  holds them per data config: the seeds of a model share one."""
   try:
     data = json.loads((workdir / "config.json").read_text())["config"]["data"]
-    return np.asarray(sources.load(ConfigDict(data)).test.labels)
-  except (OSError, KeyError, ValueError, ConfigError) as e:
-    logging.warning("%s: no test labels for the per-class table (%s)", workdir, e)
+    key = json.dumps(data, sort_keys=True)
+    if key not in cache:
+      cache[key] = np.asarray(sources.load(ConfigDict(data)).test.labels)
+    return cache[key]
+  except (OSError, KeyError, ValueError, AttributeError, ConfigError) as e:
+    logging.warning("%s: no test labels for the per-class table; left out of it (%s)", workdir, e)
     return None
 
 
-def per_class_tables(workdirs: list[pathlib.Path]) -> str:
-  """Pointing accuracy per class (the class sets the pixel's colour), target `predicted`, mean over
-  seeds, from the grid's per-image outcomes."""
-  found, coded = [], True
+def per_class_tables(workdirs: list[pathlib.Path], runs: pd.DataFrame) -> str:
+  """Pointing accuracy per class, target `predicted`, mean over seeds, from the grid's per-image
+  outcomes of the cells in `runs` (`aggregate.read_runs`: each run's newest checkpoint; grids still
+  running already left out)."""
+  kept = set(zip(runs["workdir"].astype(str), runs["test_position_sd"].astype(float),
+                 runs["test_colour_sd"].astype(float)))
+  found, cache = [], {}
   for w in workdirs:
+    rows = [r for r in grid.TABLE.read(w / "single_pixel" / "results.csv")
+            if r["target"] == "predicted" and (str(w), float(r["test_position_sd"]), float(r["test_colour_sd"])) in kept]
+    newest = max((int(r["checkpoint_epoch"]) for r in rows), default=0)
     labels = None
-    stored = json.loads((w / "config.json").read_text()).get("config", {}) if (w / "config.json").exists() else {}
-    coded &= stored.get("pixel", {}).get("variant", "colour") == "colour"
-    for row in grid.TABLE.read(w / "single_pixel" / "results.csv"):
+    for row in rows:
       path = evaluation_run.per_image_file(w, row)
-      if row["target"] != "predicted" or not path.exists():
+      if int(row["checkpoint_epoch"]) != newest or not path.exists():
         continue
       with np.load(path) as z:
         if "label" in z.files:
           label = z["label"]
         else:
-          labels = _test_labels(w) if labels is None else labels
+          labels = _test_labels(w, cache) if labels is None else labels
           if labels is None:
-            return ""
+            break
           label = labels[z["index"]]
         hit = pd.Series(z["hit"]).groupby(label).mean()
-      found += [dict(model=_model_seed(w)[0], seed=row["model_seed"], jitter=(float(row["test_position_sd"]),
-                                                                             float(row["test_colour_sd"])),
+      found += [dict(model=row["model"], seed=row["model_seed"], jitter=(float(row["test_position_sd"]),
+                                                                         float(row["test_colour_sd"])),
                      method_label=results.method_label(row["method"], row["method_options"]), target="predicted",
                      output=row["output"], cls=int(k), hit=v) for k, v in hit.items()]
   if not found:
     return ""
   frame = pd.DataFrame(found)
-  red = pixel.colour_code()[:, 0]  # the colour code of CIFAR-10's (and the synthetic source's) 10 classes
-  coded &= frame["cls"].max() < len(red)
   parts = []
   for (model, jitter), block in frame.groupby(["model", "jitter"], sort=False):
     classes = sorted(block["cls"].unique())
     table = block.pivot_table(index=["method_label", "target", "output"], columns="cls", values="hit", sort=False)
     table = _in_table_order(table.reset_index())
-    seeds = " ".join(str(s) for s in sorted(block["seed"].unique()))
+    seeds = " ".join(str(s) for s in sorted(block["seed"].unique(), key=int))
     lines = [f"**{model}, test jitter ({jitter[0]:g}, {jitter[1]:g})**, target predicted, % mean over seeds {seeds}",
-             "", "| method | output | " + " | ".join(f"{k} (r {red[k]})" if coded else str(k) for k in classes) + " |",
+             "", "| method | output | " + " | ".join(f"class {k}" for k in classes) + " |",
              "|---" * (2 + len(classes)) + "|"]
     for _, r in table.iterrows():
-      lines.append(f"| {r['method_label']} | {r['output']} | " + " | ".join(f"{100 * r[k]:.0f}" for k in classes) + " |")
+      lines.append(f"| {r['method_label']} | {r['output']} | "
+                   + " | ".join("–" if pd.isna(r[k]) else f"{100 * r[k]:.0f}" for k in classes) + " |")
     parts.append("\n".join(lines))
   return "\n\n".join(parts)
 
@@ -362,15 +370,25 @@ def _copy_figure(src: pathlib.Path, dst: pathlib.Path, max_bytes: int = 300_000)
   return None
 
 
+# A stage log's lines that show work done (not what a relaunch finds finished): an epoch trained, a
+# grid cell computed or in progress, a sanity or faithfulness method computed.
+_WORK_LINE = re.compile(r"\] (epoch \d+/\d+ |single-pixel cell \d+/\d+ |sanity \S+ \d+/\d+ |faithfulness \d+/\d+ )")
+
+
 def _resumed_at(workdir: pathlib.Path) -> list[str]:
-  """The commits a run's stages were (re)started at, in order: the `=== <time> at <commit>: ...`
-  lines launch/reproduce_cpu.sh writes into `<out>/logs/<run>_<stage>.log` at each start."""
+  """The commits a run's stages did work at, in order: from the `=== <time> at <commit>: ...`
+  line launch/reproduce_cpu.sh writes into `<out>/logs/<run>_<stage>.log` at each start, for the
+  starts whose section of the log shows work (a relaunch that found a stage finished is not news)."""
   found = []
   for log in sorted((workdir.parent / "logs").glob(f"{workdir.name}_*.log")):
+    head = None
     for line in log.read_text(errors="replace").splitlines():
-      head = re.match(r"=== (\S+) at (\S+?):", line)
-      if head:
-        found.append(head.groups())
+      start = re.match(r"=== (\S+) at (\S+?):", line)
+      if start:
+        head = start.groups()
+      elif head and _WORK_LINE.search(line):
+        found.append(head)
+        head = None
   return list(dict.fromkeys(c for _, c in sorted(found) if c != "?"))
 
 
@@ -458,12 +476,13 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", comm
            "scoring strictly higher (so rank 1 is a hit), and its share of the map's total absolute value (mass; "
            "a pixel is 1/1024 of a 32x32 map, 0.1%). Top 1 equals pointing accuracy.", "",
            localisation_tables(summary), ""]
-    by_class = per_class_tables(workdirs)
+    by_class = per_class_tables(workdirs, runs)
     if by_class:
+      red = ", ".join(f"{k}: {r}" for k, r in enumerate(pixel.colour_code()[:, 0]))
       md += ["## Pointing accuracy per class", "",
-             "In the colour variant the class sets the planted pixel's colour, RGB (r, 10, 245), r in the column "
-             "head: after normalisation by the dataset's mean and std, a red near the mean is near 0, so a method "
-             "that multiplies by the input sees little of that channel.", "", by_class, ""]
+             "In the colour variant the class sets the planted pixel's colour, RGB (r, 10, 245), with r for "
+             f"CIFAR-10's classes {red}. After normalisation by the dataset's mean and std a red near the mean is "
+             "near 0, so a method that multiplies by the input sees little of that channel.", "", by_class, ""]
     for model, block in summary.groupby("model", sort=False):
       path = fig_dir / f"pointing_accuracy_{model}.png"
       figures.pointing_bars(path, block, title=f"{model}: pointing accuracy, mean (std) over model seeds")

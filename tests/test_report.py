@@ -26,6 +26,13 @@ def test_report_is_rebuilt_from_workdirs_and_quotes_their_numbers(tmp_path, tiny
     r["overall.attribution_correct_accuracy"] = float(r["overall.attribution_correct_accuracy"]) / 2
   grid.TABLE.write(workdirs[1] / "single_pixel" / "results.csv", rows)
   workdirs[2].mkdir()  # a run that has not started yet is reported as such, not skipped
+  # The grid keeps each image's label beside its outcomes (the per-class table reads them).
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from saliency_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from saliency_jax.evaluation import run  # pylint: disable=g-import-not-at-top
+  with np.load(run.per_image_file(workdirs[0], grid.TABLE.read(workdirs[0] / "single_pixel" / "results.csv")[0])) as z:
+    np.testing.assert_array_equal(z["label"], np.asarray(sources.load(config.data).test.labels)[z["index"]])
 
   path = report.build(workdirs, tmp_path / "docs", notes="The pixel is found.", commit="abc1234")
   text = path.read_text()
@@ -104,18 +111,26 @@ def test_commits_line_names_each_runs_commit(tmp_path):
   (workdirs[2] / "COMMIT").write_text("bbb2222\n")
   assert report.commits_line(workdirs, "aaa1111") == (
       "Runs started at more than one commit: `aaa1111`: resnet18_seed0, resnet18_seed1; `bbb2222`: vgg16_seed0.")
-  # The launcher's stage logs: vgg16 resumed twice (its grid log sorts first, its later stage), the
-  # same commit again and a '?' (no git) are not news; resnet18_seed1's log is not vgg16's.
+  # The launcher's stage logs: vgg16 resumed twice with work done (its grid log sorts first, its
+  # later stage); the same commit again, a '?' (no git) and a relaunch that found everything done
+  # (eee5555) are not news; resnet18_seed1's log is not vgg16's.
   logs = tmp_path / "logs"
   logs.mkdir()
-  (logs / "vgg16_seed0_grid_jitter.log").write_text("=== 2026-11-30T12:41:21Z at ddd4444: python ...\nlog\n")
+  cell = "I1130 12:42:38.601827 1398 run.py:231] single-pixel cell 1/20  test jitter (0, 0)  ...\n"
+  epoch = "I1130 10:40:01.000000 1404 train.py:153] epoch 3/15  loss 0.5759  train  79.2%\n"
+  (logs / "vgg16_seed0_grid_jitter.log").write_text(
+      "=== 2026-11-30T12:41:21Z at ddd4444: python ...\n" + cell
+      + "=== 2026-11-30T14:00:00Z at eee5555: python ...\nI1130 run.py:232] single-pixel grid: 20 cells, 0 computed\n")
   (logs / "vgg16_seed0_train_grid.log").write_text(
-      "=== 2026-11-30T09:21:04Z at bbb2222: python ...\nI1130 training\n"
-      "=== 2026-11-30T11:06:23Z at ccc3333: python ...\n=== 2026-11-30T11:50:00Z at ?: python ...\n")
-  (logs / "resnet18_seed1_train_grid.log").write_text("=== 2026-11-30T08:00:00Z at aaa1111: python ...\n")
+      "=== 2026-11-30T09:21:04Z at bbb2222: python ...\n" + epoch + "=== 2026-11-30T11:06:23Z at ccc3333: python ...\n"
+      + epoch + "=== 2026-11-30T11:50:00Z at ?: python ...\n" + epoch)
+  (logs / "resnet18_seed1_train_grid.log").write_text("=== 2026-11-30T08:00:00Z at fff6666: python ...\n" + epoch)
   assert report.commits_line(workdirs, "aaa1111") == (
-      "Runs started at more than one commit: `aaa1111`: resnet18_seed0, resnet18_seed1; "
+      "Runs started at more than one commit: `aaa1111`: resnet18_seed0, resnet18_seed1 (resumed at `fff6666`); "
       "`bbb2222`: vgg16_seed0 (resumed at `ccc3333`, `ddd4444`).")
+  assert report.commits_line(workdirs[:1], "aaa1111") == "Runs started at commit `aaa1111`."
+  assert report.commits_line(workdirs[:2], "aaa1111") == (
+      "Runs started at commit `aaa1111`: resnet18_seed0, resnet18_seed1 (resumed at `fff6666`).")
 
 
 def test_a_grid_still_running_is_left_out_of_the_means_and_listed():
@@ -172,20 +187,28 @@ def test_per_class_pointing_is_the_hit_rate_of_each_class_over_seeds(tmp_path):
           "max_per_class": 0, "synthetic_train_per_class": 2, "synthetic_test_per_class": 10}
   test_labels = sources.synthetic(0, 2, 10).test.labels
   index = np.concatenate([np.flatnonzero(test_labels == k)[:2] for k in range(3)])
+  # Seed 1 also has an older checkpoint's cell (all misses) and a grid at jitter (3, 5) that is
+  # still running (not in `runs`): both stay out.
   hits = {0: [1, 1, 1, 0, 0, 0], 1: [1, 0, 1, 1, 1, 0]}
-  for seed, hit in hits.items():
-    w = tmp_path / f"small_cnn_seed{seed}"
-    (w / "single_pixel").mkdir(parents=True)
+  workdirs = [tmp_path / f"small_cnn_seed{seed}" for seed in hits]
+  for (seed, hit), w in zip(hits.items(), workdirs):
+    (w / "single_pixel" / "per_image").mkdir(parents=True)
     (w / "config.json").write_text(json.dumps({"config": {"data": data, "pixel": {"variant": "colour"}}}))
     row = {c: "0" for c in grid.TABLE.columns}
     row.update(model="small_cnn", model_seed=seed, method="gradient_x_input", method_options="", target="predicted",
-               output="logit", test_position_sd=0.0, test_colour_sd=0.0)
-    grid.TABLE.write(w / "single_pixel" / "results.csv", [row])
-    path = run.per_image_file(w, grid.TABLE.read(w / "single_pixel" / "results.csv")[0])
-    path.parent.mkdir()
-    extra = {"label": np.array([0, 0, 1, 1, 2, 2])} if seed == 0 else {}
-    np.savez(path, index=index, hit=np.array(hit, bool), **extra)
-  text = report.per_class_tables([tmp_path / "small_cnn_seed0", tmp_path / "small_cnn_seed1"])
-  assert "| method | output | 0 (r 10) | 1 (r 36) | 2 (r 62) |" in text
+               output="logit", test_position_sd=0.0, test_colour_sd=0.0, checkpoint_epoch=5)
+    rows = [row] + ([{**row, "checkpoint_epoch": 3}, {**row, "test_position_sd": 3.0, "test_colour_sd": 5.0}]
+                    if seed == 1 else [])
+    grid.TABLE.write(w / "single_pixel" / "results.csv", rows)
+    for r, h in zip(grid.TABLE.read(w / "single_pixel" / "results.csv"), [hit, [0] * 6, [0] * 6]):
+      extra = {"label": np.array([0, 0, 1, 1, 2, 2])} if seed == 0 else {}
+      np.savez(run.per_image_file(w, r), index=index, hit=np.array(h, bool), **extra)
+  runs = pd.DataFrame({"workdir": [str(w) for w in workdirs], "test_position_sd": 0.0, "test_colour_sd": 0.0})
+  text = report.per_class_tables(workdirs, runs)
+  assert "| method | output | class 0 | class 1 | class 2 |" in text
   # class 0: (100 + 50) / 2, class 1: (50 + 100) / 2, class 2: (0 + 50) / 2
   assert "| gradient_x_input | logit | 75 | 75 | 25 |" in text
+  assert "test jitter (3, 5)" not in text
+  # A run whose labels cannot be had (no config, no labels in its files) is left out, not the table.
+  (workdirs[1] / "config.json").unlink()
+  assert "| gradient_x_input | logit | 100 | 50 | 0 |" in report.per_class_tables(workdirs, runs)
