@@ -411,14 +411,28 @@ def commits_line(workdirs: list[pathlib.Path], commit: str = "") -> str:
       f"`{c}`: {', '.join(names)}" for c, names in by_commit.items()) + "."
 
 
-def complete_grids(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-  """A run's grid at one test jitter with fewer cells than the fullest of its model there is still
-  running: in the means it would enter some rows and not others. Those rows are left out; returned
-  with a line per such grid ('resnet18 seed 2 at test jitter (0, 0): 4 of 20 cells')."""
+def grids_running(workdir: pathlib.Path) -> dict[tuple[float, float], int]:
+  """The test jitters of a grid the run started and has not finished (`evaluation.run.RUNNING`),
+  each with the cells it will have; {} if none."""
+  try:
+    plan = json.loads((workdir / "single_pixel" / evaluation_run.RUNNING).read_text())
+    return {(float(p), float(c)): int(plan["cells_per_jitter"]) for p, c in plan["test_jitter"]}
+  except (OSError, KeyError, ValueError, TypeError):
+    return {}
+
+
+def complete_grids(runs: pd.DataFrame, running: dict[str, dict] | None = None) -> tuple[pd.DataFrame, list[str]]:
+  """A run's grid at one test jitter is still running when the run says so (`running[workdir]`, from
+  `grids_running`) or when it has fewer cells than the fullest of its model there: in the means it
+  would enter some rows and not others. Those rows are left out; returned with a line per such grid
+  ('resnet18 seed 2 at test jitter (0, 0): 4 of 20 cells')."""
   where = ["model", "test_position_sd", "test_colour_sd"]
   cells = runs.groupby(where + ["workdir", "model_seed"], sort=False).size().rename("cells").reset_index()
   cells["full"] = cells.groupby(where)["cells"].transform("max")
-  partial = cells[cells["cells"] < cells["full"]]
+  planned = [(running or {}).get(str(r.workdir), {}).get((float(r.test_position_sd), float(r.test_colour_sd)))
+             for r in cells.itertuples()]
+  cells["full"] = [f if p is None else max(f, p) for f, p in zip(cells["full"], planned)]
+  partial = cells[(cells["cells"] < cells["full"]).to_numpy() | np.array([p is not None for p in planned], bool)]
   if partial.empty:
     return runs, []
   keys = runs[where + ["workdir"]].apply(tuple, axis=1)
@@ -434,7 +448,8 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", comm
   runs_table, training_md = training_table(workdirs)
   running = []
   try:
-    runs, running = complete_grids(aggregate.read_runs([str(w) for w in workdirs]))
+    runs, running = complete_grids(aggregate.read_runs([str(w) for w in workdirs]),
+                                   {str(w): grids_running(w) for w in workdirs})
     summary = aggregate.summarize(runs)
   except ConfigError:
     runs = summary = None

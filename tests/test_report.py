@@ -145,6 +145,41 @@ def test_a_grid_still_running_is_left_out_of_the_means_and_listed():
   assert running == ["resnet18 seed 2 at test jitter (0, 0): 1 of 2 cells"]
   assert len(kept) == len(runs) - 1 and not ((kept["workdir"] == "s2") & (kept["test_position_sd"] == 0)).any()
   assert report.complete_grids(kept)[1] == []
+  # A model's only seed: its grid at (3, 3) is partial by its own word (2 cells planned, 1 done),
+  # and so is one killed after its last cell and before it could say it finished.
+  vgg = pd.DataFrame(cells("v0", 0, 0.0, "ab") + cells("v0", 0, 3.0, "a")).assign(model="vgg16")
+  assert report.complete_grids(vgg)[1] == []
+  kept, running = report.complete_grids(vgg, {"v0": {(3.0, 3.0): 2}})
+  assert running == ["vgg16 seed 0 at test jitter (3, 3): 1 of 2 cells"] and len(kept) == 2
+  assert report.complete_grids(vgg, {"v0": {(0.0, 0.0): 2}})[1] == ["vgg16 seed 0 at test jitter (0, 0): 2 of 2 cells"]
+
+
+def test_a_grid_says_it_is_running_until_its_last_cell(trained_tmp_path, tiny_config, monkeypatch):
+  # Killed in its second cell, the grid leaves its plan behind; finished, it removes it.
+  from saliency_jax.evaluation import run  # pylint: disable=g-import-not-at-top
+
+  config = tiny_config
+  sp = config.single_pixel
+  sp.methods, sp.targets, sp.outputs = ("absolute_gradient", "gradient_x_input"), ("predicted",), ("logit",)
+  sp.test_jitter, sp.max_images, sp.examples = ((0.0, 0.0),), 8, 0
+  config.train.enabled = False  # evaluate the trained workdir's checkpoint
+  outcomes, calls = run.CellRunner.outcomes, []
+
+  def killed_in_the_second(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+      raise KeyboardInterrupt
+    return outcomes(self, *args, **kwargs)
+
+  monkeypatch.setattr(run.CellRunner, "outcomes", killed_in_the_second)
+  try:
+    pipeline.run(config, trained_tmp_path)
+  except KeyboardInterrupt:
+    pass
+  assert report.grids_running(trained_tmp_path) == {(0.0, 0.0): 2}
+  monkeypatch.setattr(run.CellRunner, "outcomes", outcomes)
+  pipeline.run(config, trained_tmp_path)
+  assert report.grids_running(trained_tmp_path) == {}
 
 
 def test_a_run_stopped_at_the_shortcut_is_finished(tmp_path):

@@ -9,6 +9,7 @@ the devices of every process; only counts come back.
 from __future__ import annotations
 
 import hashlib
+import json
 import pathlib
 import time
 import zipfile
@@ -134,6 +135,11 @@ class CellRunner:
                                       progress=progress))
 
 
+# In `single_pixel/`: the test jitters and the cells per jitter of a grid that has started and not
+# finished (written first, removed after the last cell), so a report knows a partial grid as such.
+RUNNING = "running.json"
+
+
 def _per_image_path(out_dir: pathlib.Path, key: tuple[str, ...]) -> pathlib.Path:
   return out_dir / "per_image" / (hashlib.sha1("|".join(key).encode()).hexdigest()[:16] + ".npz")
 
@@ -185,6 +191,12 @@ def evaluate(config, workdir: str | pathlib.Path, trained) -> list[dict]:
   index = test_indices(data, sp.max_images)
 
   cells = [(j, m, t, o) for j in sp.test_jitter for m in methods for t in sp.targets for o in sp.outputs]
+  running_path = out_dir / RUNNING
+  if write:  # until the last cell is done (a killed run leaves it): the report leaves this grid out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with files.atomic_open(running_path, "w") as f:
+      json.dump({"test_jitter": [[float(p), float(c)] for p, c in sp.test_jitter],
+                 "cells_per_jitter": len(methods) * len(sp.targets) * len(sp.outputs)}, f)
   rows, computed, reused, memory, maps = [], 0, 0, {}, {}
   progress = Progress("single-pixel grid", len(cells), "cells")
   sets = {}
@@ -242,6 +254,8 @@ def evaluate(config, workdir: str | pathlib.Path, trained) -> list[dict]:
                  else "", f"; {progress.left(computed)} in the grid" if computed < progress.total else "")
   logging.info("single-pixel grid: %d cells, %d computed (%d image maps reused across targets), %d read from %s",
                len(cells), computed, reused, len(cells) - computed, results_path)
+  if write:
+    running_path.unlink(missing_ok=True)
 
   # Every process computes the maps (one program over all of them); process 0 decides and draws.
   if sp.examples and parallel.agree(bool(computed or not (out_dir / "examples.png").exists())):
