@@ -185,17 +185,15 @@ def per_class_tables(workdirs: list[pathlib.Path], runs: pd.DataFrame) -> str:
   """Pointing accuracy per class, target `predicted`, mean over seeds, from the grid's per-image
   outcomes of the cells in `runs` (`aggregate.read_runs`: each run's newest checkpoint; grids still
   running already left out)."""
-  kept = set(zip(runs["workdir"].astype(str), runs["test_position_sd"].astype(float),
-                 runs["test_colour_sd"].astype(float)))
+  where = lambda w, pos, col, epoch: (str(w), float(pos), float(col), int(epoch))
+  kept = set(map(where, runs["workdir"], runs["test_position_sd"], runs["test_colour_sd"], runs["checkpoint_epoch"]))
   found, cache = [], {}
   for w in workdirs:
-    rows = [r for r in grid.TABLE.read(w / "single_pixel" / "results.csv")
-            if r["target"] == "predicted" and (str(w), float(r["test_position_sd"]), float(r["test_colour_sd"])) in kept]
-    newest = max((int(r["checkpoint_epoch"]) for r in rows), default=0)
     labels = None
-    for row in rows:
+    for row in grid.TABLE.read(w / "single_pixel" / "results.csv"):
       path = evaluation_run.per_image_file(w, row)
-      if int(row["checkpoint_epoch"]) != newest or not path.exists():
+      if (row["target"] != "predicted" or not path.exists() or where(
+          w, row["test_position_sd"], row["test_colour_sd"], row["checkpoint_epoch"]) not in kept):
         continue
       with np.load(path) as z:
         if "label" in z.files:

@@ -238,7 +238,8 @@ def test_per_class_pointing_is_the_hit_rate_of_each_class_over_seeds(tmp_path):
     for r, h in zip(grid.TABLE.read(w / "single_pixel" / "results.csv"), [hit, [0] * 6, [0] * 6]):
       extra = {"label": np.array([0, 0, 1, 1, 2, 2])} if seed == 0 else {}
       np.savez(run.per_image_file(w, r), index=index, hit=np.array(h, bool), **extra)
-  runs = pd.DataFrame({"workdir": [str(w) for w in workdirs], "test_position_sd": 0.0, "test_colour_sd": 0.0})
+  runs = pd.DataFrame({"workdir": [str(w) for w in workdirs], "test_position_sd": 0.0, "test_colour_sd": 0.0,
+                       "checkpoint_epoch": 5})  # as aggregate.read_runs keeps: each run's newest checkpoint
   text = report.per_class_tables(workdirs, runs)
   assert "| method | output | class 0 | class 1 | class 2 |" in text
   # class 0: (100 + 50) / 2, class 1: (50 + 100) / 2, class 2: (0 + 50) / 2
