@@ -224,16 +224,29 @@ def _max_pool_bwd(window, strides, padding, residuals, g):
     return (_tiled_max_pool_bwd(x, y, g, window),)
   xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=-jnp.inf)
   ho, wo = y.shape[1:3]
-  taken = jnp.zeros(y.shape, bool)
-  dxp = jnp.zeros(xp.shape, g.dtype)
-  for offset, values in enumerate(_window_slices(xp, window, strides)):
-    i, j = divmod(offset, kw)
-    first = (values == y) & ~taken
-    taken = taken | first
-    placement = ((0, 0, 0), (i, xp.shape[1] - i - sh * (ho - 1) - 1, sh - 1),
-                 (j, xp.shape[2] - j - sw * (wo - 1) - 1, sw - 1), (0, 0, 0))
-    dxp = dxp + lax.pad(jnp.where(first, g, 0).astype(g.dtype), jnp.zeros((), g.dtype), placement)
-  return (dxp[:, top:xp.shape[1] - bottom, left:xp.shape[2] - right, :],)
+  # The offset of each window's first maximum, as one reduction: XLA materialises it, where a chain
+  # of per-offset selects was fused into every element of every placement below (9 x 9 compares).
+  first = jnp.argmax(jnp.stack([v == y for v in _window_slices(xp, window, strides)]), axis=0)
+  # Placed phase by phase: rows s*r + p of x get the offsets i = p (mod s) of windows r - i // s, so
+  # each phase is a sum of shifted shares and every element is written once, not once per offset.
+  (kh, _), (b, _, _, c) = window, y.shape
+  eh, ew = (kh - 1) // sh, (kw - 1) // sw
+  phase_rows = []
+  for pi in range(sh):
+    phases = []
+    for pj in range(sw):
+      acc = jnp.zeros((b, ho + eh, wo + ew, c), g.dtype)
+      for i in range(pi, kh, sh):
+        for j in range(pj, kw, sw):
+          share = jnp.where(first == i * kw + j, g, 0).astype(g.dtype)
+          acc = acc + jnp.pad(share, ((0, 0), (i // sh, eh - i // sh), (j // sw, ew - j // sw), (0, 0)))
+      phases.append(acc)
+    phase_rows.append(jnp.stack(phases, axis=3))
+  tiled = jnp.stack(phase_rows, axis=2)  # (b, ho + eh, sh, wo + ew, sw, c)
+  dxp = tiled.reshape(b, (ho + eh) * sh, wo + ew, sw, c).reshape(b, (ho + eh) * sh, (wo + ew) * sw, c)
+  hp, wp = xp.shape[1:3]
+  dxp = jnp.pad(dxp[:, :hp, :wp], ((0, 0), (0, max(0, hp - dxp.shape[1])), (0, max(0, wp - dxp.shape[2])), (0, 0)))
+  return (dxp[:, top:hp - bottom, left:wp - right, :],)
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
@@ -420,6 +433,15 @@ def cpu_lowering(f: Callable) -> Callable:
 
 def is_lowered(f) -> bool:
   return bool(getattr(f, _MARK, False))
+
+
+def unlowered(f: Callable) -> Callable:
+  """The function `cpu_lowering` made `f` from (`f` itself if it is not lowered): what a transform
+  that reads the jaxpr's own primitives traces (the lowered forms hide them in `cond`s). An object
+  that lowers inside its own call (`ModelForward`) gives its plain function by `unlowered()`."""
+  if hasattr(f, "unlowered"):
+    return f.unlowered()
+  return f.__wrapped__ if is_lowered(f) else f
 
 
 # XLA:CPU (jaxlib 0.10) hands convolutions, dots, elementwise ops and reductions to YNNPACK

@@ -13,7 +13,7 @@ def test_weighted_sum_is_the_sum_of_weighted_items(chunk_size):
   weights = np.linspace(0.1, 0.7, 7)
   fn = lambda a: jnp.stack([a, a**2, jnp.ones_like(a)])
   expected = sum(w * np.array([a, a**2, 1.0]) for a, w in zip(xs, weights))
-  got = chunks.weighted_sum(fn, jnp.asarray(xs), weights, (3,), chunk_size)
+  got = chunks.weighted_sum(fn, jnp.asarray(xs), weights, chunk_size)
   np.testing.assert_allclose(got, expected, rtol=1e-6)  # float32 sums of 7 terms
 
 
@@ -23,7 +23,7 @@ def test_mean_and_variance_keep_a_small_variance_next_to_a_large_mean(chunk_size
   # 0.06 > 1e-4); Chan's merge keeps it, as numpy's two-pass float64 variance does.
   rng = np.random.default_rng(0)
   samples = 1000.0 + 0.01 * rng.standard_normal((10, 5))
-  mean, variance = chunks.mean_and_variance(lambda s: s, jnp.asarray(samples, jnp.float32), (5,), chunk_size)
+  mean, variance = chunks.mean_and_variance(lambda s: s, jnp.asarray(samples, jnp.float32), chunk_size)
   np.testing.assert_allclose(mean, samples.mean(0), rtol=1e-6)
   # float32 samples carry ~6e-5 absolute rounding at 1000, so the variance (~1e-4) has 2-3 digits.
   np.testing.assert_allclose(variance, np.asarray(samples, np.float32).astype(np.float64).var(0), rtol=0.05)

@@ -119,7 +119,8 @@ def test_forms_not_covered_stay_native(case):
 
 
 @pytest.mark.parametrize("window,stride,padding", [(3, 2, ((1, 1), (1, 1))), (2, 2, "VALID"), (3, 1, "SAME"),
-                                                   (3, 2, "VALID"), (2, 1, ((0, 1), (1, 0))), (3, 3, ((1, 0), (0, 2)))])
+                                                   (3, 2, "VALID"), (2, 1, ((0, 1), (1, 0))), (3, 3, ((1, 0), (0, 2))),
+                                                   (2, 3, "VALID")])
 @pytest.mark.parametrize("size", [8, 7])
 def test_max_pool_and_its_gradient_equal_select_and_scatter_with_ties(window, stride, padding, size):
   # Rounded ReLU outputs: many windows hold several equal maxima, where the gradient goes to the first.

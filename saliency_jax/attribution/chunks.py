@@ -34,15 +34,21 @@ def _fold(fn: Callable, update: Callable, init, xs, chunk_size: int | None):
   return carry
 
 
-def weighted_sum(fn: Callable, xs_S, weights_S, shape, chunk_size: int | None = None):
-  """sum_s weights_S[s] * fn(xs_S[s]), where fn returns float32 arrays of `shape`."""
-  update = lambda total, maps_S, chunk: total + jnp.tensordot(chunk[1], maps_S, axes=1)
-  init = jnp.zeros(shape, jnp.float32)
-  return _fold(lambda item: fn(item[0]), update, init, (xs_S, jnp.asarray(weights_S, jnp.float32)), chunk_size)
+def _zeros_like_output(fn: Callable, xs_S):
+  shapes = jax.eval_shape(fn, jax.tree.map(lambda a: a[0], xs_S))
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
-def mean_and_variance(fn: Callable, xs_S, shape, chunk_size: int | None = None):
-  """The mean and the variance (ddof 0) over s of fn(xs_S[s]), float32 arrays of `shape`.
+def weighted_sum(fn: Callable, xs_S, weights_S, chunk_size: int | None = None):
+  """sum_s weights_S[s] * fn(xs_S[s]), where fn returns a pytree of float arrays."""
+  weights_S = jnp.asarray(weights_S, jnp.float32)
+  update = lambda total, maps_S, chunk: jax.tree.map(lambda t, m: t + jnp.tensordot(chunk[1], m, axes=1),
+                                                     total, maps_S)
+  return _fold(lambda item: fn(item[0]), update, _zeros_like_output(fn, xs_S), (xs_S, weights_S), chunk_size)
+
+
+def mean_and_variance(fn: Callable, xs_S, chunk_size: int | None = None):
+  """The mean and the variance (ddof 0) over s of fn(xs_S[s]), a float array.
   Chunks are merged with Chan et al.'s pairwise update (count, mean, sum of squared
   deviations), so a small variance next to a large mean keeps its digits, as in two passes."""
 
@@ -55,6 +61,6 @@ def mean_and_variance(fn: Callable, xs_S, shape, chunk_size: int | None = None):
     delta = chunk_mean - mean
     return total, mean + delta * (n / total), m2 + chunk_m2 + delta**2 * (count * n / total)
 
-  zeros = jnp.zeros(shape, jnp.float32)
+  zeros = _zeros_like_output(fn, xs_S)
   count, mean, m2 = _fold(fn, update, (jnp.zeros((), jnp.float32), zeros, zeros), xs_S, chunk_size)
   return mean, m2 / count

@@ -78,6 +78,10 @@ class ModelForward:
   def __call__(self, x_BHWC):
     return cpu_lowering(self.model.apply)(self.variables, x_BHWC, train=False)
 
+  def unlowered(self) -> Forward:
+    """The forward without `cpu_lowering` (see `lowering.unlowered`)."""
+    return lambda x_BHWC: self.model.apply(self.variables, x_BHWC, train=False)
+
   def with_activation(self, activation: Callable) -> "ModelForward":
     """The same network with every activation replaced (Guided Backprop, Deconvnet, RectGrad)."""
     if not hasattr(self.model, "activation"):

@@ -3,7 +3,9 @@
 The path is one `vmap` over the quadrature points (each a whole batch), so XLA sees a
 single large batch; `chunk_size` walks it in chunks of that many points with a running
 weighted sum (`chunks.weighted_sum`), so memory holds one chunk's activations and gradients.
-Chunked and unchunked runs give the same numbers to float32 summation order.
+Chunked and unchunked runs give the same numbers to float32 summation order. The path is walked
+past the forward's affine head (`affine_head`): its first convolution runs twice per image, its
+transpose once, not once per point each.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from saliency_jax.attribution import chunks
+from saliency_jax.attribution import affine_head, chunks
 from saliency_jax.attribution.core import input_gradient
 from saliency_jax.attribution.registry import register
 from saliency_jax.checks import require_choice, require_positive
@@ -112,9 +114,15 @@ def integrated_gradients(forward, x_BHWC, target_B, *, output: str = "logit", ba
   baseline_BHWC = make_baseline(baseline, x_BHWC, normalization=normalization, key=key, blur_sigma=blur_sigma)
   alphas_S, weights_S = path_points(rule, steps)
   delta_BHWC = x_BHWC - baseline_BHWC
+  # With an affine head, the path is walked in the head's output space, where it is straight too:
+  # head(x' + a (x - x')) = head(x') + a (head(x) - head(x')) (see affine_head).
+  split = affine_head.split(forward, x_BHWC) or affine_head.identity(forward)
+  start, end = split.head(baseline_BHWC), split.head(x_BHWC)
 
   def grad_at(alpha):
-    return input_gradient(forward, baseline_BHWC + alpha * delta_BHWC, target_B, output)
+    point = [s + alpha * (e - s) for s, e in zip(start, end)]
+    return input_gradient(split.rest, point, target_B, output)
 
   # A running sum over chunks of path points: the per-point gradients are never all stacked.
-  return delta_BHWC * chunks.weighted_sum(grad_at, jnp.asarray(alphas_S), weights_S, x_BHWC.shape, chunk_size)
+  summed = chunks.weighted_sum(grad_at, jnp.asarray(alphas_S), weights_S, chunk_size)
+  return delta_BHWC * split.transpose(x_BHWC, summed)

@@ -54,8 +54,8 @@ def noisy_moments(forward, x_BHWC, target_B, *, output, method, samples, sigma, 
     return fn(forward, x_BHWC + scale_B * noise_BHWC, target_B, output=output, **options)
 
   if not variance:
-    return chunks.weighted_sum(one, noise_SBHWC, np.full(samples, 1 / samples), x_BHWC.shape, chunk_size), None
-  return chunks.mean_and_variance(one, noise_SBHWC, x_BHWC.shape, chunk_size)
+    return chunks.weighted_sum(one, noise_SBHWC, np.full(samples, 1 / samples), chunk_size), None
+  return chunks.mean_and_variance(one, noise_SBHWC, chunk_size)
 
 
 @registry.register("smoothgrad", needs=("key", "path"))
