@@ -84,6 +84,8 @@ def test_no_split_without_a_product_in_the_head_or_with_a_head_much_larger_than_
   x = jnp.ones((2, 4, 4, 3))
   assert affine_head.split(lambda x: jnp.tanh(x).sum(axis=(1, 2)), x) is None  # nonlinear at once
   assert affine_head.split(lambda x: jnp.maximum(x * 2.0 + 1.0, 0).sum(axis=(1, 2)), x) is None  # no product
+  w = jnp.ones((3, 3))  # a product of constants only: the head scales x, no product of x
+  assert affine_head.split(lambda x: jnp.tanh(x * (w @ w)[0]).sum(axis=(1, 2)), x) is None
   wide = jnp.ones((48, affine_head.MAX_GROWTH * 48 + 1))  # per image: 48 inputs, 64 x 48 + 1 head outputs
   assert affine_head.split(lambda x: jnp.tanh(x.reshape(2, -1) @ wide)[:, :3], x) is None
 

@@ -41,8 +41,7 @@ _one_of_two = lambda depends: not all(depends)
 # Primitive -> whether it is affine in the input, given which of its operands depend on it.
 _AFFINE = {
     **{name: _any for name in ("add", "sub", "add_any", "neg", "reshape", "broadcast_in_dim", "transpose",
-                               "squeeze", "expand_dims", "reduce_sum", "copy", "copy_p", "concatenate", "rev",
-                               "slice")},
+                               "squeeze", "expand_dims", "reduce_sum", "copy", "concatenate", "rev", "slice")},
     "mul": _one_of_two, "dot_general": _one_of_two,
     "conv_general_dilated": _linear_in(0), "div": _linear_in(0), "pad": _linear_in(0),
     "dynamic_slice": _linear_in(0), "select_n": lambda depends: not depends[0],
@@ -86,7 +85,7 @@ def split(forward: Callable, x_BHWC) -> Split | None:
   jaxpr = closed.jaxpr
   (x_var,) = jaxpr.invars
   depends = {x_var}
-  end = len(jaxpr.eqns)
+  end, products = len(jaxpr.eqns), 0
   for i, eqn in enumerate(jaxpr.eqns):
     flags = [isinstance(v, jax_core.Var) and v in depends for v in eqn.invars]
     if not any(flags):
@@ -95,9 +94,10 @@ def split(forward: Callable, x_BHWC) -> Split | None:
       end = i
       break
     depends.update(eqn.outvars)
-  head_eqns, rest_eqns = jaxpr.eqns[:end], jaxpr.eqns[end:]
-  if not any(eqn.primitive.name in _PRODUCTS for eqn in head_eqns):
+    products += eqn.primitive.name in _PRODUCTS
+  if not products:
     return None
+  head_eqns, rest_eqns = jaxpr.eqns[:end], jaxpr.eqns[end:]
   defined = {x_var, *(v for eqn in head_eqns for v in eqn.outvars)}
   used_later = [v for eqn in rest_eqns for v in eqn.invars] + list(jaxpr.outvars)
   crossing = list(dict.fromkeys(v for v in used_later if isinstance(v, jax_core.Var) and v in defined))
