@@ -194,11 +194,10 @@ def _max_pool_fwd(x, window, strides, padding):
 def _tiled_max_pool_bwd(x, y, g, window):
   """The gradient where the windows tile the map (window == strides, no padding: the usual 2x2
   pool). Offset (i, j) of every window is `x_tiles[:, :, i, :, j]`, and each offset's share is
-  written into the same tiled view, one pass over x. The general form below places each offset's
-  share with an interior-padded `lax.pad`, which XLA evaluates for every offset at every element:
+  written into the same tiled view, one pass over x. Against a form placing each offset's share
+  with an interior-padded `lax.pad` (which XLA evaluates for every offset at every element):
   interleaved (7 rounds), the user CNN's IG 0.460 -> 0.404 s at chunk 8, 0.570 -> 0.561 s
-  unchunked; vgg16's unchanged within noise (+-2%). For overlapping windows (resnet18's stem pool)
-  the same idea, phase by phase, was no faster (-5% +- noise) and is not used."""
+  unchunked; vgg16's unchanged within noise (+-2%)."""
   (kh, kw), (b, ho, wo, c) = window, y.shape
   # One axis split or merged per reshape: under an explicit batch sharding (the training step)
   # jax infers the output's sharding only for those.
@@ -216,7 +215,7 @@ def _tiled_max_pool_bwd(x, y, g, window):
 
 def _max_pool_bwd(window, strides, padding, residuals, g):
   # Each window's gradient goes to its first maximum in row-major order, as select-and-scatter
-  # sends it (ties included); window offset (i, j) is one strided slice, placed back by `lax.pad`.
+  # sends it (ties included); window offset (i, j) is one strided slice of x.
   x, y = residuals
   (_, kw), (sh, sw), ((top, bottom), (left, right)) = window, strides, padding
   if tuple(window) == tuple(strides) and top == bottom == left == right == 0 and x.shape[1:3] == (
@@ -224,8 +223,10 @@ def _max_pool_bwd(window, strides, padding, residuals, g):
     return (_tiled_max_pool_bwd(x, y, g, window),)
   xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=-jnp.inf)
   ho, wo = y.shape[1:3]
-  # The offset of each window's first maximum, as one reduction: XLA materialises it, where a chain
-  # of per-offset selects was fused into every element of every placement below (9 x 9 compares).
+  # The offset of each window's first maximum, as one reduction: XLA materialises it. A chain of
+  # per-offset selects was fused into every element of every placement (9 x 9 compares per element
+  # for a 3x3 pool), and with one interior-padded `lax.pad` per offset, resnet18's chunked IG past
+  # the affine head spent a quarter of its time in its stem pool's gradient.
   first = jnp.argmax(jnp.stack([v == y for v in _window_slices(xp, window, strides)]), axis=0)
   # Placed phase by phase: rows s*r + p of x get the offsets i = p (mod s) of windows r - i // s, so
   # each phase is a sum of shifted shares and every element is written once, not once per offset.
