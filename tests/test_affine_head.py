@@ -103,3 +103,27 @@ def test_a_relu_network_gives_the_maps_it_gives_without_the_split():
   with mock.patch.object(affine_head, "split", lambda forward, x: None):
     plain = ig(forward, x)
   np.testing.assert_allclose(ig(forward, x), plain, rtol=1e-5, atol=1e-5 * float(jnp.abs(plain).max()))
+
+
+def test_bfloat16_inputs_and_layers_are_walked_in_float32_and_a_narrowing_cast_ends_the_head():
+  # A bfloat16 input: the path's points are float32, as without the split, and so is the map.
+  forward, x = _net()
+  x16, target = x.astype(jnp.bfloat16), jnp.array([0, 2, 1])
+  got = attribution.integrated_gradients(forward, x16, target, steps=5, baseline="zero", chunk_size=2)
+  want = attribution.integrated_gradients(forward, x16.astype(jnp.float32), target, steps=5, baseline="zero")
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(got, want, **TOL)
+  # A bfloat16 first layer on float32 inputs: the cast to bfloat16 rounds, so it is not in the head.
+  narrowing = lambda x: jnp.tanh(jax.lax.conv_general_dilated(
+      x.astype(jnp.bfloat16), jnp.ones((3, 3, 2, 4), jnp.bfloat16), (1, 1), "SAME",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))).astype(jnp.float32).sum(axis=(1, 2))
+  assert affine_head.split(narrowing, x) is None
+  assert attribution.integrated_gradients(narrowing, x, target, steps=3, baseline="zero").dtype == jnp.float32
+
+
+def test_smoothgrad_of_a_bfloat16_map_sums_in_float32():
+  forward, x = _net()
+  x16, target = x.astype(jnp.bfloat16), jnp.array([0, 2, 1])
+  method = lambda f, x, t, output: attribution.gradient(f, x, t, output=output).astype(jnp.bfloat16)
+  got = attribution.smoothgrad(forward, x16, target, method=method, samples=3, chunk_size=2, key=jax.random.key(0))
+  assert got.dtype == jnp.float32

@@ -52,7 +52,8 @@ _PRODUCTS = ("conv_general_dilated", "dot_general")
 def _is_affine(eqn, depends) -> bool:
   name = eqn.primitive.name
   if name == "convert_element_type":  # a cast between float types; to integers it is not affine
-    return jnp.issubdtype(eqn.params["new_dtype"], jnp.floating)
+    new, old = eqn.params["new_dtype"], eqn.invars[0].aval.dtype
+    return jnp.issubdtype(new, jnp.floating) and jnp.promote_types(old, new) == new  # not narrowing
   return name in _AFFINE and _AFFINE[name](depends)
 
 
@@ -103,6 +104,8 @@ def split(forward: Callable, x_BHWC) -> Split | None:
   crossing = list(dict.fromkeys(v for v in used_later if isinstance(v, jax_core.Var) and v in defined))
   z_vars = [v for v in crossing if v in depends]
   c_vars = [v for v in crossing if v not in depends]  # input-independent values the rest reads
+  if any(v.aval.dtype != x_BHWC.dtype for v in z_vars):  # a narrowed head: rounding, not affine
+    return None
   if sum(math.prod(v.aval.shape) for v in z_vars) > MAX_GROWTH * math.prod(x_BHWC.shape):
     return None
   head_jaxpr = _jaxpr(jaxpr.constvars, [x_var], z_vars + c_vars, head_eqns)

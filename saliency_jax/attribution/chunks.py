@@ -36,7 +36,7 @@ def _fold(fn: Callable, update: Callable, init, xs, chunk_size: int | None):
 
 def _zeros_like_output(fn: Callable, xs_S):
   shapes = jax.eval_shape(fn, jax.tree.map(lambda a: a[0], xs_S))
-  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.promote_types(s.dtype, jnp.float32)), shapes)
 
 
 def weighted_sum(fn: Callable, xs_S, weights_S, chunk_size: int | None = None):

@@ -116,13 +116,16 @@ def integrated_gradients(forward, x_BHWC, target_B, *, output: str = "logit", ba
   delta_BHWC = x_BHWC - baseline_BHWC
   # With an affine head, the path is walked in the head's output space, where it is straight too:
   # head(x' + a (x - x')) = head(x') + a (head(x) - head(x')) (see affine_head).
-  split = affine_head.split(forward, x_BHWC) or affine_head.identity(forward)
-  start, end = split.head(baseline_BHWC), split.head(x_BHWC)
+  # The path's points are float32 (or wider) as before: a bfloat16 input is walked in float32.
+  dtype = jnp.promote_types(x_BHWC.dtype, jnp.float32)
+  x_f, baseline_f = x_BHWC.astype(dtype), baseline_BHWC.astype(dtype)
+  split = affine_head.split(forward, x_f) or affine_head.identity(forward)
+  start, end = split.head(baseline_f), split.head(x_f)
 
   def grad_at(alpha):
-    point = [s + alpha * (e - s) for s, e in zip(start, end)]
+    point = [(s + alpha * (e - s)).astype(s.dtype) for s, e in zip(start, end)]
     return input_gradient(split.rest, point, target_B, output)
 
   # A running sum over chunks of path points: the per-point gradients are never all stacked.
   summed = chunks.weighted_sum(grad_at, jnp.asarray(alphas_S), weights_S, chunk_size)
-  return delta_BHWC * split.transpose(x_BHWC, summed)
+  return delta_BHWC * split.transpose(x_f, summed)
