@@ -111,12 +111,13 @@ def split(forward: Callable, x_BHWC) -> Split | None:
   head_jaxpr = _jaxpr(jaxpr.constvars, [x_var], z_vars + c_vars, head_eqns)
   rest_jaxpr = _jaxpr([*jaxpr.constvars, *c_vars], z_vars, jaxpr.outvars, rest_eqns)
   consts = list(closed.consts)
+  head_fn = jax_core.jaxpr_as_fun(jax_core.ClosedJaxpr(head_jaxpr, consts))
   # The input-independent values are the same for every input: computed once, at x_BHWC.
-  c_values = jax_core.jaxpr_as_fun(jax_core.ClosedJaxpr(head_jaxpr, consts))(x_BHWC)[len(z_vars):]
+  c_values = head_fn(x_BHWC)[len(z_vars):]
   rest_fn = jax_core.jaxpr_as_fun(jax_core.ClosedJaxpr(rest_jaxpr, consts + c_values))
 
   def head(x):
-    return jax_core.jaxpr_as_fun(jax_core.ClosedJaxpr(head_jaxpr, consts))(x)[:len(z_vars)]
+    return head_fn(x)[:len(z_vars)]
 
   def rest(z):
     (logits,) = rest_fn(*z)
