@@ -84,7 +84,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.single_pixel.max_images = 0  # a class-balanced subset of N test images, drawn from data.seed; 0: all
   config.single_pixel.examples = 6  # images in examples.png; 0: no figure
 
-  # Faithfulness curves (evaluation/faithfulness_run.py) on the trained model, off by default:
+  # Faithfulness curves (saliency_jax/stages/faithfulness.py) on the trained model, off by default:
   # workdir/faithfulness/results.csv and curves.png. Each method's maps (channel reduction as in the
   # grid), then deletion / insertion (pixel flipping) per order x replacement, and ROAD per order.
   config.faithfulness = ml_collections.ConfigDict()

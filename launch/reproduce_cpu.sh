@@ -1,23 +1,25 @@
 #!/usr/bin/env bash
-# The paper's experiment at the scale of a CPU machine (configs/resnet_cpu.py says what differs and
-# why), from scratch to docs/results.md:
+# The paper's experiment and the leaderboard at the scale of a CPU machine (configs/resnet_cpu.py
+# says what differs from the paper and why), from scratch to docs/results.md:
 #
 #   launch/reproduce_cpu.sh CIFAR_FOLDER [OUT_DIR]
 #
-# Per model and seed: train (until the shortcut is taken), the single-pixel grid on 1,000
-# class-balanced test images at test jitter (0, 0) and on 500 at (3, 5); the sanity checks on seed
-# 0 of each model; then the report. Stages run one after another, each with its log in
-# OUT_DIR/logs/. A rerun resumes every stage (checkpoints, finished grid cells and sanity methods),
-# so the same command continues a killed run. MODELS/SEEDS narrow it, e.g. MODELS=resnet18 SEEDS=0.
+# Per model and seed, in this order: train (until the shortcut is taken) and the paper's grid on
+# 1,000 class-balanced test images at test jitter (0, 0); the leaderboard grid (every method,
+# configs/leaderboard.py) on the same images, sharing the paper grid's cells; the paper's grid on 500
+# images at test jitter (3, 5); and on seed 0 of each model the leaderboard's cascading randomisation
+# and faithfulness curves, then the paper's sanity checks. Runs go resnet18 seeds 0 1 2, then vgg16
+# seed 0, then vgg16 seeds 1 2, so a partial finish is useful. Each stage's log is in OUT_DIR/logs/.
+# A rerun resumes every stage (checkpoints, finished grid cells, sanity and faithfulness methods), so
+# the same command continues a killed run. RUNS narrows it, e.g. RUNS="resnet18:0".
 set -euo pipefail
 DATA=${1:?usage: launch/reproduce_cpu.sh CIFAR_FOLDER [OUT_DIR]}
 OUT=${2:-workdirs/cpu}
-RUNS=${RUNS:-"resnet18:0 resnet18:1 resnet18:2 vgg16:0"}  # model:seed, in this order
+RUNS=${RUNS:-"resnet18:0 resnet18:1 resnet18:2 vgg16:0 vgg16:1 vgg16:2"}  # model:seed, in this order
 SANITY_SEED=${SANITY_SEED:-0}
 JITTER=${JITTER:-"((3.0, 5.0),)"}
 JITTER_IMAGES=${JITTER_IMAGES:-500}
 mkdir -p "$OUT/logs"
-git rev-parse --short HEAD > "$OUT/COMMIT" 2>/dev/null || true  # the report names the commit the runs used
 DATA_FLAGS=(--config.data.source=folder --config.data.path="$DATA")
 
 stage() {  # name command...: its log in OUT_DIR/logs/NAME.log; a rerun resumes it, appending to the log
@@ -33,16 +35,19 @@ for run in $RUNS; do
   model=${run%%:*} seed=${run##*:}
   workdir="$OUT/${model}_seed$seed"
   base="${model/resnet18/resnet}_cpu"
-  flags=(--config="configs/$base.py" --workdir="$workdir" --config.seed="$seed" "${DATA_FLAGS[@]}")
+  common=(--workdir="$workdir" --config.seed="$seed" "${DATA_FLAGS[@]}")
   mkdir -p "$workdir"  # the commit a run starts at stays its commit when later resumed at another
   [[ -e "$workdir/COMMIT" ]] || git rev-parse --short HEAD > "$workdir/COMMIT" 2>/dev/null || true
-  stage "${model}_seed${seed}_train_grid" python -m saliency_jax.main "${flags[@]}"
-  stage "${model}_seed${seed}_grid_jitter" python -m saliency_jax.main "${flags[@]}" --config.train.enabled=False \
-      --config.single_pixel.test_jitter="$JITTER" --config.single_pixel.max_images="$JITTER_IMAGES"
+  stage "${model}_seed${seed}_train_grid" python -m saliency_jax.main --config="configs/$base.py" "${common[@]}"
+  stage "${model}_seed${seed}_leaderboard_grid" python -m saliency_jax.main --config="configs/leaderboard.py:$base" \
+      "${common[@]}" --config.sanity.studies= --config.faithfulness.enabled=False
+  stage "${model}_seed${seed}_grid_jitter" python -m saliency_jax.main --config="configs/$base.py" "${common[@]}" \
+      --config.train.enabled=False --config.single_pixel.test_jitter="$JITTER" \
+      --config.single_pixel.max_images="$JITTER_IMAGES"
   if [[ $seed == "$SANITY_SEED" ]]; then
-    stage "${model}_seed${seed}_sanity" python -m saliency_jax.main --config="configs/sanity.py:$base" \
-        --workdir="$workdir" --config.seed="$seed" "${DATA_FLAGS[@]}"
+    stage "${model}_seed${seed}_leaderboard_sanity_faithfulness" python -m saliency_jax.main \
+        --config="configs/leaderboard.py:$base" "${common[@]}" --config.single_pixel.enabled=False
+    stage "${model}_seed${seed}_sanity" python -m saliency_jax.main --config="configs/sanity.py:$base" "${common[@]}"
   fi
 done
-python -m saliency_jax.report --workdirs="$OUT/*_seed*" --out=docs
-echo "report: docs/results.md (figures in docs/results/)"
+echo "report: python -m saliency_jax.report --workdirs='$OUT/*_seed*' --out=OUT_DIR --notes=docs/results_notes.md"

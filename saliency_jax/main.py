@@ -46,12 +46,13 @@ def main(argv):
   logging.get_absl_handler().addFilter(_quiet)
   # Imported here so `--help` and flag errors come back before JAX starts.
   from saliency_jax import pipeline  # pylint: disable=g-import-not-at-top
-  from saliency_jax.training import parallel, train  # pylint: disable=g-import-not-at-top
+  from saliency_jax.training import checkpoint, parallel, train  # pylint: disable=g-import-not-at-top
 
   try:
-    parallel.maybe_initialize_distributed()
+    with pipeline.user_errors():
+      parallel.maybe_initialize_distributed()
     pipeline.run(_CONFIG.value, _WORKDIR.value)
-  except ConfigError as e:
+  except (ConfigError, checkpoint.CheckpointError) as e:
     logging.flush()
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

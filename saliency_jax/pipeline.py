@@ -1,8 +1,9 @@
-"""`run(config, workdir)`: what the binary does. Train (resuming), then the single-pixel grid on
-the trained model, then the sanity studies of `sanity.studies`, then the faithfulness curves;
-`train.enabled` / `single_pixel.enabled` skip the first two, an empty `sanity.studies` the third,
-`faithfulness.enabled` (off by default) runs the last. With `model.torch_weights` the evaluations
-run on a PyTorch state_dict instead of the workdir's training (`train.from_torch_weights`)."""
+"""`run(config, workdir)`: what the binary does. Check the whole config once, then train (resuming),
+then the evaluation stages in order (`stages.STAGES`: the single-pixel grid, the sanity studies of
+`sanity.studies`, the faithfulness curves); `train.enabled` / `single_pixel.enabled` skip the first
+two, an empty `sanity.studies` the third, `faithfulness.enabled` (off by default) runs the last. With
+`model.torch_weights` the stages run on a PyTorch state_dict instead of the workdir's training
+(`train.from_torch_weights`)."""
 
 from __future__ import annotations
 
@@ -15,17 +16,14 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 
+from saliency_jax import config_checks
 from saliency_jax import data as data_lib
-from saliency_jax import files
-from saliency_jax import models
+from saliency_jax import files, models, provenance, stages
 from saliency_jax.attribution import core, registry
-
 from saliency_jax.config_checks import ConfigError
-from saliency_jax.evaluation import faithfulness_run, grid
-from saliency_jax.evaluation import run as single_pixel_run
-from saliency_jax.evaluation import sanity
 from saliency_jax.training import train
 
 
@@ -87,90 +85,115 @@ def _model_settings(config) -> dict:
   return flat
 
 
-def check_workdir_config(config, workdir: pathlib.Path) -> None:
-  """The first run stores what defines its model in `workdir/config.json` (with the whole config
-  beside it, for the record); a rerun that would change it is one line naming the fields, since it
-  would resume another model's weights under this run's labels."""
+def check_workdir_config(config, workdir: pathlib.Path) -> bool:
+  """Whether `workdir/config.json` exists; if it does, a rerun that would change what defines its
+  model is one ValueError naming the fields, since it would resume another model's weights under this
+  run's labels. The first run's `write_workdir_config` stores it (after every check has passed)."""
   path = workdir / "config.json"
-  mine = _model_settings(config)
-  if path.exists():
+  if not path.exists():
+    return False
+  try:
     stored = {**ADDED_MODEL_FIELDS, **json.loads(path.read_text())["model_settings"]}
-    differ = [k for k in sorted(set(stored) | set(mine)) if stored.get(k) != mine.get(k)]
-    if differ:
-      shown = "; ".join(f"{k}: {stored.get(k)!r} there, {mine.get(k)!r} here" for k in differ)
-      raise ConfigError(f"--workdir={str(workdir)!r} holds a model trained with other settings ({shown}); "
-                        "use the same settings or another --workdir")
-    return
+  except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path} is damaged ({type(e).__name__}: {e}); it records which model this workdir trains: "
+                     "restore it, or give another --workdir") from None
+  mine = _model_settings(config)
+  differ = [k for k in sorted(set(stored) | set(mine)) if stored.get(k) != mine.get(k)]
+  if differ:
+    shown = "; ".join(f"{k}: {stored.get(k)!r} there, {mine.get(k)!r} here" for k in differ)
+    raise ValueError(f"--workdir={str(workdir)!r} holds a model trained with other settings ({shown}); use the same "
+                     "settings or another --workdir")
+  return True
+
+
+def write_workdir_config(config, workdir: pathlib.Path) -> None:
   if jax.process_index() == 0:
-    with files.atomic_open(path, "w") as f:
-      json.dump({"model_settings": mine, "config": json.loads(config.to_json_best_effort())}, f, indent=1)
+    with files.atomic_open(workdir / "config.json", "w") as f:
+      json.dump({"model_settings": _model_settings(config), "config": json.loads(config.to_json_best_effort())}, f,
+                indent=1)
+
+
+@contextlib.contextmanager
+def user_errors():
+  """The library's ValueErrors in what a user controls (the settings, the data, the files given, the
+  workdir's checkpoints) as ConfigError: one line on the command line, no traceback."""
+  try:
+    yield
+  except ConfigError:
+    raise
+  except ValueError as e:
+    raise ConfigError(" ".join(str(e).split())) from None
 
 
 def run(config, workdir: str | pathlib.Path) -> dict:
-  """See `_run`; under the workdir's lock, after checking the workdir holds this config's model."""
+  """Check everything, then train (resuming) and run the evaluation stages of `config`, under the
+  workdir's lock. Nothing is written into the workdir before every check has passed: the config, the
+  data, imported weights and every method of every stage traced on the model.
+
+  Returns {'train': TrainResult or None, stage name: its rows or None}, the sanity stage's rows by
+  study. The trained model is handed to the stages once (`train.Trained`): from training, restored
+  from the workdir's newest checkpoint, or imported from `model.torch_weights`."""
   workdir = pathlib.Path(workdir)
   with workdir_lock(workdir):
-    check_workdir_config(config, workdir)
-    return _run(config, workdir)
+    with user_errors():
+      plan = config_checks.check_config(config, jax.device_count())
+      known = check_workdir_config(config, workdir)
+      data = data_lib.prepare(config, conditions=tuple(config.train.eval_conditions) if plan.train else ())
+      trained = train.from_torch_weights(config, data) if config.model.get("torch_weights") else None
+      check_methods_build(config, plan, data)
+    if not known:
+      write_workdir_config(config, workdir)
+    return _run(config, plan, workdir, data, trained)
 
 
-def _run(config, workdir: pathlib.Path) -> dict:
-  """Returns {'train': TrainResult or None, 'single_pixel': rows or None, 'sanity': {study: rows} or
-  None, 'faithfulness': rows or None} and logs each stage's time. The trained model is handed to the
-  evaluations once (`train.Trained`): from training, restored from the workdir's newest checkpoint,
-  or imported from `model.torch_weights`."""
-  studies = sanity.studies_of(config.sanity)
-  faithful = config.faithfulness.enabled
-  if not (config.train.enabled or config.single_pixel.enabled or studies or faithful):
-    raise ConfigError("train.enabled, single_pixel.enabled and faithfulness.enabled are False and sanity.studies is "
-                      "empty; nothing to run")
-  # Every setting is checked before hours of training, not after: the fields, then the data, then
-  # every method of every stage traced once on the model (nothing is computed).
-  methods = []
-  if config.single_pixel.enabled:
-    methods += [("single_pixel.methods", m, config.single_pixel.outputs[0]) for m in grid.check_config(config.single_pixel)]
-  if studies:
-    methods += [("sanity.methods", m, config.sanity.output) for m in sanity.check_config(config.sanity)]
-  if faithful:
-    methods += [("faithfulness.methods", m, config.faithfulness.output)
-                for m in faithfulness_run.check_config(config.faithfulness)]
-  if config.train.enabled:
-    train.check_config(config, jax.device_count())
-  if config.model.get("torch_weights"):
-    train.check_torch_weights(config)
-  data = data_lib.prepare(config, conditions=tuple(config.train.eval_conditions) if config.train.enabled else ())
-  trained = train.from_torch_weights(config, data) if config.model.get("torch_weights") else None
-  check_methods_build(config, data, methods)
-  out = {"train": None, "single_pixel": None, "sanity": None, "faithfulness": None}
-  if config.train.enabled:
-    t0 = time.perf_counter()
+def _run(config, plan: config_checks.Plan, workdir: pathlib.Path, data, trained) -> dict:
+  out = {"train": None, **{name: None for name in stages.STAGES}}
+  if plan.train:
+    t0, started = time.perf_counter(), provenance.now()
     out["train"] = train.train_and_evaluate(config, workdir, data=data)
     trained = out["train"].trained
     logging.info("stage train: %.1f s", time.perf_counter() - t0)
-  if (config.single_pixel.enabled or studies or faithful) and trained is None:
-    trained = train.restore(config, workdir, data=data)
-  if config.single_pixel.enabled:
+    provenance.record(workdir, "train", started, epochs=out["train"].epoch)
+  if not plan.stages:
+    return out
+  if trained is None:
+    with user_errors():
+      trained = train.restore(config, workdir, data=data)
+  check_outputs_finite(trained)
+  for name, stage_plan in plan.stages.items():
     t0 = time.perf_counter()
-    out["single_pixel"] = single_pixel_run.evaluate(config, workdir, trained)
-    logging.info("stage single_pixel: %.1f s", time.perf_counter() - t0)
-  if studies:
-    t0 = time.perf_counter()
-    reference = None
-    if "label_randomization" in studies:
-      reference = train.restore(config, config.sanity.reference_workdir, data=trained.data)
+    extra = {}
+    if name == "sanity" and "label_randomization" in stages.sanity.studies_of(config.sanity):
+      with user_errors():
+        extra["reference"] = train.restore(config, config.sanity.reference_workdir, data=trained.data)
       logging.info("label randomisation: reference model from %s (epoch %d)", config.sanity.reference_workdir,
-                   reference.epoch)
-    out["sanity"] = sanity.run(config, workdir, trained, reference=reference)
-    logging.info("stage sanity: %.1f s", time.perf_counter() - t0)
-  if faithful:
-    t0 = time.perf_counter()
-    out["faithfulness"] = faithfulness_run.evaluate(config, workdir, trained)
-    logging.info("stage faithfulness: %.1f s", time.perf_counter() - t0)
+                   extra["reference"].epoch)
+    rows = stages.run_stage(stages.STAGES[name](config, stage_plan, trained, workdir, **extra))
+    if name == "sanity":
+      rows = {study: [r for r in rows if r["study"] == study] for study in stages.sanity.studies_of(config.sanity)}
+    out[name] = rows
+    logging.info("stage %s: %.1f s", name, time.perf_counter() - t0)
   return out
 
 
-def check_methods_build(config, data: data_lib.Prepared, methods) -> None:
-  """Each (field, method spec, output) traced on the configured model with abstract variables."""
+def check_outputs_finite(trained, images: int = 256) -> None:
+  """A model whose logits are not finite (NaN or infinite weights, imported or trained) would give
+  maps and curves that look like results; it stops here with one line instead."""
+  x = trained.data.normalization(trained.data.source.test.images[:images])
+  logits = jax.jit(lambda v, x: trained.model.apply(v, x, train=False))(trained.variables, x)
+  bad = int(np.sum(~np.all(np.isfinite(np.asarray(logits)), axis=-1)))
+  if bad:
+    weights = f"the weights of model.torch_weights={trained.weights!r}" if trained.weights else \
+        f"the checkpoint after epoch {trained.epoch}"
+    raise ConfigError(f"the model's outputs are not finite on {bad} of {len(x)} test images: {weights} hold NaN or "
+                      "infinite values; nothing was evaluated")
+
+
+def check_methods_build(config, plan: config_checks.Plan, data: data_lib.Prepared) -> None:
+  """Every method of every stage traced on the configured model with abstract variables (nothing is
+  computed), so a method that cannot run on it is found before any training."""
+  methods = [(f"{name}.methods", spec, _output_of(config, name)) for name, specs in plan.stages.items()
+             for spec in specs]
   if not methods:
     return
   model = models.from_config(config.model, data.num_classes, dtype=config.train.dtype)
@@ -180,3 +203,8 @@ def check_methods_build(config, data: data_lib.Prepared, methods) -> None:
   x, t = jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct(shape[:1], jnp.int32)
   for field, spec, output in methods:
     registry.check_builds(spec, forward, x, t, output=output, normalization=data.normalization, field=field)
+
+
+def _output_of(config, stage: str) -> str:
+  section = config[stage]
+  return section.outputs[0] if "outputs" in section else section.output

@@ -1,35 +1,48 @@
-"""The experiment's report, rebuilt from finished (or partly finished) workdirs:
+"""The experiment's report, rebuilt from workdirs or from the compact run data committed in `runs/`:
 
-  python -m saliency_jax.report --workdirs='workdirs/cpu/*_seed*' --out=docs
+  python -m saliency_jax.report --workdirs='runs/cpu/*_seed*' --out=docs --notes=docs/results_notes.md
+  python -m saliency_jax.report --workdirs='workdirs/cpu/*_seed*' --export=runs/cpu   # a workdir's compact data
 
-writes `OUT/results.md` and its figures under `OUT/results/`: model accuracies, pointing accuracy
-per method x target x output x test jitter, additive and subtractive importance on the misses, the
-sanity checks, example maps, and the wall time of every stage, all read from the workdirs
-(`metrics.csv`, `single_pixel/results.csv` and `per_image/`, `sanity/*.csv`, `faithfulness/results.csv`;
-the launcher's stage logs in `logs/` beside them for the commits), so rerunning it after a change or after
-more runs finished regenerates the same document. Whatever a workdir does not have yet is said, not
-skipped silently. `--notes=FILE` adds a hand-written reading of the numbers as the last section.
+writes `OUT/results.md` and its figures under `OUT/results/`: model accuracies, pointing accuracy per
+method x target x output x test jitter, additive and subtractive importance on the misses, graded
+localisation, pointing per class, the leaderboard of every method, the sanity checks and faithfulness
+curves, and the wall time and commit of every stage. Every number is read from the runs' files
+through the tables the stages declare (`stages.*.TABLE`, `metrics.csv`, `provenance.json`), so
+rerunning it after more runs finished regenerates the same document. A run or a grid still in
+progress is listed and kept out of the means; every run left out is named with the reason.
+
+It never replaces a document with a worse one silently: `--out` has no default, a results.md built
+from runs that this build lacks is kept unless `--force` is given, and a conflict (two runs of one
+model seed, runs of one model trained with other settings, an unreadable file) is one line naming
+it, with nothing written. `--export` copies what the report needs of each workdir (no checkpoints,
+no per-image files: their per-class summary instead) into a folder of run data a few MB in size.
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import glob
 import json
 import pathlib
 import re
 import shutil
+import sys
+import zipfile
 
 import numpy as np
 import pandas as pd
 from absl import app, flags, logging
 from ml_collections import ConfigDict
 
-from saliency_jax import files
+from saliency_jax import files, provenance
 from saliency_jax.config_checks import ConfigError
-from saliency_jax.data import pixel, sources
-from saliency_jax.evaluation import aggregate, faithfulness_run, figures, grid, results, sanity
-from saliency_jax.evaluation import run as evaluation_run
+from saliency_jax.data import pixel
+from saliency_jax.evaluation import aggregate, figures, results
+from saliency_jax.evaluation.single_pixel import LOCALISATION_COLUMNS
 from saliency_jax.files import read_csv
+from saliency_jax.stages import base, faithfulness as faithfulness_stage, sanity as sanity_stage
+from saliency_jax.stages import single_pixel as grid_stage
 from saliency_jax.training.train import stop_reached
 
 CONDITIONS = {"test_pixel_accuracy": "with pixel", "test_nopix_accuracy": "without pixel",
@@ -39,7 +52,93 @@ IMPORTANCE = {"attribution_incorrect.blackbg_withpix_model_accuracy": "add: pix"
               "attribution_incorrect.blackbg_withattrpix_model_accuracy": "add: attr",
               "attribution_incorrect.truebg_withblackpix_model_accuracy": "sub: pix",
               "attribution_incorrect.truebg_withblackattrpix_model_accuracy": "sub: attr"}
-POINTING = "overall.attribution_correct_accuracy"
+POINTING = grid_stage.POINTING
+# The leaderboard reads the grid at no test jitter, target predicted; these faithfulness curves (the
+# RISE paper's deletion onto black and insertion from a blur, ROAD both ways) and cascading
+# randomisation's last step.
+BOARD_JITTER = (0.0, 0.0)
+BOARD_CURVES = {("deletion", "morf", "black"): "deletion MoRF (black) ↓",
+                ("insertion", "morf", "blur"): "insertion MoRF (blur) ↑",
+                ("road", "morf", "noisy_linear"): "ROAD MoRF acc. ↓", ("road", "lerf", "noisy_linear"): "ROAD LeRF acc. ↑"}
+# The line results.md carries, read back before it is replaced: which runs it was built from.
+_BUILT_FROM = re.compile(r"<!-- built from: (.*?) -->")
+# What `--export` copies of a workdir (relative paths or globs); the per-image files become a summary.
+EXPORT = ("config.json", "metrics.csv", "provenance.json", "COMMIT", "single_pixel/results.csv",
+          "single_pixel/examples.png", "sanity/*.csv", "sanity/*_curves.png", "sanity/*_bars.png",
+          "sanity/*_strip0.png", "faithfulness/results.csv", "faithfulness/curves.png")
+PER_CLASS = "single_pixel/per_class.csv"
+
+
+class ReportError(ConfigError):
+  """Something about the runs given that the report will not paper over; one line, exit 2."""
+
+
+@dataclasses.dataclass
+class Run:
+  """One workdir (or its exported run data), as the report reads it."""
+
+  path: pathlib.Path
+  model: str
+  seed: int
+  config: dict  # the whole config the run was started with ({} if it has no config.json)
+  settings: dict  # what defines its model (`pipeline.MODEL_FIELDS`)
+  metrics: list[dict]
+  provenance: list[dict]
+
+  @property
+  def name(self) -> str:
+    return self.path.name
+
+  @property
+  def label(self) -> str:
+    return f"{self.model} seed {self.seed}"
+
+
+def _read_json(path: pathlib.Path):
+  try:
+    return json.loads(path.read_text())
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ReportError(f"{path} is not valid JSON ({e}); restore it or leave its run out of --workdirs") from None
+
+
+def load_run(path: pathlib.Path) -> Run:
+  """A run's identity from its config.json (the launchers' `<model>_seed<N>` folder name without one)."""
+  stored = _read_json(path / "config.json") if (path / "config.json").exists() else {}
+  if not isinstance(stored, dict):
+    raise ReportError(f"{path / 'config.json'} is not a workdir's config (a JSON object)")
+  config = stored.get("config", {})
+  model, _, seed = path.name.rpartition("_seed")
+  try:
+    model = config.get("model", {}).get("name") or model or path.name
+    seed = int(config["seed"]) if "seed" in config else int(seed)
+  except (ValueError, TypeError, AttributeError):
+    raise ReportError(f"{path}: no model seed (no config.json, and the folder is not named <model>_seed<N>)") from None
+  try:
+    metrics = read_csv(path / "metrics.csv")
+  except (UnicodeDecodeError, csv.Error) as e:
+    raise ReportError(f"{path / 'metrics.csv'} is not a readable table ({e})") from None
+  return Run(path, model, seed, config, stored.get("model_settings", {}), metrics, provenance.read(path))
+
+
+def check_runs(runs: list[Run]) -> None:
+  """Two runs of one model seed, or runs of one model trained with other settings than the seed, would
+  be averaged as if they were seeds of one experiment: one line naming them, nothing written."""
+  seen: dict[tuple[str, int], Run] = {}
+  for run in runs:
+    other = seen.setdefault((run.model, run.seed), run)
+    if other is not run:
+      raise ReportError(f"{other.path} and {run.path} are both {run.label}; pass each run once")
+  by_model: dict[str, Run] = {}
+  for run in runs:
+    if not run.settings:
+      continue
+    first = by_model.setdefault(run.model, run)
+    differ = sorted(k for k in set(first.settings) | set(run.settings)
+                    if k != "seed" and first.settings.get(k) != run.settings.get(k))
+    if differ:
+      shown = "; ".join(f"{k}: {first.settings.get(k)!r} in {first.name}, {run.settings.get(k)!r} in {run.name}"
+                        for k in differ[:4])
+      raise ReportError(f"runs of {run.model} were trained with other settings ({shown}); report them separately")
 
 
 def _pct(mean, std=float("nan"), n=None) -> str:
@@ -59,79 +158,132 @@ def _in_table_order(frame: pd.DataFrame) -> pd.DataFrame:
   return frame.iloc[np.argsort(key, kind="stable")]
 
 
-def _model_seed(workdir: pathlib.Path) -> tuple[str, int]:
-  """'resnet18_seed2' -> ('resnet18', 2): the launchers' naming."""
-  model, _, seed = workdir.name.rpartition("_seed")
-  return model, int(seed) if seed.isdigit() else -1
-
-
-def _planned_epochs(workdir: pathlib.Path, last: dict) -> float:
+def _planned_epochs(run: Run, last: dict) -> float:
   """The epochs the run will have trained when it is done: `train.epochs` of its stored config, or
-  the epochs it has if it stopped early (`train.STOPS`: it fit, or took the shortcut); NaN (taken
-  as finished) without a stored config."""
-  path = workdir / "config.json"
-  if not path.exists():
+  the epochs it has if it stopped early (`train.STOPS`); NaN (taken as finished) without a config."""
+  train = run.config.get("train", {})
+  if not train:
     return float("nan")
-  train = json.loads(path.read_text()).get("config", {}).get("train", {})
   if stop_reached(train, last):
     return float(last["epoch"])
   return float(train.get("epochs", last["epoch"]))
 
 
-def training_table(workdirs: list[pathlib.Path]) -> tuple[pd.DataFrame, str]:
-  """Per run: epochs, final test accuracies, training time; and the markdown with means over seeds."""
-  rows = []
-  for w in workdirs:
-    metrics = read_csv(w / "metrics.csv")
-    model, seed = _model_seed(w)
-    if not metrics:
-      rows.append({"model": model, "seed": seed, "epochs": 0})
+def trained_runs(runs: list[Run]) -> tuple[list[Run], list[str]]:
+  """The runs whose training is finished, and a line per run left out and why."""
+  done, left_out = [], []
+  for run in runs:
+    if not run.metrics and run.config.get("model", {}).get("torch_weights"):
+      done.append(run)  # weights imported, not trained here: its results stand alone
       continue
-    last = metrics[-1]
-    rows.append({"model": model, "seed": seed, "epochs": int(last["epoch"]), "planned": _planned_epochs(w, last),
+    if not run.metrics:
+      left_out.append(f"{run.label} ({run.name}): no metrics.csv, so not trained (or not by this workdir); its "
+                      "results are left out")
+      continue
+    last = run.metrics[-1]
+    planned = _planned_epochs(run, last)
+    if int(last["epoch"]) < planned:
+      left_out.append(f"{run.label} ({run.name}): still training ({last['epoch']} of {planned:.0f} epochs); its "
+                      "results are left out")
+      continue
+    done.append(run)
+  return done, left_out
+
+
+def training_table(runs: list[Run], left_out: list[str]) -> str:
+  """Per model: seeds, epochs, final accuracies (mean (std) over seeds), training time."""
+  rows = []
+  for run in runs:
+    if not run.metrics:
+      continue
+    last = run.metrics[-1]
+    rows.append({"model": run.model, "seed": run.seed, "epochs": int(last["epoch"]),
                  "train accuracy": float(last["train_accuracy"]),
-                 **{c: float(last[c]) for c in CONDITIONS if c in last},
-                 "train seconds": sum(float(r["epoch_seconds"]) for r in metrics),
-                 "images/s": float(np.median([float(r["images_per_sec"]) for r in metrics]))})
-  runs = pd.DataFrame(rows)
+                 **{c: float(last[c]) for c in CONDITIONS if last.get(c) not in (None, "")},
+                 "train seconds": sum(float(r["epoch_seconds"]) for r in run.metrics),
+                 "images/s": float(np.median([float(r["images_per_sec"]) for r in run.metrics]))})
   lines = ["| model | seeds | epochs | train acc. | " + " | ".join(f"test: {v}" for v in CONDITIONS.values())
            + " | training time |", "|---" * (5 + len(CONDITIONS)) + "|"]
-  # A run still training (or killed mid-schedule) would pull the means towards an undertrained
-  # model: only finished runs enter them; the others are listed below the table.
-  finished = runs["epochs"] >= runs["planned"].fillna(0) if "planned" in runs else runs["epochs"] > 0
-  for model, block in runs.groupby("model", sort=False):
-    block = block[(block["epochs"] > 0) & finished[block.index]]
-    if block.empty:
-      lines.append(f"| {model} | – | not trained yet |" + " |" * (2 + len(CONDITIONS)))
-      continue
-    accs = [_pct(block[c].mean(), block[c].std(ddof=1)) if c in block else "–"
-            for c in ("train accuracy", *CONDITIONS)]
+  frame = pd.DataFrame(rows)
+  for model, block in (frame.groupby("model", sort=False) if rows else []):
+    accs = [_pct(block[c].mean(), block[c].std(ddof=1)) if c in block else "–" for c in ("train accuracy", *CONDITIONS)]
     lines.append(f"| {model} | {' '.join(map(str, block['seed']))} | {' '.join(map(str, block['epochs']))} | "
                  + " | ".join(accs) + f" | {block['train seconds'].mean() / 60:.0f} min per seed "
                  f"({block['images/s'].median():.0f} img/s) |")
-  per_seed = ["", "Per seed (with / without / conflicting pixel, %): " + "; ".join(
-      f"{r.model} seed {r.seed}: " + " / ".join(f"{100 * getattr(r, c.replace(' ', '_'), np.nan):.1f}"
-                                                for c in CONDITIONS)
-      for r in runs[(runs["epochs"] > 0) & finished].rename(columns=lambda c: c.replace(" ", "_")).itertuples()) + "."]
-  training = runs[(runs["epochs"] > 0) & ~finished]
-  if len(training):
-    per_seed.append("Still training, left out of the table (epochs done of those planned; with / without / "
-                    "conflicting pixel, %): " + "; ".join(
-                        f"{r.model} seed {r.seed}: {r.epochs} of {r.planned:.0f}, " + " / ".join(
-                            f"{100 * getattr(r, c.replace(' ', '_'), np.nan):.1f}" for c in CONDITIONS)
-                        for r in training.rename(columns=lambda c: c.replace(" ", "_")).itertuples()) + ".")
-  waiting = runs[runs["epochs"] == 0]
-  if len(waiting):
-    per_seed.append("Runs not trained yet: " + ", ".join(f"{r.model} seed {r.seed}" for r in waiting.itertuples())
-                    + ".")
-  return runs, "\n".join(lines + per_seed)
+  if rows:
+    lines += ["", "Per seed (with / without / conflicting pixel, %): " + "; ".join(
+        f"{r['model']} seed {r['seed']}: " + " / ".join(f"{100 * r.get(c, np.nan):.1f}" for c in CONDITIONS)
+        for r in rows) + "."]
+  if left_out:
+    lines += ["", "Left out: " + "; ".join(left_out) + "."]
+  return "\n".join(lines)
 
 
-def pointing_tables(summary: pd.DataFrame, runs: pd.DataFrame) -> str:
+def read_grids(runs: list[Run]) -> pd.DataFrame | None:
+  """Every run's grid rows at its newest checkpoint (with imported weights: of the file the newest row
+  was computed from), with `workdir` and `method_label` columns."""
+  frames = []
+  for run in runs:
+    path = run.path / "single_pixel" / "results.csv"
+    if not path.exists():
+      continue
+    try:
+      df = grid_stage.TABLE.frame(path)
+    except results.DamagedTable as e:
+      raise ReportError(str(e)) from None
+    if df.empty:
+      continue
+    df = df[df["checkpoint_epoch"] == df["checkpoint_epoch"].max()]
+    df = df[df["weights"] == df["weights"].iloc[-1]]  # imported weights: those of the newest rows
+    frames.append(df.assign(workdir=str(run.path), model=run.model, model_seed=run.seed,
+                            degenerate_share=df["degenerate"] / df["num_images"]))
+  return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def paper_grids(runs: list[Run], grids: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+  """The rows of the paper's tables: per model and test jitter, the methods a grid ran for both targets
+  (the leaderboard's other methods have the predicted target only), every target and output. A run's
+  grid at a test jitter enters only when it has every such cell that a seed of its model has, and its
+  grid has none of them still planned (`base.RUNNING`), so the means never mix seeds that have a cell
+  with seeds that do not. Returns those rows and a line per grid left out."""
+  where = ["model", "test_position_sd", "test_colour_sd"]
+  cells = lambda frame: set(zip(frame["method_label"], frame["target"], frame["output"]))
+  kept, left_out = [], []
+  for (model, pos, col), block in grids.groupby(where, sort=False):
+    paper = set(block.loc[block["target"] == "label", "method_label"])
+    block = block[block["method_label"].isin(paper)]
+    wanted = cells(block)
+    for run in [r for r in runs if r.model == model]:
+      mine = block[block["workdir"] == str(run.path)]
+      # Still to come: a paper cell its running grid plans (a label cell makes its method a paper one).
+      planned = {c for c in _planned_cells(run, pos, col) if c[0] in paper or c[1] == "label"} - cells(mine)
+      if wanted - cells(mine) or planned:
+        left_out.append(f"{run.label} at test jitter ({pos:g}, {col:g}): {len(cells(mine))} of "
+                        f"{len(wanted | planned)} cells" + (", its grid still running" if planned else ""))
+        continue
+      kept.append(mine)
+  return (pd.concat(kept, ignore_index=True) if kept else grids.iloc[:0]), left_out
+
+
+def _planned_cells(run: Run, position_sd: float, colour_sd: float) -> set[tuple[str, str, str]]:
+  """(method, target, output) of every cell a grid still running (`base.RUNNING`) plans at a test
+  jitter; empty when none runs."""
+  marker = run.path / "single_pixel" / base.RUNNING
+  if not marker.exists():
+    return set()
+  try:
+    keys = [dict(zip(grid_stage.CELL_KEY, k)) for k in json.loads(marker.read_text())["keys"]]
+    return {(results.method_label(k["method"], k["method_options"]), k["target"], k["output"]) for k in keys
+            if float(k["test_position_sd"]) == position_sd and float(k["test_colour_sd"]) == colour_sd}
+  except (ValueError, KeyError, TypeError):
+    return {("?", "label", "?")}  # a marker that does not parse: still running, plan unknown
+
+
+def pointing_tables(summary: pd.DataFrame, rows: pd.DataFrame) -> str:
   """Pointing accuracy, mean (std) over seeds, a column per target/output; one table per model x jitter."""
   parts = []
   for (model, pos, col), block in summary.groupby(["model", "test_position_sd", "test_colour_sd"], sort=False):
-    mine = runs[(runs["model"] == model) & (runs["test_position_sd"] == pos) & (runs["test_colour_sd"] == col)]
+    mine = rows[(rows["model"] == model) & (rows["test_position_sd"] == pos) & (rows["test_colour_sd"] == col)]
     n_images = ", ".join(sorted({str(int(v)) for v in mine["num_images"]}))
     lines = [f"**{model}, test jitter (position sd {pos:g}, colour sd {col:g})**, {n_images} test images per seed, "
              f"seeds {block['model_seeds'].iloc[0]}", "",
@@ -140,16 +292,21 @@ def pointing_tables(summary: pd.DataFrame, runs: pd.DataFrame) -> str:
       cells = []
       for t, o in HUES:
         hit = sub[(sub["target"] == t) & (sub["output"] == o)]
-        cells.append(_pct(hit[f"{POINTING} mean"].iloc[0], hit[f"{POINTING} std"].iloc[0]) if len(hit) else "–")
+        cells.append(_pct(hit[f"{POINTING} mean"].iloc[0], hit[f"{POINTING} std"].iloc[0]) + _degenerate_mark(hit)
+                     if len(hit) else "–")
       lines.append(f"| {method} | " + " | ".join(cells) + " |")
     parts.append("\n".join(lines))
   return "\n\n".join(parts)
 
 
+def _degenerate_mark(cells: pd.DataFrame) -> str:
+  """'†' when most maps of the cells are degenerate (constant or not finite): their pointing says nothing."""
+  share = cells["degenerate_share mean"].iloc[0] if "degenerate_share mean" in cells and len(cells) else np.nan
+  return " †" if share > grid_stage.DEGENERATE_SHARE else ""
+
+
 def localisation_tables(summary: pd.DataFrame) -> str:
   """The planted pixel's rank in the map and its share of the map's mass, target `predicted`."""
-  if f"{grid.LOCALISATION_COLUMNS[0]} mean" not in summary:
-    return "No graded localisation columns in these results (computed since they were written)."
   parts = []
   short = {"localisation.rank_mean": "rank mean", "localisation.rank_median": "rank median",
            "localisation.top5": "top 5 %", "localisation.top10": "top 10 %", "localisation.mass_mean": "mass %"}
@@ -166,48 +323,49 @@ def localisation_tables(summary: pd.DataFrame) -> str:
   return "\n\n".join(parts)
 
 
-def _test_labels(workdir: pathlib.Path, cache: dict) -> np.ndarray | None:
-  """The test labels of a run's data (from its stored config; the folder source reads its decode
-  cache), for per-image files written before they held the labels; None if unavailable. `cache`
-  holds them per data config: the seeds of a model share one."""
-  try:
-    data = json.loads((workdir / "config.json").read_text())["config"]["data"]
-    key = json.dumps(data, sort_keys=True)
-    if key not in cache:
-      cache[key] = np.asarray(sources.load(ConfigDict(data)).test.labels)
-    return cache[key]
-  except (OSError, KeyError, ValueError, AttributeError, ConfigError) as e:
-    logging.warning("%s: no test labels for the per-class table; left out of it (%s)", workdir, e)
-    return None
-
-
-def per_class_tables(workdirs: list[pathlib.Path], runs: pd.DataFrame) -> str:
-  """Pointing accuracy per class, target `predicted`, mean over seeds, from the grid's per-image
-  outcomes of the cells in `runs` (`aggregate.read_runs`: each run's newest checkpoint; grids still
-  running already left out)."""
-  where = lambda w, pos, col, epoch: (str(w), float(pos), float(col), int(epoch))
-  kept = set(map(where, runs["workdir"], runs["test_position_sd"], runs["test_colour_sd"], runs["checkpoint_epoch"]))
-  found, cache = [], {}
-  for w in workdirs:
-    labels = None
-    for row in grid.TABLE.read(w / "single_pixel" / "results.csv"):
-      path = evaluation_run.per_image_file(w, row)
-      if (row["target"] != "predicted" or not path.exists() or where(
-          w, row["test_position_sd"], row["test_colour_sd"], row["checkpoint_epoch"]) not in kept):
-        continue
+def per_class_rows(run_path: pathlib.Path, rows: pd.DataFrame) -> list[dict]:
+  """Per class hit counts of a run's grid cells (target predicted): from its exported summary
+  (`PER_CLASS`), else from the grid's per-image files."""
+  summary = run_path / PER_CLASS
+  if summary.exists():
+    return read_csv(summary)
+  found = []
+  for _, row in rows[rows["target"] == "predicted"].iterrows():
+    key = {k: str(row[k]) for k in grid_stage.CELL_KEY}  # as the CSV holds them: 6, 0.0, ''
+    path = grid_stage.per_image_file(run_path, key)
+    if not path.exists():
+      continue
+    try:
       with np.load(path) as z:
-        if "label" in z.files:
-          label = z["label"]
-        else:
-          labels = _test_labels(w, cache) if labels is None else labels
-          if labels is None:
-            break
-          label = labels[z["index"]]
-        hit = pd.Series(z["hit"]).groupby(label).mean()
-      found += [dict(model=row["model"], seed=row["model_seed"], jitter=(float(row["test_position_sd"]),
-                                                                         float(row["test_colour_sd"])),
-                     method_label=results.method_label(row["method"], row["method_options"]), target="predicted",
-                     output=row["output"], cls=int(k), hit=v) for k, v in hit.items()]
+        if "label" not in z.files:
+          continue  # written before the grid kept labels: no per-class table for this cell
+        label, hit = z["label"], z["hit"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+      raise ReportError(f"{path} is unreadable ({type(e).__name__}: {e}); rerun the grid of {run_path} (it "
+                        "recomputes a damaged cell) or remove the file") from None
+    for cls in np.unique(label):
+      found.append({**key, "class": int(cls),
+                    "images": int(np.sum(label == cls)), "hits": int(np.sum(hit[label == cls]))})
+  return found
+
+
+def per_class_tables(runs: list[Run], rows: pd.DataFrame) -> str:
+  """Pointing accuracy per class, target `predicted`, mean over seeds, of the cells in `rows`."""
+  found = []
+  for run in runs:
+    mine = rows[rows["workdir"] == str(run.path)]
+    if mine.empty:
+      continue
+    cells = {(str(float(r["test_position_sd"])), str(float(r["test_colour_sd"])), r["method"], r["method_options"],
+              r["output"]) for _, r in mine[mine["target"] == "predicted"].iterrows()}
+    for r in per_class_rows(run.path, mine):
+      cell = (str(float(r["test_position_sd"])), str(float(r["test_colour_sd"])), r["method"], r["method_options"],
+              r["output"])
+      if r["target"] != "predicted" or cell not in cells:
+        continue
+      found.append(dict(model=run.model, seed=run.seed, jitter=(float(cell[0]), float(cell[1])),
+                        method_label=results.method_label(r["method"], r["method_options"]), target="predicted",
+                        output=r["output"], cls=int(r["class"]), hit=int(r["hits"]) / int(r["images"])))
   if not found:
     return ""
   frame = pd.DataFrame(found)
@@ -227,11 +385,10 @@ def per_class_tables(workdirs: list[pathlib.Path], runs: pd.DataFrame) -> str:
   return "\n\n".join(parts)
 
 
-def importance_tables(runs: pd.DataFrame) -> str:
+def importance_tables(rows: pd.DataFrame) -> str:
   """Additive and subtractive accuracies on each method's misses: mean (std) [seeds averaged]."""
   parts = []
-  group = ["model", "test_position_sd", "test_colour_sd"]
-  for (model, pos, col), block in runs.groupby(group, sort=False):
+  for (model, pos, col), block in rows.groupby(["model", "test_position_sd", "test_colour_sd"], sort=False):
     lines = [f"**{model}, test jitter ({pos:g}, {col:g})**", "",
              "| method | target / output | missed (mean) | " + " | ".join(IMPORTANCE.values()) + " |",
              "|---" * (3 + len(IMPORTANCE)) + "|"]
@@ -247,18 +404,101 @@ def importance_tables(runs: pd.DataFrame) -> str:
   return "\n\n".join(parts)
 
 
-def sanity_tables(workdirs: list[pathlib.Path]) -> tuple[str, list[pathlib.Path]]:
+def _stage_frame(table: results.Table, path: pathlib.Path) -> pd.DataFrame:
+  try:
+    return table.frame(path)
+  except results.DamagedTable as e:
+    raise ReportError(str(e)) from None
+
+
+def leaderboard(runs: list[Run], grids: pd.DataFrame | None) -> pd.DataFrame:
+  """One row per model x method: pointing (mean, std over seeds) for both outputs, the planted pixel's
+  median rank and mass, the faithfulness areas, the similarity at full cascading randomisation, and
+  the seconds per image; from the grid at `BOARD_JITTER`, target predicted, and seed 0's (the lowest
+  seed's) faithfulness and cascading tables."""
+  if grids is None:
+    return pd.DataFrame()
+  cells = grids[(grids["target"] == "predicted") & (grids["test_position_sd"] == BOARD_JITTER[0])
+                & (grids["test_colour_sd"] == BOARD_JITTER[1])]
+  rows = []
+  for model, block in cells.groupby("model", sort=False):
+    mine = [r for r in runs if r.model == model]
+    first = min(mine, key=lambda r: r.seed)
+    faith = _stage_frame(faithfulness_stage.TABLE, first.path / "faithfulness" / "results.csv")
+    cascade = _stage_frame(sanity_stage.TABLE, first.path / "sanity" / "cascading.csv")
+    for method, sub in block.groupby("method_label", sort=False):
+      row = {"model": model, "method": method}
+      for output in ("softmax", "logit"):
+        out = sub[sub["output"] == output]
+        row[f"pointing {output}"] = out[POINTING].mean() if len(out) else np.nan
+        row[f"std {output}"] = out[POINTING].std(ddof=1) if len(out) > 1 else np.nan
+        row[f"seeds {output}"] = len(out)
+        if output == "logit" and len(out):
+          row["rank median"] = out["localisation.rank_median"].mean()
+          row["mass"] = out["localisation.mass_mean"].mean()
+          warm = (out["seconds"] - out["compile_seconds"].fillna(0)) / out["num_images"]
+          row["seconds per image"] = warm.median()
+          row["degenerate"] = out["degenerate_share"].mean()
+      f = faith[faith["method_label"] == method] if not faith.empty else faith
+      for (curve, order, replacement), name in BOARD_CURVES.items():
+        hit = f[(f["curve"] == curve) & (f["order"] == order) & (f["replacement"] == replacement)] if len(f) else f
+        row[name] = (hit["accuracy_mean"] if curve == "road" else hit["area_mean"]).iloc[0] if len(hit) else np.nan
+      c = cascade[(cascade["method_label"] == method) & (cascade["comparison"] == "randomized")] \
+          if not cascade.empty else cascade
+      row["cascading |rank corr.|"] = c.sort_values("step")["spearman_abs_mean"].iloc[-1] if len(c) else np.nan
+      rows.append(row)
+  board = pd.DataFrame(rows)
+  if board.empty:
+    return board
+  order = {m: i for i, m in enumerate(dict.fromkeys(board["model"]))}
+  return board.assign(_model=board["model"].map(order)).sort_values(
+      ["_model", "pointing logit", "pointing softmax"], ascending=[True, False, False], kind="stable",
+      na_position="last").drop(columns="_model")
+
+
+def leaderboard_markdown(board: pd.DataFrame, runs: list[Run]) -> str:
+  parts = []
+  for model, block in board.groupby("model", sort=False):
+    seeds = sorted({r.seed for r in runs if r.model == model})
+    first = min(seeds)
+    head = (f"**{model}**, test jitter (0, 0), target predicted; pointing: mean (std) over the seeds that have the "
+            f"cell (seeds {' '.join(map(str, seeds))}; `[n]` when fewer); rank, mass and time: output logit; "
+            f"faithfulness and cascading randomisation: seed {first}")
+    columns = ["pointing softmax", "pointing logit", "rank median", "mass %", *BOARD_CURVES.values(),
+               "cascading \\|rank corr.\\|", "s / image"]
+    lines = [head, "", "| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for _, r in block.iterrows():
+      cells = []
+      for output in ("softmax", "logit"):
+        n = r[f"seeds {output}"]
+        cells.append("n/a" if n == 0 else _pct(r[f"pointing {output}"], r[f"std {output}"],
+                                               n=None if n == len(seeds) else int(n))
+                     + (" †" if output == "logit" and r.get("degenerate", 0) > grid_stage.DEGENERATE_SHARE else ""))
+      cells.append("–" if pd.isna(r.get("rank median")) else f"{r['rank median']:.0f}")
+      cells.append("–" if pd.isna(r.get("mass")) else f"{100 * r['mass']:.1f}")
+      cells += ["not run" if pd.isna(r[name]) else f"{r[name]:.3f}" for name in BOARD_CURVES.values()]
+      cells.append("not run" if pd.isna(r["cascading |rank corr.|"]) else f"{r['cascading |rank corr.|']:.2f}")
+      cells.append("–" if pd.isna(r.get("seconds per image")) else f"{r['seconds per image']:.3f}")
+      lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+    parts.append("\n".join(lines))
+  return "\n\n".join(parts)
+
+
+def sanity_tables(runs: list[Run]) -> tuple[str, list[pathlib.Path]]:
   """Spearman |map| per study; returns the markdown and the figures found."""
   parts, found = [], []
-  for w in workdirs:
+  for run in runs:
     for study in ("cascading", "independent", "class_sensitivity", "input_invariance"):
-      path = w / "sanity" / f"{study}.csv"
+      path = run.path / "sanity" / f"{study}.csv"
       if not path.exists():
         continue
-      df = sanity.TABLE.frame(path)
+      df = _stage_frame(sanity_stage.TABLE, path)
+      if df.empty:
+        continue
       metric = "spearman_abs_mean"
       calib = df[df["comparison"] == "random_map"].set_index("method_label")[metric]
-      head = f"**{w.name}: {study}**, Spearman rank correlation of |map| (mean over {df['num_images'].iloc[0]} images)"
+      head = (f"**{run.name}: {study}**, Spearman rank correlation of |map| (mean over {df['num_images'].iloc[0]} "
+              "images)")
       if study in ("cascading", "independent"):
         steps = df[df["comparison"] == "randomized"].copy()
         steps["step"] = steps["step"].astype(int)
@@ -270,9 +510,10 @@ def sanity_tables(workdirs: list[pathlib.Path]) -> tuple[str, list[pathlib.Path]
         for method, values in table.iterrows():
           lines.append(f"| {method} | " + " | ".join(f"{v:.2f}" for v in values) + f" | {calib.get(method, np.nan):.2f} |")
       else:
-        rows = df[~df["comparison"].isin(("random_map", "edge_map"))]
+        rows = df[~df["comparison"].isin(sanity_stage.CALIBRATION)]
         comparisons = list(dict.fromkeys(rows["comparison"]))
-        lines = [head, "", "| method | " + " | ".join(comparisons) + " | random map |", "|---" * (len(comparisons) + 2) + "|"]
+        lines = [head, "", "| method | " + " | ".join(comparisons) + " | random map |",
+                 "|---" * (len(comparisons) + 2) + "|"]
         for method, sub in rows.groupby("method_label", sort=False):
           values = sub.set_index("comparison")[metric]
           # '–': the comparison does not apply to the method (a baseline shift for a method without one).
@@ -282,27 +523,30 @@ def sanity_tables(workdirs: list[pathlib.Path]) -> tuple[str, list[pathlib.Path]
         lines += ["", "nan: the rank correlation is undefined for the method on every image (a constant map, "
                   "e.g. a CAM that is zero everywhere)."]
       parts.append("\n".join(lines))
-      found += sorted((w / "sanity").glob(f"{study}_curves.png")) + sorted((w / "sanity").glob(f"{study}_strip0.png"))
+      found += sorted((run.path / "sanity").glob(f"{study}_curves.png")) + sorted(
+          (run.path / "sanity").glob(f"{study}_strip0.png"))
   return "\n\n".join(parts), found
 
 
-def faithfulness_tables(workdirs: list[pathlib.Path]) -> tuple[str, list[pathlib.Path]]:
-  """Mean area (std over images) per method, a table per workdir and curve, a column per order x
+def faithfulness_tables(runs: list[Run]) -> tuple[str, list[pathlib.Path]]:
+  """Mean area (std over images) per method, a table per run and curve, a column per order x
   replacement; returns the markdown and the curve figures found."""
   parts, found = [], []
-  for w in workdirs:
-    path = w / "faithfulness" / "results.csv"
+  for run in runs:
+    path = run.path / "faithfulness" / "results.csv"
     if not path.exists():
       continue
-    df = faithfulness_run.TABLE.frame(path)
+    df = _stage_frame(faithfulness_stage.TABLE, path)
+    if df.empty:
+      continue
     df["column"] = df["order"].str.upper() + ", " + df["replacement"]
     for curve, block in df.groupby("curve", sort=False):
       columns = list(dict.fromkeys(block["column"]))
       first = block.iloc[0]
       what = ("mean score over the percentages (ROAD accuracy in brackets)" if curve == "road"
               else "area under the curve")
-      lines = [f"**{w.name}: {curve}** ({first['settings']}), {what} of the {first['score']} of the {first['target']} "
-               f"class, mean (std) over {first['num_images']} images", "",
+      lines = [f"**{run.name}: {curve}** ({first['settings']}), {what} of the {first['score']} of the "
+               f"{first['target']} class, mean (std) over {first['num_images']} images", "",
                "| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
       for method, sub in block.groupby("method_label", sort=False):
         cells = sub.set_index("column")
@@ -311,38 +555,66 @@ def faithfulness_tables(workdirs: list[pathlib.Path]) -> tuple[str, list[pathlib
             + (f" [{cells.loc[c, 'accuracy_mean']:.2f}]" if curve == "road" else "") if c in cells.index else "–"
             for c in columns) + " |")
       parts.append("\n".join(lines))
-    found += sorted((w / "faithfulness").glob("curves.png"))
+    found += sorted((run.path / "faithfulness").glob("curves.png"))
   return "\n\n".join(parts), found
 
 
-def wall_times(workdirs: list[pathlib.Path], runs: pd.DataFrame | None) -> str:
-  """Seconds per stage, from what each workdir recorded (sums over resumed runs too)."""
+def wall_times(runs: list[Run], rows: pd.DataFrame | None) -> str:
+  """Minutes per stage, from what each run recorded (its metrics, its tables' seconds; summed over
+  resumed runs too)."""
   lines = ["| run | stage | wall time |", "|---|---|---|"]
-  for w in workdirs:
-    metrics = read_csv(w / "metrics.csv")
-    if metrics:
-      lines.append(f"| {w.name} | training, {len(metrics)} epochs | "
-                   f"{sum(float(r['epoch_seconds']) for r in metrics) / 60:.1f} min |")
-    if runs is not None:
-      mine = runs[runs["workdir"] == str(w)]
+  for run in runs:
+    if run.metrics:
+      lines.append(f"| {run.name} | training, {len(run.metrics)} epochs | "
+                   f"{sum(float(r['epoch_seconds']) for r in run.metrics) / 60:.1f} min |")
+    if rows is not None:
+      mine = rows[rows["workdir"] == str(run.path)]
       for (pos, col, n), block in mine.groupby(["test_position_sd", "test_colour_sd", "num_images"], sort=False):
-        ig = block[block["method"] == "integrated_gradients"]["seconds"].astype(float)
-        lines.append(f"| {w.name} | grid, jitter ({pos:g}, {col:g}), {n} images, {len(block)} cells | "
-                     f"{block['seconds'].astype(float).sum() / 60:.1f} min (IG cells {ig.sum() / 60:.1f} min) |")
-    for path in sorted((w / "sanity").glob("*.csv")):
-      seconds = pd.read_csv(path).drop_duplicates(["method", "method_options"])["seconds"].astype(float).sum()
-      lines.append(f"| {w.name} | sanity: {path.stem} | {seconds / 60:.1f} min |")
-    path = w / "faithfulness" / "results.csv"
+        ig = block[block["method"] == "integrated_gradients"]["seconds"]
+        lines.append(f"| {run.name} | grid, jitter ({pos:g}, {col:g}), {n} images, {len(block)} cells | "
+                     f"{block['seconds'].sum() / 60:.1f} min (IG cells {ig.sum() / 60:.1f} min) |")
+    for path in sorted((run.path / "sanity").glob("*.csv")):
+      df = _stage_frame(sanity_stage.TABLE, path)
+      seconds = df.drop_duplicates(["method", "method_options"])["seconds"].sum()
+      lines.append(f"| {run.name} | sanity: {path.stem} | {seconds / 60:.1f} min |")
+    path = run.path / "faithfulness" / "results.csv"
     if path.exists():
-      seconds = pd.read_csv(path).drop_duplicates(["method", "method_options"])["seconds"].astype(float).sum()
-      lines.append(f"| {w.name} | faithfulness curves | {seconds / 60:.1f} min |")
+      df = _stage_frame(faithfulness_stage.TABLE, path)
+      lines.append(f"| {run.name} | faithfulness curves | "
+                   f"{df.drop_duplicates(['method', 'method_options'])['seconds'].sum() / 60:.1f} min |")
   return "\n".join(lines)
 
 
-def config_differences(base: str, variant: str) -> str:
-  """The fields `variant` (configs/<variant>.py) sets differently from `base`: derived, not written."""
-  import importlib  # pylint: disable=g-import-not-at-top
+def commits_line(runs: list[Run]) -> str:
+  """The commit each run was started at (`COMMIT`, written by the launcher, else its first provenance
+  entry) and the other commits its stages computed at (`provenance.json`)."""
+  by_commit: dict[str, list[str]] = {}
+  machines = set()
+  for run in runs:
+    made = (run.path / "COMMIT").read_text().strip() if (run.path / "COMMIT").exists() else ""
+    later = [e.get("commit", "") for e in run.provenance]
+    made = made or (later[0] if later else "")
+    machines |= {f"{e.get('device_kind', '?')} x{e.get('devices', '?')} ({e.get('platform', '?')})"
+                 for e in run.provenance}
+    others = list(dict.fromkeys(c for c in later if c and c != made))
+    by_commit.setdefault(made or "unrecorded", []).append(
+        run.name + (f" (stages also at {', '.join(f'`{c}`' for c in others)})" if others else ""))
+  if set(by_commit) == {"unrecorded"}:
+    return ""
+  text = "Runs started at " + "; ".join(f"`{c}`: {', '.join(names)}" for c, names in by_commit.items()) + "."
+  return text + (f" Devices: {', '.join(sorted(machines))}." if machines else "")
 
+
+def config_differences(base: str, variant: str) -> str:
+  """The fields `variant` (configs/<variant>.py) sets differently from `base`, read from the repository's
+  configs/ beside the package (empty outside a checkout)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+
+  root = pathlib.Path(__file__).resolve().parents[1]
+  if not (root / "configs" / f"{base}.py").exists():
+    return ""
+  if str(root) not in sys.path:
+    sys.path.insert(0, str(root))
   flat = lambda c, p="": {k2: v2 for k, v in c.items() for k2, v2 in (
       flat(v, f"{p}{k}.").items() if isinstance(v, ConfigDict) else {f"{p}{k}": v}.items())}
   a = flat(importlib.import_module(f"configs.{base}").get_config())
@@ -368,128 +640,70 @@ def _copy_figure(src: pathlib.Path, dst: pathlib.Path, max_bytes: int = 300_000)
   return None
 
 
-# A stage log's lines that show work done (not what a relaunch finds finished): an epoch trained, a
-# grid cell computed or in progress, a sanity or faithfulness method computed.
-_WORK_LINE = re.compile(r"\] (epoch \d+/\d+ |single-pixel cell \d+/\d+ |sanity \S+ \d+/\d+ |faithfulness \d+/\d+ )")
+def built_from(path: pathlib.Path) -> set[str]:
+  """The runs (model seed labels) an existing results.md says it was built from."""
+  if not path.exists():
+    return set()
+  match = _BUILT_FROM.search(path.read_text(errors="replace"))
+  return set(filter(None, match.group(1).split(", "))) if match else set()
 
 
-def _resumed_at(workdir: pathlib.Path) -> list[str]:
-  """The commits a run's stages did work at, in order: from the `=== <time> at <commit>: ...`
-  line launch/reproduce_cpu.sh writes into `<out>/logs/<run>_<stage>.log` at each start, for the
-  starts whose section of the log shows work (a relaunch that found a stage finished is not news)."""
-  found = []
-  for log in sorted((workdir.parent / "logs").glob(f"{workdir.name}_*.log")):
-    head = None
-    for line in log.read_text(errors="replace").splitlines():
-      start = re.match(r"=== (\S+) at (\S+?):", line)
-      if start:
-        head = start.groups()
-      elif head and _WORK_LINE.search(line):
-        found.append(head)
-        head = None
-  return list(dict.fromkeys(c for _, c in sorted(found) if c != "?"))
-
-
-def commits_line(workdirs: list[pathlib.Path], commit: str = "") -> str:
-  """The commit each run was made at: `<workdir>/COMMIT` (written by launch/reproduce_cpu.sh when
-  the run starts), else `commit` (the launcher's last commit for the whole folder); and the
-  commits it was resumed at, from its stage logs."""
-  made = {w.name: (w / "COMMIT").read_text().strip() if (w / "COMMIT").exists() else commit for w in workdirs}
-  resumed = {w.name: [c for c in _resumed_at(w) if c != made[w.name]] for w in workdirs}
-  by_commit: dict[str, list[str]] = {}
-  for name, c in made.items():
-    later = f" (resumed at {', '.join(f'`{r}`' for r in resumed[name])})" if resumed[name] else ""
-    by_commit.setdefault(c or "unrecorded", []).append(name + later)
-  if set(by_commit) == {"unrecorded"}:
-    return ""
-  if len(by_commit) == 1:
-    c, names = next(iter(by_commit.items()))
-    return f"Runs started at commit `{c}`" + ("" if names == list(made) else f": {', '.join(names)}") + "."
-  return "Runs started at more than one commit: " + "; ".join(
-      f"`{c}`: {', '.join(names)}" for c, names in by_commit.items()) + "."
-
-
-def grids_running(workdir: pathlib.Path) -> dict[tuple[float, float], int]:
-  """The test jitters of a grid the run started and has not finished (`evaluation.run.RUNNING`),
-  each with the cells it will have; {} if none."""
-  try:
-    plan = json.loads((workdir / "single_pixel" / evaluation_run.RUNNING).read_text())
-    return {(float(p), float(c)): int(plan["cells_per_jitter"]) for p, c in plan["test_jitter"]}
-  except (OSError, KeyError, ValueError, TypeError):
-    return {}
-
-
-def complete_grids(runs: pd.DataFrame, running: dict[str, dict] | None = None) -> tuple[pd.DataFrame, list[str]]:
-  """A run's grid at one test jitter is still running when the run says so (`running[workdir]`, from
-  `grids_running`) or when it has fewer cells than the fullest of its model there: in the means it
-  would enter some rows and not others. Those rows are left out; returned with a line per such grid
-  ('resnet18 seed 2 at test jitter (0, 0): 4 of 20 cells')."""
-  where = ["model", "test_position_sd", "test_colour_sd"]
-  cells = runs.groupby(where + ["workdir", "model_seed"], sort=False).size().rename("cells").reset_index()
-  cells["full"] = cells.groupby(where)["cells"].transform("max")
-  planned = [(running or {}).get(str(r.workdir), {}).get((float(r.test_position_sd), float(r.test_colour_sd)))
-             for r in cells.itertuples()]
-  cells["full"] = [f if p is None else max(f, p) for f, p in zip(cells["full"], planned)]
-  partial = cells[(cells["cells"] < cells["full"]).to_numpy() | np.array([p is not None for p in planned], bool)]
-  if partial.empty:
-    return runs, []
-  keys = runs[where + ["workdir"]].apply(tuple, axis=1)
-  left_out = set(partial[where + ["workdir"]].apply(tuple, axis=1))
-  lines = [f"{r.model} seed {r.model_seed} at test jitter ({r.test_position_sd:g}, {r.test_colour_sd:g}): "
-           f"{r.cells} of {r.full} cells" for r in partial.itertuples()]
-  return runs[~keys.isin(left_out)].reset_index(drop=True), lines
-
-
-def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", commit: str = "") -> pathlib.Path:
+def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", force: bool = False) -> pathlib.Path:
+  """results.md and its figures from `workdirs` into `out`; see the module docstring."""
+  runs = [load_run(w) for w in workdirs]
+  check_runs(runs)
+  done, left_out = trained_runs(runs)
+  path = out / "results.md"
+  lost = built_from(path) - {r.label for r in done}
+  if lost and not force:
+    raise ReportError(f"{path} was built from runs this build lacks ({', '.join(sorted(lost))}); pass them in "
+                      "--workdirs, or --force to replace it anyway")
+  grids = read_grids(done)
+  paper, grid_left_out = paper_grids(done, grids) if grids is not None else (None, [])
+  summary = aggregate.summarize(paper) if paper is not None and len(paper) else None
+  board = leaderboard(done, grids)
   fig_dir = out / "results"
-  fig_dir.mkdir(parents=True, exist_ok=True)
-  runs_table, training_md = training_table(workdirs)
-  running = []
-  try:
-    runs, running = complete_grids(aggregate.read_runs([str(w) for w in workdirs]),
-                                   {str(w): grids_running(w) for w in workdirs})
-    summary = aggregate.summarize(runs)
-  except ConfigError:
-    runs = summary = None
-  runs_lookup = runs.assign(method_label=results.method_label(runs["method"], runs["method_options"])) \
-      if runs is not None else None
-
   md = ["# Results: the single-pixel experiment on a 2-core CPU", "",
-        "Generated by `python -m saliency_jax.report` from the workdirs; do not edit by hand (rerun it).", "",
+        "Generated by `python -m saliency_jax.report` from the runs' data (`runs/`); do not edit by hand (rerun it).",
+        f"<!-- built from: {', '.join(r.label for r in done)} -->", "",
         "**Scale.** Trained and evaluated on a 2-core CPU without a GPU, at the reduced scale of "
-        "`configs/resnet_cpu.py` / `configs/vgg16_cpu.py` (table below): a short training schedule, long enough for the model "
-        "to take the shortcut, and the single-pixel grid on class-balanced test subsets rather than all 10,000 "
-        "images. The data is the JPEG re-encoded CIFAR-10 copy (all 60,000 images). No column comes from a GPU run.",
-        ""]
-  made_at = commits_line(workdirs, commit)
+        "`configs/resnet_cpu.py` / `configs/vgg16_cpu.py` (table below): a short training schedule, long enough for "
+        "the model to take the shortcut, and the single-pixel grid on class-balanced test subsets rather than all "
+        "10,000 images. The data is the JPEG re-encoded CIFAR-10 copy (all 60,000 images). No column comes from a "
+        "GPU run.", ""]
+  made_at = commits_line(done)
   md += [made_at, ""] if made_at else []
-  md += ["## What differs from the paper", "", config_differences("resnet", "resnet_cpu"), "",
-         config_differences("vgg16", "vgg16_cpu"), "",
-         "`launch/reproduce_cpu.sh` adds a second grid at test jitter (3, 5) on 500 images per seed, and runs "
-         "the sanity checks on seed 0 of each model.", "",
-         "## Models", "", "Test accuracy (%) after the last epoch, mean (std over seeds; sample std).", "",
-         training_md, ""]
+  differences = [config_differences("resnet", "resnet_cpu"), config_differences("vgg16", "vgg16_cpu")]
+  if all(differences):
+    md += ["## What differs from the paper", "", differences[0], "", differences[1], "",
+           "`launch/reproduce_cpu.sh` adds a second grid at test jitter (3, 5) on 500 images per seed, the "
+           "leaderboard grid of every method (`configs/leaderboard.py`) on every seed, and on seed 0 of each model "
+           "the leaderboard's cascading randomisation and faithfulness curves and the paper's sanity checks.", ""]
+  md += ["## Models", "", "Test accuracy (%) after the last epoch, mean (std over seeds; sample std).", "",
+         training_table(done, left_out), ""]
   figures_md = []
   if summary is not None:
     md += ["## Pointing accuracy", "",
            "How often the map's maximum (all tied pixels) includes the planted pixel, % as mean (std) over seeds. "
-           "Channel reduction: the signed mean over RGB (for `absolute_gradient` the mean of absolute values).", ""]
-    if running:
-      md += ["Grids still running, left out of every table below until complete: " + "; ".join(running) + ".", ""]
-    md += [pointing_tables(summary, runs), "",
+           "Channel reduction: the signed mean over RGB (for `absolute_gradient` the mean of absolute values). "
+           "† marks a cell whose maps are degenerate (constant or not finite) on most images: a constant map ties "
+           "every pixel, so it \"points\" at the pixel whatever the method saw, and its number says nothing.", ""]
+    if grid_left_out:
+      md += ["Grids left out of every table below until complete: " + "; ".join(grid_left_out) + ".", ""]
+    md += [pointing_tables(summary, paper), "",
            "## Importance of the pixel a method chose instead (on its misses)", "",
            "On the images where a method missed the planted pixel: the model's accuracy on a black image carrying "
            "only the planted pixel (add: pix) or only the attributed pixel(s) (add: attr), and on the image with "
            "that pixel set black (sub: pix, sub: attr). % as mean (std) [seeds averaged]. **Convention:** a seed "
            "with no misses for a method has no value and is left out of the mean, so `[n]` counts the seeds that "
            "had misses; `–` means no seed had any. The original code wrote 0 for such a seed and averaged it in.",
-           "", importance_tables(runs_lookup), "",
+           "", importance_tables(paper), "",
            "## Graded localisation", "",
            "Beside the yes/no of pointing: the planted pixel's rank in the (channel-reduced) map, 1 + the pixels "
            "scoring strictly higher (so rank 1 is a hit), and its share of the map's total absolute value (mass; "
            "a pixel is 1/1024 of a 32x32 map, 0.1%). Top 1 equals pointing accuracy.", "",
            localisation_tables(summary), ""]
-    by_class = per_class_tables(workdirs, runs)
+    by_class = per_class_tables(done, paper)
     if by_class:
       red = ", ".join(f"{k}: {r}" for k, r in enumerate(pixel.colour_code()[:, 0]))
       md += ["## Pointing accuracy per class", "",
@@ -497,20 +711,34 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", comm
              f"CIFAR-10's classes {red}. After normalisation by the dataset's mean and std a red near the mean is "
              "near 0, so a method that multiplies by the input sees little of that channel.", "", by_class, ""]
     for model, block in summary.groupby("model", sort=False):
-      path = fig_dir / f"pointing_accuracy_{model}.png"
-      figures.pointing_bars(path, block, title=f"{model}: pointing accuracy, mean (std) over model seeds")
-      figures_md.append(f"![pointing accuracy, {model}](results/{path.name})")
+      fig = fig_dir / f"pointing_accuracy_{model}.png"
+      figures.pointing_bars(fig, block, title=f"{model}: pointing accuracy, mean (std) over model seeds")
+      figures_md.append(f"![pointing accuracy, {model}](results/{fig.name})")
   else:
     md += ["## Pointing accuracy", "", "No single-pixel results yet.", ""]
-  for w in workdirs:
-    src = w / "single_pixel" / "examples.png"
-    if src.exists() and _model_seed(w)[1] == min(s for m, s in map(_model_seed, workdirs) if m == _model_seed(w)[0]):
-      dst = _copy_figure(src, fig_dir / f"examples_{w.name}.png")
+  if not board.empty:
+    fig = fig_dir / "leaderboard.png"
+    figures.leaderboard(fig, board)
+    md += ["## Leaderboard", "",
+           "Every registered method (`configs/leaderboard.py`) against the pixel each model is known to use, sorted "
+           "by pointing accuracy (output logit). Rank median and mass: the planted pixel's place in the map and its "
+           "share of it (0.1% is one pixel's fair share). Faithfulness, 200 images: the area under the deletion "
+           "curve (most relevant pixels first onto black; lower is better) and the insertion curve (from a blur; "
+           "higher is better), and ROAD's accuracy after imputing the 10-90% most (MoRF, lower is better) or least "
+           "(LeRF, higher is better) relevant pixels. Cascading: the rank correlation of |map| with the trained "
+           "model's once every layer is re-initialised, 100 images (near 0: the map depends on the weights, as it "
+           "should; near 1: it does not). s / image: a warm run's seconds per image on this machine's 2 CPU cores "
+           "(compilation excluded). `not run`: that stage has not run for the method; `n/a`: the method does not "
+           "apply.", "", leaderboard_markdown(board, done), "", f"![leaderboard](results/{fig.name})", ""]
+  for run in done:
+    src = run.path / "single_pixel" / "examples.png"
+    if src.exists() and run.seed == min(r.seed for r in done if r.model == run.model):
+      dst = _copy_figure(src, fig_dir / f"examples_{run.name}.png")
       if dst:
-        figures_md.append(f"![example maps, {w.name}](results/{dst.name})")
-  sanity_md, sanity_figs = sanity_tables(workdirs)
+        figures_md.append(f"![example maps, {run.name}](results/{dst.name})")
+  sanity_md, sanity_figs = sanity_tables(done)
   md += ["## Sanity checks", "", sanity_md or "No sanity results yet.", ""]
-  faithfulness_md, faithfulness_figs = faithfulness_tables(workdirs)
+  faithfulness_md, faithfulness_figs = faithfulness_tables(done)
   if faithfulness_md:
     md += ["## Faithfulness", "",
            "Deletion: pixels removed in the map's order (MoRF: most relevant first; LeRF: least relevant first), "
@@ -525,37 +753,85 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", comm
     if dst:
       figures_md.append(f"![{dst.stem}](results/{dst.name})")
   md += ["## Figures", "", *[f + "\n" for f in figures_md], "## Wall time per stage", "",
-         "On this machine (2 CPU cores), summed over resumed runs.", "", wall_times(workdirs, runs), "",
+         "On this machine (2 CPU cores), summed over resumed runs.", "", wall_times(done, grids), "",
          "## Commands", "", "```bash",
          "launch/reproduce_cpu.sh CIFAR10_FOLDER workdirs/cpu   # everything; a rerun resumes",
-         "python -m saliency_jax.report --workdirs='workdirs/cpu/*_seed*' --out=docs --notes=docs/results_notes.md",
+         "python -m saliency_jax.report --workdirs='workdirs/cpu/*_seed*' --export=runs/cpu   # the compact run data",
+         "python -m saliency_jax.report --workdirs='runs/cpu/*_seed*' --out=docs --notes=docs/results_notes.md",
          "```", ""]
   if notes:
     md += ["## Reading", "", notes.strip(), ""]
-  path = out / "results.md"
   with files.atomic_open(path, "w") as f:
     f.write("\n".join(md))
   return path
 
 
+def export(workdirs: list[pathlib.Path], out: pathlib.Path) -> list[pathlib.Path]:
+  """Each workdir's compact run data (`EXPORT`, and the per-class summary of its per-image files)
+  into `out/<workdir name>/`; returns the folders written."""
+  written = []
+  for w in workdirs:
+    run = load_run(w)
+    dst = out / w.name
+    for pattern in EXPORT:
+      for src in sorted(w.glob(pattern)):
+        target = dst / src.relative_to(w)
+        if src.suffix == ".png":
+          _copy_figure(src, target, max_bytes=150_000)
+        else:
+          target.parent.mkdir(parents=True, exist_ok=True)
+          with files.atomic_open(target, "wb") as f:
+            f.write(src.read_bytes())
+    grids = read_grids([run])
+    if grids is not None:
+      rows = per_class_rows(w, grids)
+      if rows:
+        columns = list(rows[0])
+        with files.atomic_open(dst / PER_CLASS, "w") as f:
+          pd.DataFrame(rows, columns=columns).to_csv(f, index=False)
+    written.append(dst)
+  return written
+
+
+def _workdirs(patterns) -> list[pathlib.Path]:
+  found = sorted({pathlib.Path(p) for pattern in patterns for p in (glob.glob(pattern) or [pattern])})
+  missing = [str(p) for p in found if not p.is_dir()]
+  if missing:
+    raise ReportError(f"--workdirs: {', '.join(missing)} is not a folder")
+  if not found:
+    raise ReportError(f"--workdirs={','.join(patterns)} matched no folder")
+  return found
 
 
 def main(argv):
   del argv
-  workdirs = sorted({pathlib.Path(p) for pattern in _WORKDIRS.value for p in (glob.glob(pattern) or [pattern])})
-  workdirs = [w for w in workdirs if w.is_dir()]
-  if not workdirs:
-    raise app.UsageError(f"--workdirs={_WORKDIRS.value} matched no folder")
-  notes = pathlib.Path(_NOTES.value).read_text() if _NOTES.value else ""
-  commit_file = workdirs[0].parent / "COMMIT"
-  commit = commit_file.read_text().strip() if commit_file.exists() else ""
-  path = build(workdirs, pathlib.Path(_OUT.value), notes, commit)
-  print(f"report: {path}")
+  try:
+    workdirs = _workdirs(_WORKDIRS.value)
+    if bool(_OUT.value) == bool(_EXPORT.value):
+      raise ReportError("give --out=DIR (where results.md goes) or --export=DIR (where the run data goes), one of them")
+    target = pathlib.Path(_OUT.value or _EXPORT.value)
+    if target.exists() and not target.is_dir():
+      raise ReportError(f"--{'out' if _OUT.value else 'export'}={str(target)!r} is a file; give a folder")
+    if _EXPORT.value:
+      for folder in export(workdirs, target):
+        print(f"run data: {folder}")
+      return
+    notes = pathlib.Path(_NOTES.value).read_text() if _NOTES.value else ""
+    print(f"report: {build(workdirs, target, notes, force=_FORCE.value)}")
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except OSError as e:
+    print(f"error: cannot write {e.filename or _OUT.value}: {e.strerror}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":
-  _WORKDIRS = flags.DEFINE_list("workdirs", None, "Run folders or glob patterns (quote them).")
-  _OUT = flags.DEFINE_string("out", "docs", "Where results.md and results/ go.")
+  _WORKDIRS = flags.DEFINE_list("workdirs", None, "Run folders (workdirs or exported run data) or glob patterns "
+                                "(quote them).")
+  _OUT = flags.DEFINE_string("out", None, "Where results.md and results/ go (no default: say where).")
+  _EXPORT = flags.DEFINE_string("export", None, "Instead of a report: copy each run's compact data into this folder.")
   _NOTES = flags.DEFINE_string("notes", "", "A markdown file with a hand-written reading, added as the last section.")
+  _FORCE = flags.DEFINE_bool("force", False, "Replace a results.md built from runs this build lacks.")
   flags.mark_flags_as_required(["workdirs"])
   app.run(main)

@@ -9,7 +9,6 @@ from PIL import Image
 
 from configs import default
 from saliency_jax import data
-from saliency_jax.config_checks import ConfigError
 from saliency_jax.data import pixel, sources
 from tests.conftest import SHARED_CIFAR
 
@@ -104,7 +103,7 @@ def test_location_variant_uses_one_colour_and_a_location_per_class():
     (dict(variant="location", fixed_colour=(0, 0, 300)), "pixel.fixed_colour"),
 ])
 def test_bad_pixel_settings_name_the_field(overrides, field):
-  with pytest.raises(ConfigError, match=field):
+  with pytest.raises(ValueError, match=field):
     pixel.make_spec(_pixel_config(**overrides), jax.random.key(0), 10)
 
 
@@ -122,7 +121,7 @@ def test_normalisation_constants_and_black_white():
   normalised = np.asarray(dataset(images)).reshape(-1, 3)
   np.testing.assert_allclose(normalised.mean(0), 0, atol=1e-5)
   np.testing.assert_allclose(normalised.std(0), 1, atol=1e-4)
-  with pytest.raises(ConfigError, match="data.normalization"):
+  with pytest.raises(ValueError, match="data.normalization"):
     data.make_normalization("per_image", images)
 
 
@@ -180,10 +179,10 @@ def test_folder_source_reads_sorted_classes_and_caches(tmp_path, monkeypatch):
 
 
 def test_folder_source_errors_name_data_path(tmp_path):
-  with pytest.raises(ConfigError, match="data.path"):
+  with pytest.raises(ValueError, match="data.path"):
     sources.folder(str(tmp_path / "missing"))
   (tmp_path / "only_train" / "train" / "a").mkdir(parents=True)
-  with pytest.raises(ConfigError, match="test/"):
+  with pytest.raises(ValueError, match="test/"):
     sources.folder(str(tmp_path / "only_train"))
 
 
@@ -223,7 +222,7 @@ def test_cifar10_source_without_tensorflow_names_the_folder_alternative(monkeypa
     return real_import(name, *args, **kwargs)
 
   monkeypatch.setattr(builtins, "__import__", fake_import)
-  with pytest.raises(ConfigError, match="data.source=folder"):
+  with pytest.raises(ValueError, match="data.source=folder"):
     sources.cifar10()
 
 
@@ -259,14 +258,14 @@ def test_folder_source_faults_are_one_line_or_repaired(tmp_path):
                                 source.train.images)
   # A truncated image and a text file named .jpg are named, not a traceback.
   (tmp_path / "tree" / "train" / "ant" / "0000.png").write_bytes(b"\x89PNG\r\n")
-  with pytest.raises(ConfigError, match="0000.png is not a readable image"):
+  with pytest.raises(ValueError, match="0000.png is not a readable image"):
     sources.folder(str(tmp_path / "tree"), cache_dir=str(tmp_path / "cache2"))
   (tmp_path / "tree" / "train" / "ant" / "0000.png").unlink()
   (tmp_path / "tree" / "train" / "ant" / "notes.jpg").write_text("not an image")
-  with pytest.raises(ConfigError, match="notes.jpg is not a readable image"):
+  with pytest.raises(ValueError, match="notes.jpg is not a readable image"):
     sources.folder(str(tmp_path / "tree"), cache_dir=str(tmp_path / "cache3"))
   # An empty class folder is an error, not a silent 2-class run.
   for f in (tmp_path / "tree" / "train" / "ant").iterdir():
     f.unlink()
-  with pytest.raises(ConfigError, match="'train/ant/' has no images"):
+  with pytest.raises(ValueError, match="'train/ant/' has no images"):
     sources.folder(str(tmp_path / "tree"), cache_dir=str(tmp_path / "cache4"))

@@ -11,8 +11,9 @@ import pytest
 from saliency_jax import data as data_lib
 from saliency_jax import models, pipeline, report
 from saliency_jax.config_checks import ConfigError
-from saliency_jax.evaluation import faithfulness_run
-from saliency_jax.evaluation.run import CellRunner
+from saliency_jax.stages import faithfulness as faithfulness_stage
+from saliency_jax.stages import run_stage
+from saliency_jax.stages.runner import ModelRunner
 from saliency_jax.training import train
 from tests.test_torch_import import _hand_made_state_dict
 
@@ -41,7 +42,12 @@ def _untrained(config, tmp_path):
   variables = jax.tree.map(lambda s: jnp.asarray(0.3 * rng.standard_normal(s.shape), jnp.float32), shapes)
   np.savez(tmp_path / "weights.npz", **_hand_made_state_dict(variables, {"out": (8, 8, 8)}))
   config.model.torch_weights = str(tmp_path / "weights.npz")
-  return train.Trained(model, variables, 0, data)
+  return train.Trained(model, variables, 0, data, weights=train.file_digest(tmp_path / "weights.npz"))
+
+
+def _evaluate(config, tmp_path, trained):
+  stage = faithfulness_stage.Faithfulness
+  return run_stage(stage(config, stage.check(config), trained, tmp_path))
 
 
 def _row(rows, method, curve, order, replacement):
@@ -56,7 +62,7 @@ def test_stage_writes_curves_that_meet_their_definitions_and_resumes_per_method(
   # 2 methods x (deletion and insertion: 2 orders x 2 replacements, ROAD: 2 orders).
   assert len(rows) == 2 * (2 * 2 * 2 + 2)
   path = tmp_path / "faithfulness" / "results.csv"
-  assert list(faithfulness_run.TABLE.read(path)[0]) == list(faithfulness_run.TABLE.columns)
+  assert list(faithfulness_stage.TABLE.read(path)[0]) == list(faithfulness_stage.TABLE.columns)
   figure = tmp_path / "faithfulness" / "curves.png"
   assert figure.exists() and figure.stat().st_size < 150_000
 
@@ -87,14 +93,14 @@ def test_stage_writes_curves_that_meet_their_definitions_and_resumes_per_method(
 
   # A rerun computes nothing; with one method's rows gone, only that method.
   calls = []
-  maps = CellRunner.maps
-  monkeypatch.setattr(CellRunner, "maps", lambda self, spec, *a, **kw: calls.append(spec.name) or maps(self, spec, *a, **kw))
+  maps = ModelRunner.maps
+  monkeypatch.setattr(ModelRunner, "maps", lambda self, spec, *a, **kw: calls.append(spec.name) or maps(self, spec, *a, **kw))
   before = path.read_text()
-  faithfulness_run.evaluate(config, tmp_path, trained)
+  _evaluate(config, tmp_path, trained)
   assert calls == [] and path.read_text() == before
-  saved = faithfulness_run.TABLE.read(path)
-  faithfulness_run.TABLE.write(path, [r for r in saved if r["method"] != "gradient_x_input"])
-  again = faithfulness_run.evaluate(config, tmp_path, trained)
+  saved = faithfulness_stage.TABLE.read(path)
+  faithfulness_stage.TABLE.write(path, [r for r in saved if r["method"] != "gradient_x_input"])
+  again = _evaluate(config, tmp_path, trained)
   assert calls == ["gradient_x_input"] and len(again) == len(rows)
   recomputed = _row(again, "gradient_x_input", "road", "lerf", "noisy_linear")
   assert recomputed["area_mean"] == pytest.approx(_row(rows, "gradient_x_input", "road", "lerf", "noisy_linear")[
@@ -116,8 +122,8 @@ def test_stage_writes_curves_that_meet_their_definitions_and_resumes_per_method(
 ])
 def test_settings_are_checked_with_the_field_named(tiny_config, field, value, message):
   tiny_config.faithfulness[field] = value
-  with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
-    faithfulness_run.check_config(tiny_config.faithfulness)
+  with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+    faithfulness_stage.Faithfulness.check(tiny_config)
 
 
 def test_a_method_that_cannot_run_is_refused_before_training(tmp_path, tiny_config):

@@ -8,7 +8,7 @@ import pytest
 
 from configs import default, quickstart, resnet, vgg16
 from saliency_jax.config_checks import ConfigError
-from saliency_jax.training import check_config
+from saliency_jax.config_checks import check_config
 from tests.conftest import REPO
 
 BAD_SETTINGS = [
@@ -32,7 +32,7 @@ def test_bad_settings_are_named(field, value, message):
   config = quickstart.get_config()
   section, name = field.split(".")
   config[section][name] = value
-  with pytest.raises(ConfigError) as error:
+  with pytest.raises(ValueError) as error:
     check_config(config, num_devices=1)
   assert message in str(error.value)
 
@@ -40,7 +40,7 @@ def test_bad_settings_are_named(field, value, message):
 def test_batch_size_must_divide_over_the_devices():
   config = quickstart.get_config()
   config.train.batch_size = 66
-  with pytest.raises(ConfigError, match="train.batch_size=66 does not divide over the 4 devices; use a multiple of 4"):
+  with pytest.raises(ValueError, match="train.batch_size=66 does not divide over the 4 devices; use a multiple of 4"):
     check_config(config, num_devices=4)
   check_config(config, num_devices=2)
 
@@ -49,7 +49,7 @@ def test_missing_data_folder_is_named(tmp_path):
   config = quickstart.get_config()
   config.data.source = "folder"
   config.data.path = str(tmp_path / "nowhere")
-  with pytest.raises(ConfigError, match="data.path=.*nowhere.* is not a folder"):
+  with pytest.raises(ValueError, match="data.path=.*nowhere.* is not a folder"):
     check_config(config, num_devices=1)
 
 

@@ -14,8 +14,10 @@ from saliency_jax import attribution as A
 from saliency_jax.attribution import registry
 from saliency_jax import data as data_lib
 from saliency_jax import models, pipeline
-from saliency_jax.config_checks import ConfigError
-from saliency_jax.evaluation import invariance, randomization, sanity, similarity
+from saliency_jax.config_checks import check_config
+from saliency_jax.evaluation import invariance, randomization, similarity
+from saliency_jax.stages import sanity
+from saliency_jax.stages.runner import ModelRunner
 
 
 def _noise(seed, shape=(24, 32, 32, 3)):
@@ -93,7 +95,7 @@ def test_cascading_randomisation_changes_exactly_the_intended_layers():
   np.testing.assert_array_equal(again["conv1"]["kernel"], kernel)
   uniform = randomization.random_params(jax.random.key(7), params, order, "uniform")["conv2"]["kernel"]
   assert np.abs(uniform).max() <= 0.01 * np.sqrt(3) and np.std(uniform) == pytest.approx(0.01, rel=0.1)
-  with pytest.raises(ConfigError, match="sanity.distribution"):
+  with pytest.raises(ValueError, match="sanity.distribution"):
     randomization.random_params(jax.random.key(7), params, order, "normal")
 
 
@@ -109,11 +111,10 @@ def test_randomised_models_mapped_together_equal_one_model_at_a_time(devices):
   order = randomization.layer_order(model, variables, (1, 8, 8, 3))
   rnd = randomization.random_params(jax.random.key(1), variables["params"], order)
   which = randomization.schedule("cascading", len(order))
-  runner = sanity.MapRunner(model, variables, None, batch_size=4, chunk_size=0, key=None,
-                            devices=jax.devices()[:devices])
+  runner = ModelRunner(model, variables, None, batch_size=4, devices=jax.devices()[:devices])
   targets = np.arange(6) % 10
   spec = registry.parse("gradient")
-  together = runner.randomized_maps(spec, "logit", variables["params"], rnd, order, which, {}, x, targets,
+  together = sanity.randomized_maps(runner, spec, "logit", variables, rnd, order, which, x, targets, np.arange(6),
                                     model_chunk=3)
   assert together.shape == (4, 6, 8, 8, 3)
   for s, w in enumerate(which):
@@ -131,12 +132,12 @@ def test_class_sensitivity_is_low_when_classes_read_disjoint_inputs():
   kernel = np.where(owner[:, None] == np.arange(4)[None, :], weights, 0.0)
   variables = {"params": {"out": {"kernel": jnp.asarray(kernel, jnp.float32), "bias": jnp.zeros(4)}}}
   x = np.abs(_noise(5, (10, 16, 16, 3))).astype(np.float32)
-  runner = sanity.MapRunner(model, variables, None, batch_size=10, chunk_size=0, key=None)
-  top = runner.targets(runner.forward, x, "top", np.zeros(10))
-  bottom = runner.targets(runner.forward, x, "bottom", np.zeros(10))
+  runner = ModelRunner(model, variables, None, batch_size=10)
+  top = runner.targets("predicted", x, np.zeros(10))
+  bottom = runner.targets("lowest", x, np.zeros(10))
   assert np.all(top != bottom)
   spec = registry.parse("gradient")
-  maps_top, maps_bottom = (runner.maps(spec, "logit", runner.forward, x, t) for t in (top, bottom))
+  maps_top, maps_bottom = (runner.maps(spec, "logit", x, t, np.arange(10)) for t in (top, bottom))
   assert not np.any((maps_top != 0) & (maps_bottom != 0))  # disjoint supports
   low = similarity.summarize(similarity.compare(maps_top, maps_bottom))
   chance = similarity.summarize(similarity.compare(maps_top, _noise(9, maps_top.shape)))
@@ -171,7 +172,7 @@ def test_shifted_twin_computes_the_same_function_and_only_the_gradient_is_invari
   # The baseline shifted alongside the input: the same path through the same function. (Not from
   # zero here: at x = 0 the untrained MLP's pre-activations are exactly 0, a ReLU tie that rounding
   # in the twin breaks either way.)
-  shifted = invariance.shifted_baseline(lambda f, z, tt, **kw: A.integrated_gradients(
+  shifted = invariance.shifted_baseline(lambda f, z, tt, index, **kw: A.integrated_gradients(
       f, z, tt, steps=16, rule="trapezoid", **kw), shift, "unit", baseline="white")
   np.testing.assert_allclose(shifted(f2, x + shift, t), ig(f1, x, baseline="white", normalization="unit"), rtol=1e-3,
                              atol=1e-5)
@@ -202,8 +203,8 @@ def test_training_stops_once_it_fits_and_a_rerun_trains_no_more(tmp_path, tiny_c
   assert result.epoch == 1 and len(result.metrics) == 1
   assert train.train_and_evaluate(config, tmp_path, mesh=one_device_mesh).epoch == 1
   config.train.stop_at_train_accuracy = 1.5
-  with pytest.raises(ConfigError, match="train.stop_at_train_accuracy"):
-    train.check_config(config, 1)
+  with pytest.raises(ValueError, match="train.stop_at_train_accuracy"):
+    check_config(config, 1)
 
 
 def test_training_stops_once_the_shortcut_is_taken(tmp_path, tiny_config, one_device_mesh, caplog):
@@ -221,8 +222,8 @@ def test_training_stops_once_the_shortcut_is_taken(tmp_path, tiny_config, one_de
   config.train.epochs, config.train.stop_at_pixel_accuracy = 2, 1.0
   assert train.train_and_evaluate(config, tmp_path / "b", mesh=one_device_mesh).epoch == 2
   config.train.stop_at_pixel_accuracy, config.train.eval_conditions = 0.99, ("nopix",)
-  with pytest.raises(ConfigError, match="train.stop_at_pixel_accuracy watches .* 'pixel' images"):
-    train.check_config(config, 1)
+  with pytest.raises(ValueError, match="train.stop_at_pixel_accuracy watches .* 'pixel' images"):
+    check_config(config, 1)
 
 
 def test_sanity_studies_on_a_trained_workdir_write_tables_and_figures_and_resume(tmp_path, tiny_config, caplog):
@@ -237,10 +238,11 @@ def test_sanity_studies_on_a_trained_workdir_write_tables_and_figures_and_resume
   s.reference_workdir = str(tmp_path)  # itself: a stand-in for the true-label run
   caplog.set_level(logging.INFO, logger="absl")
   out = pipeline.run(config, tmp_path)["sanity"]
-  # Each method's line says how long the rest of its study will take; the last has no rest.
-  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sanity cascading ")]
-  assert [line.split()[2] for line in lines] == ["1/3", "2/3", "3/3"]
-  assert all("left in this study" in line for line in lines[:2]) and "left" not in lines[2]
+  # Each method's line says how long the rest of the stage will take; the last has no rest.
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sanity ") and "/12 " in r.getMessage()]
+  assert [line.split()[1:3] for line in lines[:3]] == [["1/12", "cascading"], ["2/12", "cascading"],
+                                                       ["3/12", "cascading"]]
+  assert all("left in this stage" in line for line in lines[:-1]) and "left" not in lines[-1]
   cascade = pd.DataFrame(out["cascading"])
   steps = cascade[cascade.comparison == "randomized"]
   assert list(steps[steps.method == "gradient"].layer) == ["none", "out", "conv2", "conv1"]
@@ -268,14 +270,14 @@ def test_sanity_studies_on_a_trained_workdir_write_tables_and_figures_and_resume
 def test_sanity_settings_are_checked_with_the_field_named(tiny_config):
   s = tiny_config.sanity
   s.studies = ("cascading", "pixel_flipping")
-  with pytest.raises(ConfigError, match="sanity.studies"):
-    sanity.check_config(s)
+  with pytest.raises(ValueError, match="sanity.studies"):
+    sanity.Sanity.check(tiny_config)
   s.studies = ("label_randomization",)
-  with pytest.raises(ConfigError, match="sanity.reference_workdir"):
-    sanity.check_config(s)
+  with pytest.raises(ValueError, match="sanity.reference_workdir"):
+    sanity.Sanity.check(tiny_config)
   s.studies, s.methods = ("cascading",), ("gradient(steps=3)",)
-  with pytest.raises(ConfigError, match="steps"):
-    sanity.check_config(s)
+  with pytest.raises(ValueError, match="steps"):
+    sanity.Sanity.check(tiny_config)
 
 
 def test_fullgrad_counts_the_twins_extra_bias_so_its_decomposition_stays_complete():
@@ -301,8 +303,8 @@ def test_summary_reads_back_undefined_similarities_from_the_csv(tmp_path):
 
   row = {"model": "small_cnn", "model_seed": 0, "data_seed": 0, "checkpoint_epoch": 1, "study": "cascading",
          "method": "gradient", "method_options": "", "output": "logit", "target": "predicted", "num_images": 2,
-         "comparison": "randomized", "step": 1, "layer": "fc", "max_relative_difference": ""}
-  row.update({f"{m}_mean": 0.25 for m in similarity.METRICS})
+         "comparison": "randomized", "step": 1, "layer": "fc", "max_relative_difference": "", "seconds": 1.0}
+  row.update({f"{m}_{s}": v for m in similarity.METRICS for s, v in (("mean", 0.25), ("std", 0.0), ("undefined", 0))})
   undefined = {**row, "method": "deconvnet", "spearman_mean": float("nan")}
   path = tmp_path / "cascading.csv"
   sanity.TABLE.write(path, [row, undefined])

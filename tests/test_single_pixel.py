@@ -12,7 +12,9 @@ from saliency_jax import data as data_lib
 from saliency_jax import pipeline
 from saliency_jax.attribution import display, gradients, registry
 from saliency_jax.config_checks import ConfigError
-from saliency_jax.evaluation import aggregate, grid, run, single_pixel
+from saliency_jax.evaluation import aggregate, single_pixel
+from saliency_jax.stages import single_pixel as grid
+from saliency_jax.stages.runner import ModelRunner
 
 LOC = (2, 3)
 
@@ -138,7 +140,7 @@ def test_method_specs_parse_and_bad_ones_name_the_setting():
   for bad, match in [("gradient(", "name\\(option=value"), ("no_such_method", "single_pixel.methods"),
                      ("gradient(steps=3)", "steps"), ("gradient(reduce='median')", "reduce"),
                      ("gradient(sigma=x)", "literals")]:
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(ValueError, match=match):
       registry.parse(bad, "single_pixel.methods")
 
 
@@ -157,10 +159,11 @@ def test_grid_resumes_computing_only_missing_cells_and_evaluates_a_trained_workd
   config = _eval_config(tiny_config)
   caplog.set_level(logging.INFO, logger="absl")
   out = pipeline.run(config, tmp_path)
-  cells = [r.getMessage() for r in caplog.records if r.getMessage().startswith("single-pixel cell ")]
+  cells = [r.getMessage() for r in caplog.records if r.getMessage().startswith("single_pixel ")
+           and "/4 " in r.getMessage()]
   # Each cell's line says how long the rest of the grid will take; the last has no rest.
-  assert [line.split()[2] for line in cells] == ["1/4", "2/4", "3/4", "4/4"]
-  assert all("left in the grid" in line for line in cells[:3]) and "left" not in cells[3]
+  assert [line.split()[1] for line in cells] == ["1/4", "2/4", "3/4", "4/4"]
+  assert all("left in this stage" in line for line in cells[:3]) and "left" not in cells[3]
   rows = out["single_pixel"]
   assert len(rows) == 4 and (tmp_path / "single_pixel" / "examples.png").exists()
   path = tmp_path / "single_pixel" / "results.csv"
@@ -170,14 +173,14 @@ def test_grid_resumes_computing_only_missing_cells_and_evaluates_a_trained_workd
   grid.TABLE.write(path, saved[:1] + saved[2:])  # as if killed before that cell
 
   calls = []
-  outcomes = run.CellRunner.outcomes
-  monkeypatch.setattr(run.CellRunner, "outcomes", lambda self, spec, target, output, pix, *a, **kw: calls.append(
+  outcomes = grid.SinglePixel.outcomes
+  monkeypatch.setattr(grid.SinglePixel, "outcomes", lambda self, spec, target, output, pix, *a, **kw: calls.append(
       (spec.name, target, len(pix))) or outcomes(self, spec, target, output, pix, *a, **kw))
   config.train.enabled = False  # evaluate the newest checkpoint of the workdir
   again = pipeline.run(config, tmp_path)["single_pixel"]
   # Only the missing cell, and of it only the images whose prediction differs from the label: the
   # others' maps are the predicted target's, whose per-image outcomes the first run kept.
-  _, _, labels, _ = run.test_sets(out["train"].data, 0.0, 0.0, max_images=40)
+  _, _, labels, _ = grid.test_sets(out["train"].data, 0.0, 0.0, max_images=40)
   predicted_cell = next(r for r in saved if r["method"] == "absolute_gradient" and r["target"] == "predicted")
   wrong = round(40 * (1 - float(predicted_cell["overall.withpix_model_accuracy"])))
   assert 0 < wrong < 40, "the test needs a model that is neither always right nor always wrong"
@@ -196,17 +199,20 @@ def test_four_devices_count_as_one(trained_tmp_path, tiny_config):
   config = _eval_config(tiny_config)
   config.single_pixel.enabled = False
   trained = pipeline.run(config, tmp_path)["train"]
-  pix, nopix, labels, location = run.test_sets(trained.data, 1.0, 3.0, max_images=30)
+  pix, nopix, labels, location = grid.test_sets(trained.data, 1.0, 3.0, max_images=30)
   spec = registry.parse("integrated_gradients(baseline='black', steps=8)")
-  counts = [run.CellRunner(trained.model, trained.state.variables, trained.data.normalization, 12, 4, devices=d)
-            .counts(spec, "label", "softmax", pix, nopix, labels, location) for d in (jax.devices()[:1], jax.devices())]
+  counts = [single_pixel.counts_from_outcomes(grid.cell_outcomes(
+      ModelRunner(trained.model, trained.state.variables, trained.data.normalization, batch_size=12, chunk_size=4,
+                  devices=d), spec, "label", "softmax", pix, nopix, labels, location, np.arange(30)), labels)
+            for d in (jax.devices()[:1], jax.devices())]
+  counts = [{k: int(v) for k, v in c.items()} for c in counts]
   assert counts[0] == counts[1] and counts[0]["images"] == 30
 
 
 def _fake_results(workdir, seed, pointing):
   rows = []
   for method, p in (("gradient_x_input", pointing), ("absolute_gradient", pointing / 2)):
-    row = {c: 0.5 for c in grid.METRIC_COLUMNS}
+    row = {c: 0.5 for c in grid.METRIC_COLUMNS + grid.LOCALISATION_COLUMNS}
     row.update(model="small_cnn", model_seed=seed, data_seed=0, checkpoint_epoch=6, train_position_sd=0.0,
                train_colour_sd=0.0, test_position_sd=0.0, test_colour_sd=0.0, method=method, method_options="",
                reduction="mean", target="predicted", output="logit", num_images=100, num_missed=10,
@@ -238,7 +244,7 @@ def test_aggregation_of_three_runs_gives_mean_and_std(tmp_path):
 def test_aggregation_refuses_the_same_seed_twice(tmp_path):
   _fake_results(tmp_path / "a", 0, 0.2)
   _fake_results(tmp_path / "b", 0, 0.4)
-  with pytest.raises(ConfigError, match="share a model seed"):
+  with pytest.raises(ValueError, match="share a model seed"):
     aggregate.summarize(aggregate.read_runs([str(tmp_path / "*")]))
 
 

@@ -252,7 +252,7 @@ def _weights_file(fmt, tmp_path):
 def test_grid_and_sanity_evaluate_weights_trained_elsewhere(tmp_path, tiny_config, fmt):
   from saliency_jax import data as data_lib, pipeline  # pylint: disable=g-import-not-at-top
   from saliency_jax.config_checks import ConfigError  # pylint: disable=g-import-not-at-top
-  from saliency_jax.evaluation import run  # pylint: disable=g-import-not-at-top
+  from saliency_jax.stages import single_pixel as run  # pylint: disable=g-import-not-at-top
   path, forward = _weights_file(fmt, tmp_path)
   config = tiny_config
   config.model.channels, config.model.torch_weights, config.train.enabled = (4, 8), str(path), False
@@ -274,6 +274,16 @@ def test_grid_and_sanity_evaluate_weights_trained_elsewhere(tmp_path, tiny_confi
   np.testing.assert_array_equal(np.load(per_image)["predicted"], predicted)
   assert [r["comparison"] for r in out["sanity"]["class_sensitivity"]] == ["top_vs_bottom", "random_map", "edge_map"]
   assert not (tmp_path / "workdir" / "checkpoints").exists()  # nothing trained
+
+  # Other weights in the same file: the results are keyed by the file's content, so they are computed
+  # again, not read back as if current.
+  if fmt == "npz":
+    with np.load(path) as z:
+      np.savez(path, **{k: -z[k] for k in z.files})
+    (again,) = pipeline.run(config, tmp_path / "workdir")["single_pixel"]
+    assert again["weights"] != cell["weights"] and len(again["weights"]) == 12
+    rows = run.TABLE.read(tmp_path / "workdir" / "single_pixel" / "results.csv")
+    assert [r["weights"] for r in rows] == [cell["weights"], again["weights"]]
 
   config.train.enabled = True
   with pytest.raises(ConfigError, match="model.torch_weights=.* set train.enabled=False"):

@@ -44,17 +44,19 @@ def input_gradient(forward: Forward, x_BHWC, target_B, output: str = "logit") ->
 
 
 def select_targets(forward: Forward, x_BHWC, labels_B=None, which: str = "predicted") -> jax.Array:
-  """The class each image is explained for: the argmax at the input, or the true label.
+  """The class each image is explained for: the argmax at the input ('predicted'), the true label
+  ('label'), or the lowest-scoring class ('lowest', the class-sensitivity study's other end).
 
   The predicted class is taken once at the input and held fixed along any path (IG) and
-  over any noise (SmoothGrad), as SPEC section 3 asks.
+  over any noise (SmoothGrad), as docs/methods.md says.
   """
-  require_choice("target", which, TARGETS)
+  require_choice("target", which, (*TARGETS, "lowest"))
   if which == "label":
     if labels_B is None:
       raise ValueError("target='label' needs the labels; pass labels_B")
     return jnp.asarray(labels_B, jnp.int32)
-  return jnp.argmax(forward(x_BHWC), axis=-1).astype(jnp.int32)
+  logits_BK = forward(x_BHWC)
+  return (jnp.argmin if which == "lowest" else jnp.argmax)(logits_BK, axis=-1).astype(jnp.int32)
 
 
 def upsample(map_BhwC, shape_BHWC) -> jax.Array:

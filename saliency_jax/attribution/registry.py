@@ -17,7 +17,6 @@ from typing import Any, Callable, Mapping
 
 from saliency_jax.attribution import display
 from saliency_jax import checks
-from saliency_jax.config_checks import ConfigError, require_choice
 from saliency_jax.lowering import cpu_lowering
 
 METHODS: dict[str, Callable] = {}
@@ -170,25 +169,37 @@ def parse(spec: str, field: str = "method") -> MethodSpec:
     try:
       name, options = node.func.id, {kw.arg: _literal(kw.value) for kw in node.keywords}
     except ValueError as e:
-      raise ConfigError(f"{field} entry {spec!r}: option values must be literals ({e})") from None
+      raise ValueError(f"{field} entry {spec!r}: option values must be literals ({e})") from None
   else:
-    raise ConfigError(f"{field} entry {spec!r} is not 'name' or 'name(option=value, ...)', "
+    raise ValueError(f"{field} entry {spec!r} is not 'name' or 'name(option=value, ...)', "
                       "e.g. \"integrated_gradients(baseline='black', steps=100)\"")
-  require_choice(field, name, sorted(METHODS))
+  checks.require_choice(field, name, sorted(METHODS))
   reduction = options.pop("reduce", "mean")
-  require_choice(f"{field} ({name}) reduce", reduction, display.REDUCTIONS)
+  checks.require_choice(f"{field} ({name}) reduce", reduction, display.REDUCTIONS)
   try:
     check_options(name, options)
   except ValueError as e:
-    raise ConfigError(f"{field} entry {spec!r}: {e}") from None
+    raise ValueError(f"{field} entry {spec!r}: {e}") from None
   return MethodSpec(name, tuple(sorted(options.items())), reduction)
+
+
+def parse_all(specs, field: str) -> list[MethodSpec]:
+  """Every entry of a config's method list (`field` names it in errors), none twice."""
+  if isinstance(specs, str) or not specs:
+    raise ValueError(f"{field} must be a non-empty tuple of method specs, e.g. (\"gradient\", "
+                     f"\"integrated_gradients(steps=32)\"); got {specs!r}")
+  methods = [parse(m, field) for m in specs]
+  labels = [m.label + m.reduction for m in methods]
+  if len(set(labels)) != len(labels):
+    raise ValueError(f"{field} names the same method twice: {list(specs)}")
+  return methods
 
 
 def check_builds(spec: MethodSpec, forward, x_BHWC, target_B, *, output: str = "logit", normalization=None,
                  field: str = "method") -> None:
   """Trace `spec` once on abstract inputs (`jax.ShapeDtypeStruct`s; nothing is computed), so an
   option value the method rejects, a layer the model lacks or a clash with what the run supplies
-  is found before any work, as a ConfigError naming `field` and the entry."""
+  is found before any work, as a ValueError naming `field` and the entry."""
   import jax  # pylint: disable=g-import-not-at-top
 
   fn = get(spec.name)
@@ -196,4 +207,4 @@ def check_builds(spec: MethodSpec, forward, x_BHWC, target_B, *, output: str = "
   try:
     jax.eval_shape(lambda f, x, t: fn(f, x, t, output=output, **options), forward, x_BHWC, target_B)
   except (ValueError, TypeError) as e:
-    raise ConfigError(f"{field} entry {spec.label!r} does not build for this model: {e}") from None
+    raise ValueError(f"{field} entry {spec.label!r} does not build for this model: {e}") from None

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from saliency_jax.config_checks import ConfigError, require_choice, require_non_negative
+from saliency_jax.checks import require_choice, require_non_negative
 
 CONDITIONS = ("pixel", "nopix", "conflict")
 VARIANTS = ("colour", "location")
@@ -54,10 +54,10 @@ class PixelSet(NamedTuple):
 
 def _pair(field: str, value, hw: tuple[int, int]) -> tuple[int, int]:
   if len(value) != 2 or not all(isinstance(v, (int, np.integer)) for v in value):
-    raise ConfigError(f"{field}={tuple(value)!r} is not allowed; give (row, col) as two integers")
+    raise ValueError(f"{field}={tuple(value)!r} is not allowed; give (row, col) as two integers")
   row, col = int(value[0]), int(value[1])
   if not (0 <= row < hw[0] and 0 <= col < hw[1]):
-    raise ConfigError(f"{field}={(row, col)!r} is outside the {hw[0]}x{hw[1]} image; rows 0..{hw[0] - 1}, "
+    raise ValueError(f"{field}={(row, col)!r} is outside the {hw[0]}x{hw[1]} image; rows 0..{hw[0] - 1}, "
                       f"cols 0..{hw[1] - 1}")
   return row, col
 
@@ -77,18 +77,18 @@ def make_spec(pixel_config, key: jax.Array, num_classes: int, image_hw: tuple[in
   else:
     if pixel_config.class_locations:
       if len(pixel_config.class_locations) != num_classes:
-        raise ConfigError(f"pixel.class_locations has {len(pixel_config.class_locations)} entries; "
+        raise ValueError(f"pixel.class_locations has {len(pixel_config.class_locations)} entries; "
                           f"give one (row, col) per class ({num_classes})")
       locations = np.asarray([_pair(f"pixel.class_locations[{k}]", loc, image_hw)
                               for k, loc in enumerate(pixel_config.class_locations)], np.int32)
       if len({tuple(l) for l in locations.tolist()}) != num_classes:
-        raise ConfigError("pixel.class_locations repeats a location; every class needs its own")
+        raise ValueError("pixel.class_locations repeats a location; every class needs its own")
     else:
       flat = np.asarray(jax.random.choice(key, h * w, (num_classes,), replace=False))
       locations = np.stack([flat // w, flat % w], axis=1).astype(np.int32)
     colour = np.asarray(pixel_config.fixed_colour, np.int32)
     if colour.shape != (3,) or colour.min() < 0 or colour.max() > 255:
-      raise ConfigError(f"pixel.fixed_colour={tuple(pixel_config.fixed_colour)!r} is not allowed; "
+      raise ValueError(f"pixel.fixed_colour={tuple(pixel_config.fixed_colour)!r} is not allowed; "
                         "give (R, G, B) in 0..255")
     colours = np.tile(colour, (num_classes, 1))
   return PixelSpec(jnp.asarray(locations), jnp.asarray(colours))

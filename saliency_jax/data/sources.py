@@ -22,7 +22,6 @@ from typing import Sequence
 import numpy as np
 from absl import logging
 
-from saliency_jax.config_checks import ConfigError
 from saliency_jax.files import atomic_open
 from saliency_jax.progress import Progress
 
@@ -66,7 +65,7 @@ def load(data_config) -> Source:
     return folder(data_config.path, cache_dir=data_config.cache_dir, per_class=data_config.max_per_class)
   if data_config.source == "cifar10":
     return cifar10(data_dir=data_config.tfds_data_dir or None, per_class=data_config.max_per_class)
-  raise ConfigError(f"data.source={data_config.source!r} is not allowed; choose one of: "
+  raise ValueError(f"data.source={data_config.source!r} is not allowed; choose one of: "
                     + ", ".join(repr(s) for s in SOURCES))
 
 
@@ -117,19 +116,19 @@ def default_cache_dir() -> pathlib.Path:
 def _list_split(root: pathlib.Path, split: str, per_class: int, class_names: Sequence[str] | None):
   split_dir = root / split
   if not split_dir.is_dir():
-    raise ConfigError(f"data.path={str(root)!r} has no '{split}/' folder; the folder source needs "
+    raise ValueError(f"data.path={str(root)!r} has no '{split}/' folder; the folder source needs "
                       "DIR/train/<class>/*.jpg and DIR/test/<class>/*.jpg")
   names = tuple(sorted(d.name for d in split_dir.iterdir() if d.is_dir()))
   if not names:
-    raise ConfigError(f"data.path={str(root)!r}: '{split}/' has no class subfolders")
+    raise ValueError(f"data.path={str(root)!r}: '{split}/' has no class subfolders")
   if class_names is not None and names != tuple(class_names):
-    raise ConfigError(f"data.path={str(root)!r}: the class folders of '{split}/' {names} differ from "
+    raise ValueError(f"data.path={str(root)!r}: the class folders of '{split}/' {names} differ from "
                       f"those of 'train/' {tuple(class_names)}")
   files, labels = [], []
   for label, name in enumerate(names):
     found = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not found:
-      raise ConfigError(f"data.path={str(root)!r}: '{split}/{name}/' has no images; every class needs images in "
+      raise ValueError(f"data.path={str(root)!r}: '{split}/{name}/' has no images; every class needs images in "
                         "train/ and test/ (or remove the folder)")
     if per_class:
       found = found[:per_class]
@@ -145,7 +144,7 @@ def _decode(path: pathlib.Path) -> np.ndarray:
     with Image.open(path) as image:
       return np.asarray(image.convert("RGB"), np.uint8)
   except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
-    raise ConfigError(f"data.path: {path} is not a readable image ({type(e).__name__}: {e}); remove or "
+    raise ValueError(f"data.path: {path} is not a readable image ({type(e).__name__}: {e}); remove or "
                       "replace it") from None
 
 
@@ -159,17 +158,17 @@ def _decode_all(files: Sequence[pathlib.Path], split: str = "") -> np.ndarray:
       progress.update(len(arrays))
   shapes = {a.shape for a in arrays}
   if len(shapes) != 1:
-    raise ConfigError(f"data.path: the images differ in size ({sorted(shapes)[:3]}...); all must have one size")
+    raise ValueError(f"data.path: the images differ in size ({sorted(shapes)[:3]}...); all must have one size")
   return np.stack(arrays)
 
 
 def folder(path: str, cache_dir: str = "", per_class: int = 0) -> Source:
   """A class-per-subfolder tree (class folders sorted give the label order)."""
   if not path:
-    raise ConfigError("data.path is empty; data.source='folder' needs DIR with train/<class>/ and test/<class>/")
+    raise ValueError("data.path is empty; data.source='folder' needs DIR with train/<class>/ and test/<class>/")
   root = pathlib.Path(path).expanduser().resolve()
   if not root.is_dir():
-    raise ConfigError(f"data.path={path!r} is not a folder; data.source='folder' needs DIR with "
+    raise ValueError(f"data.path={path!r} is not a folder; data.source='folder' needs DIR with "
                       "train/<class>/ and test/<class>/")
   names, train_files, train_labels = _list_split(root, "train", per_class, None)
   _, test_files, test_labels = _list_split(root, "test", per_class, names)
@@ -216,7 +215,7 @@ def cifar10(data_dir: str | None = None, per_class: int = 0) -> Source:
     importlib.import_module("tensorflow")  # tfds needs it to read CIFAR; checked here for a clear message
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ConfigError(f"data.source='cifar10' needs tensorflow-datasets and TensorFlow ({e}); install them with "
+    raise ValueError(f"data.source='cifar10' needs tensorflow-datasets and TensorFlow ({e}); install them with "
                       f"pip install -e '.[tfds]', or {_OFFLINE_HINT}") from None
 
   def split(name: str) -> Split:
@@ -231,6 +230,6 @@ def cifar10(data_dir: str | None = None, per_class: int = 0) -> Source:
   try:
     train, test = split("train"), split("test")
   except Exception as e:  # download or preparation failed: no network, no disk, ...
-    raise ConfigError(f"data.source='cifar10' could not be loaded ({type(e).__name__}: {e}); "
+    raise ValueError(f"data.source='cifar10' could not be loaded ({type(e).__name__}: {e}); "
                       f"{_OFFLINE_HINT}") from None
   return Source(train, test, CIFAR10_CLASSES)

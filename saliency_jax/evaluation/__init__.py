@@ -1,7 +1,9 @@
-"""Evaluation: the single-pixel experiment (SPEC section 4), the sanity checks (SPEC section 5:
-`sanity`, `similarity`, `randomization`, `invariance`) and their tables and figures."""
+"""Evaluation's definitions, as pure functions of a forward, images and maps: the single-pixel
+measurements (`single_pixel`), faithfulness curves (`faithfulness`), map similarity, parameter
+randomisation and the shifted twin of the sanity studies (`similarity`, `randomization`,
+`invariance`); result tables (`results`), figures and the tables over seeds (`aggregate`). The
+stages that run them over a workdir are in `saliency_jax.stages`."""
 
-from saliency_jax.evaluation.grid import METRIC_COLUMNS
-from saliency_jax.evaluation.single_pixel import batch_counts, metrics_from_counts, pointing_mask
+from saliency_jax.evaluation.single_pixel import METRIC_COLUMNS, batch_counts, metrics_from_counts, pointing_mask
 
 __all__ = ["METRIC_COLUMNS", "batch_counts", "metrics_from_counts", "pointing_mask"]

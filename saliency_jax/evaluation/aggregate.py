@@ -16,9 +16,9 @@ import pandas as pd
 from absl import app, flags, logging
 
 from saliency_jax import files
-from saliency_jax.config_checks import ConfigError
-from saliency_jax.evaluation import figures, grid, results
-from saliency_jax.evaluation.grid import METRIC_COLUMNS
+from saliency_jax.evaluation import figures, results
+from saliency_jax.evaluation.single_pixel import LOCALISATION_COLUMNS, METRIC_COLUMNS
+from saliency_jax.stages.single_pixel import TABLE
 
 GROUP = ["model", "test_position_sd", "test_colour_sd", "method", "method_options", "reduction", "target", "output"]
 # What the paper's tables show, in their order (the rest are in summary.csv).
@@ -41,11 +41,11 @@ def read_runs(patterns: list[str]) -> pd.DataFrame:
     if not path.exists():
       logging.warning("no results in %s; skipped", path)
       continue
-    df = grid.TABLE.frame(path).drop(columns=["method_label"])
+    df = TABLE.frame(path).drop(columns=["method_label"])
     df = df[df["checkpoint_epoch"] == df["checkpoint_epoch"].max()]
-    frames.append(df.assign(workdir=w))
+    frames.append(df.assign(workdir=w, degenerate_share=df["degenerate"] / df["num_images"]))
   if not frames:
-    raise ConfigError(f"--workdirs={patterns} matched no <workdir>/single_pixel/results.csv")
+    raise ValueError(f"--workdirs={patterns} matched no <workdir>/single_pixel/results.csv")
   return pd.concat(frames, ignore_index=True)
 
 
@@ -55,9 +55,9 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
   duplicated = runs.duplicated(GROUP + ["model_seed"], keep=False)
   if duplicated.any():
     dup = runs[duplicated][["workdir", "model_seed"]].drop_duplicates().to_string(index=False)
-    raise ConfigError(f"several runs share a model seed for the same cells; pass each run once:\n{dup}")
+    raise ValueError(f"several runs share a model seed for the same cells; pass each run once:\n{dup}")
   grouped = runs.groupby(GROUP, sort=False, dropna=False)
-  columns = [c for c in (*METRIC_COLUMNS, *grid.LOCALISATION_COLUMNS) if c in runs]
+  columns = [c for c in (*METRIC_COLUMNS, *LOCALISATION_COLUMNS, "degenerate_share") if c in runs]
   mean = grouped[columns].mean().add_suffix(" mean")
   std = grouped[columns].std(ddof=1).add_suffix(" std")
   seeds = grouped["model_seed"].agg(lambda s: " ".join(str(v) for v in sorted(s))).rename("model_seeds")

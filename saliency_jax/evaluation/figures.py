@@ -211,3 +211,30 @@ def faithfulness_curves(path, rows: list[dict], title: str = "") -> None:
   with files.atomic_open(path, "wb") as f:  # small: a documentation figure, not a poster
     fig.savefig(f, format="png", dpi=80, bbox_inches="tight")
   plt.close(fig)
+
+
+def leaderboard(path, board) -> None:
+  """A panel per model: every method's pointing accuracy (mean over seeds, std as error bars), the
+  logit output's bar over the softmax one's, sorted as the leaderboard table; the planted pixel's
+  median rank beside each method's name. `board`: `report.leaderboard`'s frame."""
+  models = list(dict.fromkeys(board["model"]))
+  height = max(len(board[board["model"] == m]) for m in models)
+  fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 0.28 * height + 1.2), squeeze=False)
+  for ax, model in zip(axes[0], models):
+    block = board[board["model"] == model].iloc[::-1]  # best at the top
+    y = np.arange(len(block))
+    for offset, output, colour in ((-0.2, "softmax", "#9ecae1"), (0.2, "logit", "#3182bd")):
+      ax.barh(y + offset, 100 * block[f"pointing {output}"].fillna(0), 0.4,
+              xerr=100 * block[f"std {output}"].fillna(0), color=colour, capsize=1.5, label=output,
+              error_kw={"lw": 0.6})
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{m}  (rank {r:.0f})" if np.isfinite(r) else m
+                        for m, r in zip(block["method"], block["rank median"])], fontsize=6)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("pointing accuracy %", fontsize=7)
+    ax.set_title(model, fontsize=9)
+    ax.tick_params(axis="x", labelsize=6)
+  axes[0, -1].legend(fontsize=6, loc="lower right")
+  fig.suptitle("Does the map's maximum fall on the pixel the model uses? (test jitter (0, 0), target predicted)",
+               fontsize=8)
+  _save(fig, path)

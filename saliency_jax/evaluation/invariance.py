@@ -109,11 +109,12 @@ def takes_baseline(name: str) -> bool:
 
 
 def shifted_baseline(method: Callable, shift_C, normalization, baseline="black") -> Callable:
-  """`method(forward, x, target, baseline=...)` for the twin, with the named `baseline` taken at
-  the unshifted image and shifted alongside the input: IG's input-invariant variant."""
+  """`method(forward, x, target, index, baseline=...)` (a method bound by `attribution.binding`) for
+  the twin, with the named `baseline` taken at the unshifted image and shifted alongside the input:
+  IG's input-invariant variant."""
 
-  def shifted(forward, x_BHWC, target_B):
+  def shifted(forward, x_BHWC, target_B, index_B=None):
     reference = integrated.make_baseline(baseline, x_BHWC - shift_C, normalization=normalization)
-    return method(forward, x_BHWC, target_B, baseline=reference + shift_C)
+    return method(forward, x_BHWC, target_B, index_B, baseline=reference + shift_C)
 
   return shifted

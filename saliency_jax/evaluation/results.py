@@ -1,26 +1,40 @@
-"""Result tables: one mechanism for the single-pixel grid's `results.csv` and the sanity studies'
-`<study>.csv`. Both start with the columns of the trained run and the method; a table declares
-its columns and the key of a unit of work (a grid cell, a study's method), written atomically after
-every unit, so a killed run loses at most the unit in progress and a rerun computes only the
-missing ones. Rows read back are strings.
+"""Result tables: the one mechanism behind every stage's CSV (the single-pixel grid's `results.csv`,
+the sanity studies' `<study>.csv`, faithfulness's `results.csv`).
+
+A table declares, once, its columns, the key of a unit of work (a grid cell, a study's method) and
+what each column must hold. Rows are written atomically after every unit, so a killed run loses at
+most the unit in progress. Rows read back are validated against the declaration: a row that is cut
+short, lacks a key, or holds text where a number belongs is left out with a warning naming the file
+and the row, so its unit is computed again (`read(..., repair=True)` also rewrites the file without
+it). Rows read back are strings; the kinds say how to read them.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import json
+import math
 import pathlib
+from typing import Mapping
+
+from absl import logging
 
 from saliency_jax import files
 
 # Which trained run a row is about; then which method (its options as in `MethodSpec.options_text`).
-RUN_COLUMNS = ("model", "model_seed", "data_seed", "checkpoint_epoch")
+# `weights`: the digest of imported weights (`model.torch_weights`), '' for the workdir's own training.
+RUN_COLUMNS = ("model", "model_seed", "data_seed", "checkpoint_epoch", "weights")
 METHOD_COLUMNS = ("method", "method_options")
+# Column kinds: `text` anything (also ''), `number` a float (NaN allowed: an undefined value),
+# `finite` a finite float, `count` a non-negative integer, `json` a JSON list of numbers.
+KINDS = ("text", "number", "finite", "count", "json")
 
 
-def run_columns(config, epoch: int) -> dict:
+def run_columns(config, trained) -> dict:
+  """The run columns of rows about `trained` (a `training.train.Trained`)."""
   return {"model": config.model.name, "model_seed": config.seed, "data_seed": config.data.seed,
-          "checkpoint_epoch": epoch}
+          "checkpoint_epoch": trained.epoch, "weights": trained.weights}
 
 
 def method_columns(spec) -> dict:
@@ -34,17 +48,100 @@ def method_label(method, options):
   return method + options.fillna("").map(lambda o: f"({o})" if o else "")
 
 
+class DamagedTable(ValueError):
+  """A table file that cannot be read at all (not text, no header, another table's header)."""
+
+
+def _valid(kind: str, value: str) -> bool:
+  try:
+    if kind == "number":
+      float(value)
+    elif kind == "finite":
+      return math.isfinite(float(value))
+    elif kind == "count":
+      return int(value) >= 0
+    elif kind == "json":
+      values = json.loads(value)
+      return isinstance(values, list) and all(isinstance(v, (int, float)) for v in values)
+    return True
+  except (ValueError, TypeError):
+    return False
+
+
 @dataclasses.dataclass(frozen=True)
 class Table:
   columns: tuple[str, ...]
   key: tuple[str, ...]  # rows with equal values here are the same unit of work
+  # column -> one of KINDS; columns not named are `text`.
+  kinds: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  # Columns a row may leave empty (a metric that does not apply to it, e.g. ROAD's accuracy on a
+  # deletion row); every other column must be there.
+  optional: tuple[str, ...] = ()
+
+  def __post_init__(self):
+    if len(set(self.columns)) != len(self.columns):
+      raise ValueError(f"table declares a column twice: {self.columns}")
+    unknown = set(self.key) - set(self.columns) | set(self.kinds) - set(self.columns)
+    if unknown or set(self.kinds.values()) - set(KINDS):
+      raise ValueError(f"table declares columns it does not have or unknown kinds: {sorted(unknown)}")
 
   def key_of(self, row: dict) -> tuple[str, ...]:
     """Compared as text: rows read back from the CSV are strings."""
     return tuple(str(row[k]) for k in self.key)
 
-  def read(self, path: str | pathlib.Path) -> list[dict]:
-    return files.read_csv(path)
+  def problem(self, row: dict) -> str:
+    """Why a row read back is not a complete row of this table; '' when it is."""
+    for column in self.columns:
+      value = row.get(column)
+      if value is None:
+        return f"no value for {column!r} (the row is cut short)"
+      if value == "" and (column in self.optional or self.kinds.get(column, "text") == "text"):
+        continue
+      if not _valid(self.kinds.get(column, "text"), value):
+        return f"{column}={value!r} is not a {self.kinds[column]} value"
+    if None in row:  # csv.DictReader's key for fields beyond the header
+      return "more fields than the header has"
+    return ""
+
+  def read(self, path: str | pathlib.Path, *, repair: bool = False) -> list[dict]:
+    """The complete rows of the table at `path` (none if there is no file). Incomplete rows are
+    left out with a warning; `repair=True` also rewrites the file without them (atomically), so the
+    next reader sees a whole table. A file that is not a table of these columns at all raises
+    `DamagedTable` naming it."""
+    path = pathlib.Path(path)
+    if not path.exists():
+      return []
+    try:
+      text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+      raise DamagedTable(f"{path} is not a text table ({e.reason} at byte {e.start})") from None
+    if not text.strip():
+      return []
+    lines = text.splitlines(keepends=True)
+    header = next(csv.reader(lines[:1]))
+    missing = [c for c in self.columns if c not in header and c not in self.optional]
+    if missing:
+      raise DamagedTable(f"{path} lacks the columns {', '.join(missing)}; it is not this stage's table "
+                         "(or it was cut inside its header)")
+    rows, dropped = [], []
+    records = list(csv.DictReader(lines))
+    absent = {c: "" for c in self.optional if c not in header}  # written before the column existed
+    for i, row in enumerate(records):
+      row = {**row, **absent}
+      problem = self.problem(row)
+      # A row without its line end was cut inside its last field: a number cut short still parses.
+      if not problem and i == len(records) - 1 and not lines[-1].endswith(("\n", "\r")):
+        problem = "the file ends inside it"
+      if problem:
+        dropped.append(f"row {i + 1} ({problem})")
+      else:
+        rows.append({c: row[c] for c in (*header, *absent)})
+    if dropped:
+      logging.warning("%s: left out %d damaged row(s), which will be computed again: %s", path, len(dropped),
+                      "; ".join(dropped))
+      if repair:
+        self.write(path, rows)
+    return rows
 
   def write(self, path: str | pathlib.Path, rows: list[dict]) -> None:
     with files.atomic_open(path, "w", newline="") as f:
@@ -53,10 +150,16 @@ class Table:
       writer.writerows(rows)
 
   def frame(self, path: str | pathlib.Path):
-    """The table as a pandas DataFrame, with empty options as '' and a `method_label` column."""
+    """The table's complete rows as a pandas DataFrame, numeric columns as floats, empty options as
+    '' and a `method_label` column."""
     import pandas as pd  # pylint: disable=g-import-not-at-top
 
-    df = pd.read_csv(path, dtype={"method_options": str})
-    df["method_options"] = df["method_options"].fillna("")
-    df["method_label"] = method_label(df["method"], df["method_options"])
+    df = pd.DataFrame(self.read(path), columns=list(self.columns))
+    for column, kind in self.kinds.items():
+      if kind in ("number", "finite", "count"):  # '' (an optional value absent) and 'nan' as NaN
+        values = df[column].map(lambda v: float("nan") if v in ("", None) else float(v)).astype(float)
+        df[column] = values.astype(int) if kind == "count" and values.notna().all() else values
+    if "method_options" in df:
+      df["method_options"] = df["method_options"].fillna("")
+      df["method_label"] = method_label(df["method"], df["method_options"])
     return df

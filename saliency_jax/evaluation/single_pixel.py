@@ -13,8 +13,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from saliency_jax.attribution.core import select_targets
+
 # Versions of each test image, named as in the original result files.
 VERSIONS = ("nopix", "truebg_withblackpix", "blackbg_withpix", "blackbg_withattrpix", "truebg_withblackattrpix")
+# What `batch_outcomes` returns per image.
+OUTCOMES = ("predicted", "hit", "versions", "rank", "mass", "degenerate")
+# The original's columns (`metrics_from_counts`), in its order.
+METRIC_COLUMNS = (
+    "overall.withpix_model_accuracy", "overall.attribution_correct_accuracy", "overall.nopix_model_accuracy",
+    "overall.truebg_withblackpix_model_accuracy", "overall.attribution_incorrect",
+    "attribution_incorrect.nopix_model_accuracy", "attribution_incorrect.withpix_model_accuracy",
+    "attribution_incorrect.blackbg_withpix_model_accuracy", "attribution_incorrect.blackbg_withattrpix_model_accuracy",
+    "attribution_incorrect.truebg_withblackattrpix_model_accuracy",
+    "attribution_incorrect.truebg_withblackpix_model_accuracy",
+    "attribution_incorrect.truebg_withblackattrpix_preserved_accuracy",
+    "attribution_incorrect.truebg_withblackpix_preserved_accuracy",
+)
+# Graded localisation (`localisation_metrics`), beside the original's columns.
+LOCALISATION_COLUMNS = ("localisation.rank_mean", "localisation.rank_median", "localisation.top1",
+                        "localisation.top5", "localisation.top10", "localisation.mass_mean")
 
 
 def pointing_mask(importance_BHW: jax.Array) -> jax.Array:
@@ -52,17 +70,22 @@ def batch_outcomes(forward: Callable, normalization: Callable, importance: Calla
   attributed ones; `versions` (B, len(VERSIONS)), the model's class on each image version; `rank`
   (B,), the planted pixel's rank in the map (1 + the pixels scoring strictly higher, so tied
   pixels share the best rank and rank 1 is a hit); `mass` (B,), the planted pixel's share of the
-  map's total absolute value (NaN for an all-zero map).
+  map's total absolute value (NaN for an all-zero map); `degenerate` (B,), a map that is constant
+  (every pixel ties, so the pixel is "attributed" whatever the method saw) or not finite (no pixel is
+  attributed; its rank is then the last, H * W, so top 1 still equals pointing).
   """
   x = normalization(pix_BHWC)
   predicted = jnp.argmax(forward(x), axis=-1).astype(jnp.int32)
-  target_B = predicted if target == "predicted" else jnp.asarray(labels_B, jnp.int32)
+  target_B = select_targets(forward, x, labels_B, target)
   importance_BHW = importance(forward, x, target_B)
   attributed = pointing_mask(importance_BHW)
   pixel = location_mask(location_B2, pix_BHWC.shape[1:3])
   hit = jnp.any(attributed & pixel, axis=(1, 2))
+  finite = jnp.all(jnp.isfinite(importance_BHW), axis=(1, 2))
+  constant = jnp.max(importance_BHW, axis=(1, 2)) == jnp.min(importance_BHW, axis=(1, 2))
   at_pixel_B = jnp.max(jnp.where(pixel, importance_BHW, -jnp.inf), axis=(1, 2))
   rank = 1 + jnp.sum(importance_BHW > at_pixel_B[:, None, None], axis=(1, 2), dtype=jnp.int32)
+  rank = jnp.where(finite, rank, importance_BHW.shape[1] * importance_BHW.shape[2])
   magnitude = jnp.abs(importance_BHW)
   total = magnitude.sum(axis=(1, 2))
   mass = jnp.where(total > 0, jnp.sum(jnp.where(pixel, magnitude, 0), axis=(1, 2)) / jnp.where(total > 0, total, 1),
@@ -71,7 +94,7 @@ def batch_outcomes(forward: Callable, normalization: Callable, importance: Calla
   stacked = jnp.concatenate(list(versions.values()))
   predictions = jnp.argmax(forward(normalization(stacked)), axis=-1).reshape(len(VERSIONS), -1)
   return {"predicted": predicted, "hit": hit, "versions": predictions.T.astype(jnp.int32), "rank": rank,
-          "mass": mass.astype(jnp.float32)}
+          "mass": mass.astype(jnp.float32), "degenerate": constant | ~finite}
 
 
 def counts_from_outcomes(outcomes: dict, labels_B, valid_B=None) -> dict:

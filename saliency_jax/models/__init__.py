@@ -22,7 +22,7 @@ from flax import traverse_util
 import jax
 import jax.numpy as jnp
 
-from saliency_jax.config_checks import ConfigError, require_choice
+from saliency_jax.checks import require_choice
 from saliency_jax.lowering import cpu_lowering
 from saliency_jax.models import common
 from saliency_jax.models.resnet import STEMS, ResNet
@@ -46,7 +46,7 @@ def _activation(value):
   if callable(value):
     return value
   if not isinstance(value, str) or not hasattr(nn, value) or not callable(getattr(nn, value)):
-    raise ConfigError(f"model.activation={value!r} is not allowed; give a callable or the name of a "
+    raise ValueError(f"model.activation={value!r} is not allowed; give a callable or the name of a "
                       "flax.linen activation such as 'relu', 'gelu', 'silu', 'softplus'")
   return getattr(nn, value)
 
@@ -58,7 +58,7 @@ def create_model(name: str, num_classes: int = 10, **options) -> nn.Module:
   allowed = sorted(p for p in inspect.signature(cls).parameters if p not in ("num_classes", "parent", "name"))
   for key in options:
     if key not in allowed:
-      raise ConfigError(f"model option {key!r} is not known for model.name={name!r}; allowed: {', '.join(allowed)}")
+      raise ValueError(f"model option {key!r} is not known for model.name={name!r}; allowed: {', '.join(allowed)}")
   if "activation" in options:
     options["activation"] = _activation(options["activation"])
   if "stem" in options:
@@ -72,12 +72,25 @@ def create_model(name: str, num_classes: int = 10, **options) -> nn.Module:
   return cls(num_classes=num_classes, **options)
 
 
+# Fields of a config's `model` section that are not options of a model class.
+_RUN_FIELDS = ("name", "torch_weights", "num_classes")
+
+
 def from_config(model_config, num_classes: int, dtype="float32") -> nn.Module:
-  """The model a config's `model` section names. Fields the chosen model does not take (such
-  as resnet18's `maxpool` for vgg16) are ignored, so one default config serves every model."""
+  """The model a config's `model` section names. A field of another model (resnet18's `maxpool`
+  under vgg16) is ignored at that model's default, so one default config serves every model, and
+  refused when set to anything else: it would not do what it says."""
   require_choice("model.name", model_config.name, MODELS)
-  accepted = inspect.signature(MODELS[model_config.name]).parameters
-  options = {k: v for k, v in model_config.items() if k != "name" and k in accepted}
+  takes = inspect.signature(MODELS[model_config.name]).parameters
+  for field, value in model_config.items():
+    if field in _RUN_FIELDS or field in takes:
+      continue
+    owners = [n for n, cls in MODELS.items() if field in inspect.signature(cls).parameters]
+    default = inspect.signature(MODELS[owners[0]]).parameters[field].default if owners else inspect.Parameter.empty
+    if value != default:
+      raise ValueError(f"model.{field}={value!r} does not apply to model.name={model_config.name!r}"
+                       + (f" (it is an option of {', '.join(owners)})" if owners else "") + "; remove it")
+  options = {k: v for k, v in model_config.items() if k in takes and k not in _RUN_FIELDS}
   return create_model(model_config.name, num_classes=num_classes, dtype=dtype, **options)
 
 

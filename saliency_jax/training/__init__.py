@@ -2,7 +2,7 @@
 
 from saliency_jax.training.state import TrainState, init_state, make_optimizer
 from saliency_jax.training.steps import Steps
-from saliency_jax.training.train import TrainingDiverged, TrainResult, check_config, train_and_evaluate
+from saliency_jax.training.train import TrainingDiverged, TrainResult, train_and_evaluate
 
-__all__ = ["TrainState", "TrainResult", "TrainingDiverged", "Steps", "check_config", "init_state", "make_optimizer",
+__all__ = ["TrainState", "TrainResult", "TrainingDiverged", "Steps", "init_state", "make_optimizer",
            "train_and_evaluate"]

@@ -19,7 +19,6 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from saliency_jax.config_checks import ConfigError
 from saliency_jax.training import parallel
 
 # Room a checkpoint needs beyond its arrays' bytes: orbax's metadata files and the file system's
@@ -27,7 +26,7 @@ from saliency_jax.training import parallel
 _OVERHEAD_BYTES, _OVERHEAD_FRACTION = 256 << 10, 0.05
 
 
-class CheckpointError(ConfigError):
+class CheckpointError(ValueError):
   """A checkpoint that cannot be written or read; the message names it and what to do."""
 
 

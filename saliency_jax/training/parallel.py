@@ -17,7 +17,6 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from saliency_jax.config_checks import ConfigError
 
 DATA_AXIS = "data"
 
@@ -48,7 +47,7 @@ def maybe_initialize_distributed() -> None:
     jax.distributed.initialize(**kwargs)
   except ValueError as e:  # a missing or malformed variable; jax names what it lacks
     shown = ", ".join(f"{k}={v!r}" for k, v in given.items())
-    raise ConfigError(f"a multi-process run needs {', '.join(_ENV)} on every process (or a SLURM / Open MPI "
+    raise ValueError(f"a multi-process run needs {', '.join(_ENV)} on every process (or a SLURM / Open MPI "
                       f"job); here {shown} ({e})") from None
   logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import math
 import pathlib
 import signal
 import threading
 import time
+import zipfile
 from typing import Any
 
 import jax
@@ -18,8 +20,7 @@ from absl import logging
 
 from saliency_jax import data as data_lib
 from saliency_jax import models
-from saliency_jax.config_checks import (ConfigError, require_choice, require_non_negative, require_positive,
-                                        require_subset)
+from saliency_jax.checks import require_choice
 from saliency_jax.progress import Progress
 from saliency_jax.training import parallel
 from saliency_jax.training.checkpoint import Checkpoints, abstract_like
@@ -41,6 +42,7 @@ class Trained:
   variables: dict
   epoch: int
   data: data_lib.Prepared
+  weights: str = ""  # imported weights: their file's digest (`file_digest`); '' for the workdir's own training
 
 
 @dataclasses.dataclass
@@ -72,41 +74,6 @@ def stop_reached(train_config, row) -> str:
     if value and seen not in (None, "") and float(seen) >= value:
       return setting
   return ""
-
-
-def check_config(config, num_devices: int) -> None:
-  """Every setting a user can get wrong, checked before any work starts."""
-  require_choice("model.name", config.model.name, models.MODELS)
-  require_choice("data.source", config.data.source, data_lib.SOURCES)
-  require_choice("data.normalization", config.data.normalization, data_lib.NORMALIZATIONS)
-  require_choice("pixel.variant", config.pixel.variant, data_lib.VARIANTS)
-  require_choice("train.dtype", config.train.dtype, models.DTYPES)
-  require_subset("train.eval_conditions", config.train.eval_conditions, data_lib.CONDITIONS)
-  require_choice("train.epoch_loop", config.train.epoch_loop, EPOCH_LOOPS)
-  for field in ("pixel.position_sd", "pixel.colour_sd", "train.momentum", "train.weight_decay",
-                "data.max_per_class", "train.keep_checkpoints"):
-    section, name = field.split(".")
-    require_non_negative(field, config[section][name])
-  require_positive("train.learning_rate", config.train.learning_rate)
-  for setting, column in STOPS.items():
-    value = config.train.get(setting, 0.0)
-    if not 0.0 <= value <= 1.0:
-      raise ConfigError(f"train.{setting}={value!r} is not allowed; give a fraction in [0, 1] (0: train for "
-                        "train.epochs)")
-    condition = column.removeprefix("test_").removesuffix("_accuracy")
-    if value and column.startswith("test_") and condition not in config.train.eval_conditions:
-      raise ConfigError(f"train.{setting} watches the test accuracy on '{condition}' images; add it to "
-                        f"train.eval_conditions (now {tuple(config.train.eval_conditions)})")
-  for field in ("train.batch_size", "train.epochs", "train.checkpoint_every_epochs", "train.eval_batch_size",
-                "data.synthetic_train_per_class", "data.synthetic_test_per_class"):
-    section, name = field.split(".")
-    require_positive(field, config[section][name], integer=True)
-  if config.train.batch_size % num_devices:
-    raise ConfigError(f"train.batch_size={config.train.batch_size} does not divide over the {num_devices} devices; "
-                      f"use a multiple of {num_devices}")
-  if config.data.source == "folder" and not pathlib.Path(config.data.path or "").expanduser().is_dir():
-    raise ConfigError(f"data.path={config.data.path!r} is not a folder; data.source='folder' needs DIR with "
-                      "train/<class>/ and test/<class>/")
 
 
 EPOCH_LOOPS = ("auto", "scan", "python")
@@ -173,14 +140,12 @@ def _step_progress(epoch: int, epochs: int, steps_per_epoch: int, batch_size: in
 
 def train_and_evaluate(config, workdir: str | pathlib.Path, *, mesh: jax.sharding.Mesh | None = None,
                        data: data_lib.Prepared | None = None) -> TrainResult:
-  """Train `config` in `workdir`, resuming from its latest checkpoint, and test every epoch.
-
-  Writes `metrics.csv` (and TensorBoard events) and `checkpoints/`. `mesh` defaults to all devices;
+  """Train `config` (checked by `config_checks.check_config`) in `workdir`, resuming from its latest
+  checkpoint, and test every epoch. Writes `metrics.csv` (and TensorBoard events) and `checkpoints/`. `mesh` defaults to all devices;
   `data`: `data.prepare(config)`'s, when the caller has it already.
   """
   workdir = pathlib.Path(workdir)
   mesh = mesh or parallel.make_mesh()
-  check_config(config, mesh.size)
   tc = config.train
 
   data = data or data_lib.prepare(config, conditions=tuple(tc.eval_conditions))
@@ -191,7 +156,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, mesh: jax.shardin
   steps_per_epoch = steps.steps_per_epoch(len(data.train.labels_B))
   examples_per_epoch = steps_per_epoch * tc.batch_size
   if steps_per_epoch == 0:
-    raise ConfigError(f"train.batch_size={tc.batch_size} is larger than the {len(data.train.labels_B)} training images")
+    raise ValueError(f"train.batch_size={tc.batch_size} is larger than the {len(data.train.labels_B)} training images")
   logging.info("%s on %s: %d train / %d test images, %d classes, %d steps per epoch, %d device(s)",
                config.model.name, config.data.source, len(data.train.labels_B), len(data.source.test.labels),
                data.num_classes, steps_per_epoch, mesh.size)
@@ -274,7 +239,7 @@ def restore(config, workdir: str | pathlib.Path, data: data_lib.Prepared | None 
   optimizer = make_optimizer(config.train)
   directory = pathlib.Path(workdir) / "checkpoints"
   if not directory.is_dir():
-    raise ConfigError(f"no checkpoint in {directory}; train first (train.enabled=True) or point --workdir at a "
+    raise ValueError(f"no checkpoint in {directory}; train first (train.enabled=True) or point --workdir at a "
                       "trained run")
   checkpoints = Checkpoints(directory, keep=config.train.keep_checkpoints, read_only=True)
   try:
@@ -283,7 +248,7 @@ def restore(config, workdir: str | pathlib.Path, data: data_lib.Prepared | None 
       abstract = abstract_like(jax.eval_shape(init, jax.random.key(0)), parallel.replicated(mesh))
       epoch, state = checkpoints.restore_latest(abstract) or (0, None)
     if not epoch:
-      raise ConfigError(f"no checkpoint in {directory}; train first (train.enabled=True) or point --workdir at a "
+      raise ValueError(f"no checkpoint in {directory}; train first (train.enabled=True) or point --workdir at a "
                         "trained run")
   finally:
     checkpoints.close()
@@ -300,33 +265,30 @@ def for_evaluation(variables) -> dict:
 
 
 
-def check_torch_weights(config) -> None:
-  """`model.torch_weights`, checked before any data is read: no training, a model with a torch
-  layout, a file."""
-  from saliency_jax.models import torch_import  # pylint: disable=g-import-not-at-top
-
-  field = f"model.torch_weights={config.model.torch_weights!r}"
-  if config.train.enabled:
-    raise ConfigError(f"{field} evaluates weights trained elsewhere; set train.enabled=False (nothing is trained)")
-  require_choice("model.name (with model.torch_weights)", config.model.name, torch_import.SUPPORTED)
-  if not pathlib.Path(config.model.torch_weights).expanduser().is_file():
-    raise ConfigError(f"{field} is not a file; give a .pt/.pth state_dict (or an .npz of its arrays)")
-
-
 def from_torch_weights(config, data: data_lib.Prepared) -> Trained:
   """The model of `config.model` with the weights of `config.model.torch_weights` (a PyTorch
   state_dict, `models.torch_import`), as a run of 0 epochs here: what the evaluations receive in
-  place of a checkpoint. Every problem with the file is one line naming the field."""
+  place of a checkpoint. Every problem with the file is one ValueError naming the field."""
   from saliency_jax.models import torch_import  # pylint: disable=g-import-not-at-top
 
-  check_torch_weights(config)
   path = pathlib.Path(config.model.torch_weights).expanduser()
   field = f"model.torch_weights={config.model.torch_weights!r}"
+  require_choice("model.name (with model.torch_weights)", config.model.name, torch_import.SUPPORTED)
   model = models.from_config(config.model, data.num_classes, dtype=config.train.dtype)
   try:
     variables = torch_import.variables_from_torch(path, model, config.model.name,
                                                   input_shape=(1, *data.source.test.images.shape[1:]))
-  except (ValueError, ImportError, OSError, RuntimeError) as e:
-    problems = " ".join(str(e).split())  # one line, as every ConfigError
-    raise ConfigError(f"{field} does not load into {config.model.name}: {problems}") from None
-  return Trained(model, variables, 0, data)
+  except (ValueError, ImportError, OSError, RuntimeError, EOFError, zipfile.BadZipFile) as e:
+    problems = " ".join(str(e).split())  # one line
+    raise ValueError(f"{field} does not load into {config.model.name}: {problems}") from None
+  return Trained(model, variables, 0, data, weights=file_digest(path))
+
+
+def file_digest(path: pathlib.Path) -> str:
+  """The first 12 hex digits of the file's SHA-256: what a result computed from it is keyed by, so a
+  changed file computes again rather than reading the old file's results back."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()[:12]
