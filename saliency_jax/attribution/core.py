@@ -47,7 +47,7 @@ def select_targets(forward: Forward, x_BHWC, labels_B=None, which: str = "predic
   """The class each image is explained for: the argmax at the input, or the true label.
 
   The predicted class is taken once at the input and held fixed along any path (IG) and
-  over any noise (SmoothGrad), as SPEC section 3 asks.
+  over any noise (SmoothGrad): docs/methods.md, "What a method explains".
   """
   require_choice("target", which, TARGETS)
   if which == "label":

@@ -1,5 +1,6 @@
-"""Evaluation: the single-pixel experiment (SPEC section 4), the sanity checks (SPEC section 5:
-`sanity`, `similarity`, `randomization`, `invariance`) and their tables and figures."""
+"""Evaluation: the single-pixel experiment, the faithfulness curves and the sanity checks (`sanity`,
+`similarity`, `randomization`, `invariance`), and their tables and figures; each defined in
+docs/evaluation.md."""
 
 from saliency_jax.evaluation.grid import METRIC_COLUMNS
 from saliency_jax.evaluation.single_pixel import batch_counts, metrics_from_counts, pointing_mask

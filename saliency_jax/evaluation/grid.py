@@ -13,7 +13,7 @@ from saliency_jax.attribution import core, registry
 from saliency_jax.evaluation import results
 from saliency_jax.config_checks import ConfigError, require_choice, require_non_negative, require_positive
 
-# What SPEC section 4 calls the original's columns, in its order.
+# The original result files' columns, in their order (docs/evaluation.md, "Single-pixel metrics").
 METRIC_COLUMNS = (
     "overall.withpix_model_accuracy", "overall.attribution_correct_accuracy", "overall.nopix_model_accuracy",
     "overall.truebg_withblackpix_model_accuracy", "overall.attribution_incorrect",

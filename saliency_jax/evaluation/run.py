@@ -1,4 +1,5 @@
-"""`evaluate(config, workdir)`: the single-pixel grid of one trained run (SPEC section 4).
+"""`evaluate(config, workdir)`: the single-pixel grid of one trained run (docs/evaluation.md, "The
+single-pixel grid").
 
 Writes `workdir/single_pixel/results.csv` (see `results.py`) and `examples.png`. Each cell
 (test jitter x method x target x output) is one compiled program per batch shape: the maps, the

@@ -1,4 +1,4 @@
-"""The sanity checks (SPEC section 5) on a trained workdir: `run(config, workdir)`.
+"""The sanity checks (docs/evaluation.md, "Sanity checks") on a trained workdir: `run(config, workdir)`.
 
 Studies (`config.sanity.studies`, a tuple):
 
