@@ -1,6 +1,6 @@
 """Attribution speed and memory: JAX against captum, interleaved in one run on the same machine.
 
-  pip install -e '.[bench]'     # torch + captum (CPU wheels: see README, Benchmarks)
+  pip install -e '.[bench]'     # torch + captum (CPU wheels: docs/performance.md, "Running the benchmarks")
   python benchmarks/attribution_throughput.py                   # CPU-sized: user_cnn, resnet18, vgg16
   python benchmarks/attribution_throughput.py --models=resnet18 --methods=integrated_gradients \\
       --batch_size=250 --steps=100 --chunk_sizes=10,5 --nounchunked --notorch --nowarmup --fresh_processes --rounds=2 \\

@@ -1,6 +1,6 @@
 """Training speed: the library's compiled step against PyTorch's, interleaved in one run.
 
-  pip install -e '.[bench]'     # torch (CPU wheels: see README, Benchmarks)
+  pip install -e '.[bench]'     # torch (CPU wheels: docs/performance.md, "Running the benchmarks")
   python benchmarks/train_throughput.py                          # resnet18 at batch 64, 128, 256
   python benchmarks/train_throughput.py --models=vgg16 --batch_sizes=128 --notorch
 

@@ -1,7 +1,11 @@
-"""Every setting, with the paper's values where the paper fixed one (SPEC section 2).
+"""Every setting, with the paper's values where the paper fixed one (docs/evaluation.md, "Models
+and training").
 
 Variants (resnet.py, vgg16.py, quickstart.py) start from this and override a few fields;
-any field can be overridden on the command line, e.g. `--config.train.epochs=5`.
+any field can be overridden on the command line, e.g. `--config.train.epochs=5`; `--help` lists
+them all. On its own it trains resnet18 on the synthetic images:
+
+    python -m saliency_jax.main --config=configs/default.py --workdir=workdirs/default
 """
 
 import ml_collections
@@ -30,7 +34,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.max_per_class = 0  # keep the first N images per class of each split; 0: all
   config.data.synthetic_train_per_class = 500
   config.data.synthetic_test_per_class = 100
-  # Data randomisation (SPEC section 5): train on the training labels permuted by data.seed.
+  # Data randomisation (docs/evaluation.md, "Sanity checks"): train on the training labels
+  # permuted by data.seed.
   config.data.permute_train_labels = False
 
   config.pixel = ml_collections.ConfigDict()
@@ -63,7 +68,8 @@ def get_config() -> ml_collections.ConfigDict:
   # taken the shortcut (configs/vgg16_cpu.py). train.epochs stays the most it may train.
   config.train.stop_at_pixel_accuracy = 0.0
 
-  # The single-pixel evaluation (SPEC section 4) after training: workdir/single_pixel/results.csv.
+  # The single-pixel evaluation (docs/evaluation.md, "The single-pixel grid") after training:
+  # workdir/single_pixel/results.csv.
   config.single_pixel = ml_collections.ConfigDict()
   config.single_pixel.enabled = True
   # 'name' or 'name(option=value, ...)' of any registered attribution method; reduce= sets the
@@ -113,7 +119,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.faithfulness.chunk_size = 8  # IG path points per vectorised chunk (memory only)
   config.faithfulness.seed = 0  # ROAD noise (image i: fold_in(fold_in(key(seed), 5), i))
 
-  # The sanity checks (SPEC section 5) on the trained model: workdir/sanity/<study>.csv and figures.
+  # The sanity checks (docs/evaluation.md, "Sanity checks") on the trained model:
+  # workdir/sanity/<study>.csv and figures.
   config.sanity = ml_collections.ConfigDict()
   # Run in this order after training and the single-pixel grid; empty: none. On the command line
   # either spelling: --config.sanity.studies="('cascading', 'independent')" or =cascading,independent.

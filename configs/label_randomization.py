@@ -1,4 +1,4 @@
-"""Data randomisation (SPEC section 5): BASE's model trained on training labels permuted by
+"""Data randomisation (docs/evaluation.md, "Sanity checks"): BASE's model trained on training labels permuted by
 `data.seed` until it fits them (train accuracy >= 95%, at most `train.epochs` epochs), then its
 maps compared with those of the same model trained on true labels (`sanity.reference_workdir`).
 

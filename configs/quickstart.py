@@ -2,6 +2,13 @@
 
 Reports how well the model does with the pixel, without it, and when the pixel lies, then runs a
 small single-pixel grid (every default method, no test jitter, 250 images, IG with 16 steps).
+
+    python -m saliency_jax.main --config=configs/quickstart.py --workdir=workdirs/quickstart
+
+Expected (62 to 90 s on 2 CPU cores): after epoch 6 about 88% test accuracy with the pixel, 24%
+without it and 14% with another class's pixel; in the grid, |gradient| and |gradient| x |input| point
+at the pixel on 96-98% of the images, integrated gradients on 87-100%, gradient x input on about 64%
+with the softmax output and 93-94% with the logit.
 """
 
 from configs import default

@@ -19,6 +19,14 @@ and why the question survives:
 Everything else (model, pixel location and colours, normalisation, methods, targets, outputs, the
 100 IG steps and the original rule) is the paper's. Offline data: add
 `--config.data.source=folder --config.data.path=DIR`.
+
+    python -m saliency_jax.main --config=configs/resnet_cpu.py --workdir=workdirs/cpu/resnet18_seed0 \
+        --config.data.source=folder --config.data.path=DIR
+
+(launch/reproduce_cpu.sh runs it for seeds 0, 1, 2 and the rest of the experiment.) Expected, mean of
+three seeds: 99.8% test accuracy with the pixel, 15.7% without it, 2.3% with another class's pixel;
+pointing accuracy 93-99% for |gradient|, |gradient| x |input| and integrated gradients, 53-54% for
+gradient x input (docs/results.md).
 """
 
 from configs import resnet

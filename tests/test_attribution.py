@@ -313,8 +313,9 @@ def test_fullgrad_decomposition_is_complete_on_a_resnet():
   np.testing.assert_allclose(total, out["scores"], rtol=1e-4)
   saliency = out["saliency"]
   assert saliency.shape == x.shape and float(saliency.min()) >= 0
-  # Per block and accumulated (positive aggregation, SPEC section 5): a block's map is its terms'
-  # normalised magnitudes; every block plus the input term is FullGrad itself.
+  # Per block and accumulated (positive aggregation, docs/evaluation.md, "Sanity checks"): a
+  # block's map is its terms' normalised magnitudes; every block plus the input term is FullGrad
+  # itself.
   np.testing.assert_allclose(out["blocks"], saliency, rtol=1e-6)
   peak = jnp.abs(bias_terms[0]).sum(-1).reshape(3, -1)  # bn1's term is input-sized here (no max-pool)
   np.testing.assert_array_equal(jnp.argmax(out["stem"][..., 0].reshape(3, -1), 1), jnp.argmax(peak, 1))

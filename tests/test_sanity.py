@@ -1,5 +1,5 @@
-"""Sanity checks (SPEC section 5): similarity metrics, parameter and label randomisation, class
-sensitivity and input invariance, on models whose answers are known."""
+"""Sanity checks (docs/evaluation.md, "Sanity checks"): similarity metrics, parameter and label
+randomisation, class sensitivity and input invariance, on models whose answers are known."""
 
 import logging
 

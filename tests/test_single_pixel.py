@@ -1,4 +1,5 @@
-"""Single-pixel evaluation on hand-built models whose answers are known (SPEC section 4)."""
+"""Single-pixel evaluation on hand-built models whose answers are known (docs/evaluation.md,
+"Single-pixel metrics")."""
 
 import logging
 

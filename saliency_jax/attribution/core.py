@@ -48,7 +48,7 @@ def select_targets(forward: Forward, x_BHWC, labels_B=None, which: str = "predic
   ('label'), or the lowest-scoring class ('lowest', the class-sensitivity study's other end).
 
   The predicted class is taken once at the input and held fixed along any path (IG) and
-  over any noise (SmoothGrad), as docs/methods.md says.
+  over any noise (SmoothGrad): docs/methods.md, "What a method explains".
   """
   require_choice("target", which, (*TARGETS, "lowest"))
   if which == "label":

@@ -131,7 +131,7 @@ def prepare(config, conditions=CONDITIONS) -> Prepared:
   train = apply_condition(source.train.images, source.train.labels, "pixel", spec,
                           pixel.condition_key(data_key, "train", "pixel"), **jitter)
   if config.data.get("permute_train_labels", False):
-    # Data randomisation (SPEC section 5): the images keep their true class's pixel, so it says
+    # Data randomisation (docs/evaluation.md, "The single-pixel dataset"): the images keep their true class's pixel, so it says
     # nothing about the label a model must now fit; test labels stay true.
     train = train._replace(labels_B=permuted_labels(train.labels_B, jax.random.fold_in(data_key, 3)))
   prepared = Prepared(source, spec, make_normalization(config.data.normalization, source.train.images), train, {},

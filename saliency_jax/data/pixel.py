@@ -1,4 +1,5 @@
-"""The single planted pixel (SPEC section 1), vectorised and reproducible from a key.
+"""The single planted pixel (docs/evaluation.md, "The single-pixel dataset"), vectorised and
+reproducible from a key.
 
 Both variants are one mechanism: a `PixelSpec` holds a location and a colour per class.
   colour variant:   one location for all classes, the class colour code (r_k, 10, 245);

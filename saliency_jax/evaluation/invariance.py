@@ -1,4 +1,5 @@
-"""Input invariance (Kindermans et al. 2017; SPEC section 5): a trained f1 and its shifted twin f2.
+"""Input invariance (Kindermans et al. 2017; docs/evaluation.md, "Sanity checks"): a trained f1 and
+its shifted twin f2.
 
 f2 is f1 with the bias of its first linear layer adjusted so that f2(x + c) = f1(x) for a
 constant shift c of the model's input (per channel). Behind a zero-padded conv the adjustment is

@@ -1,4 +1,5 @@
-"""Model-parameter randomisation (SPEC section 5): which parameters change at each step.
+"""Model-parameter randomisation (docs/evaluation.md, "Sanity checks"): which parameters change at
+each step.
 
 A layer is a top-level submodule that holds parameters (resnet18: `fc`, `layer4_1`, ...,
 `layer1_0`, `bn1`, `conv1`; vgg16: `classifier_6` ... `features_0`), listed logits first by

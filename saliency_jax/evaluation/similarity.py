@@ -1,4 +1,5 @@
-"""How alike two saliency maps are (SPEC section 5), per image, as in the sanity-checks paper.
+"""How alike two saliency maps are (docs/evaluation.md, "Sanity checks"), per image, as in the
+sanity-checks paper.
 
 `compare(a_BHWC, b_BHWC)` gives, for every image, four similarities in [-1, 1]:
 

@@ -1,4 +1,5 @@
-"""The single-pixel measurements of one batch (SPEC section 4), on device, as counts.
+"""The single-pixel measurements of one batch (docs/evaluation.md, "Single-pixel metrics"), on
+device, as counts.
 
 For each image: the importance map's maximal pixels (all of them, when tied) either include the
 discriminative pixel (a hit) or not (a miss). Five more versions of the image go through the model
@@ -98,8 +99,9 @@ def batch_outcomes(forward: Callable, normalization: Callable, importance: Calla
 
 
 def counts_from_outcomes(outcomes: dict, labels_B, valid_B=None) -> dict:
-  """The counts SPEC section 4's columns are made of, over the images `valid_B` selects (all when
-  None). Works on device arrays inside a program and on numpy arrays alike."""
+  """The counts the original's columns are made of (docs/evaluation.md, "Single-pixel metrics"),
+  over the images `valid_B` selects (all when None). Works on device arrays inside a program and
+  on numpy arrays alike."""
   labels_B = jnp.asarray(labels_B)
   predicted, hit = outcomes["predicted"], outcomes["hit"]
   valid_B = jnp.ones(hit.shape, bool) if valid_B is None else valid_B
@@ -136,8 +138,8 @@ def batch_counts(forward: Callable, normalization: Callable, importance: Callabl
 
 
 def metrics_from_counts(counts: dict) -> dict[str, float]:
-  """The original's columns (SPEC section 4). Accuracies over the missed images are NaN when
-  the method missed none."""
+  """The original's columns (docs/evaluation.md, "Single-pixel metrics"). Accuracies over the
+  missed images are NaN when the method missed none."""
   n, missed = int(counts["images"]), int(counts["missed"])
   over = lambda k: int(counts[k]) / n
   over_missed = lambda k: int(counts[k]) / missed if missed else float("nan")

@@ -1,7 +1,7 @@
-"""ResNet-18 laid out as torchvision's `resnet18`, with the CIFAR 3x3 stem (SPEC section 2), or
-torchvision's standard 7x7 stride-2 stem (`stem='7x7'`), for weights trained in PyTorch on
-ImageNet-style inputs (`models.torch_import`). The stem changes conv1's kernel and stride only:
-the parameter names and the rest of the network stay the same.
+"""ResNet-18 laid out as torchvision's `resnet18`, with the CIFAR 3x3 stem (docs/evaluation.md,
+"Models and training"), or torchvision's standard 7x7 stride-2 stem (`stem='7x7'`), for weights
+trained in PyTorch on ImageNet-style inputs (`models.torch_import`). The stem changes conv1's kernel
+and stride only: the parameter names and the rest of the network stay the same.
 
 Parameter names follow torchvision (conv1, bn1, layer1_0.conv1, ..., fc) so weights can be
 mapped across by replacing '.' with '_'. BatchNorm momentum 0.9 here is torch's 0.1; one

@@ -1,4 +1,4 @@
-"""Small models for fast tests and the sanity checks (SPEC sections 2 and 5)."""
+"""Small models for fast tests and the sanity checks (docs/evaluation.md, "Models and training")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""VGG16 laid out as torchvision's `vgg16` (configuration D, no BatchNorm), SPEC section 2."""
+"""VGG16 laid out as torchvision's `vgg16` (configuration D, no BatchNorm): docs/evaluation.md,
+"Models and training"."""
 
 from __future__ import annotations
 
