@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from saliency_jax import backend
 from saliency_jax import data as data_lib
 from saliency_jax.attribution import core, registry
 from saliency_jax.config_checks import (ConfigError, require_choice, require_non_negative, require_positive,
@@ -68,7 +69,7 @@ def check_config(fc) -> list[registry.MethodSpec]:
       raise ConfigError(f"faithfulness.{field} is empty; choose from: {', '.join(map(repr, allowed))}")
     require_subset(f"faithfulness.{field}", fc[field], allowed)
   require_positive("faithfulness.steps", fc.steps, integer=True)
-  require_positive("faithfulness.batch_size", fc.batch_size, integer=True)
+  require_non_negative("faithfulness.batch_size", fc.batch_size)  # 0: sized for the device (backend.py)
   require_positive("faithfulness.blur_sigma", fc.blur_sigma)
   for field in ("num_images", "step_chunk", "chunk_size", "road_noise"):
     require_non_negative(f"faithfulness.{field}", fc[field])
@@ -187,7 +188,8 @@ def evaluate(config, workdir: str | pathlib.Path, trained, devices=None) -> list
   index = data_lib.balanced_indices(tests.labels_B, fc.num_images, data.seed)
   images, labels = np.asarray(tests.images_BHWC)[index], np.asarray(tests.labels_B)[index]
   hw = images.shape[1] * images.shape[2]
-  cells = CellRunner(trained.model, trained.variables, data.normalization, fc.batch_size, fc.chunk_size, devices,
+  batch_size, chunk_size = backend.evaluation_sizes("faithfulness", fc, devices)
+  cells = CellRunner(trained.model, trained.variables, data.normalization, batch_size, chunk_size, devices,
                      seed=config.seed)
   runner, forward = cells.runner, cells.forward
   all_rows = TABLE.read(path)

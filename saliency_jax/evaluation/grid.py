@@ -54,7 +54,7 @@ def check_config(sp) -> list[registry.MethodSpec]:
       raise ConfigError(f"single_pixel.test_jitter entry {pair!r} is not (position_sd, colour_sd)")
     require_non_negative("single_pixel.test_jitter position_sd", pair[0])
     require_non_negative("single_pixel.test_jitter colour_sd", pair[1])
-  require_positive("single_pixel.batch_size", sp.batch_size, integer=True)
+  require_non_negative("single_pixel.batch_size", sp.batch_size)  # 0: sized for the device (backend.py)
   require_non_negative("single_pixel.max_images", sp.max_images)
   require_non_negative("single_pixel.examples", sp.examples)
   if sp.chunk_size:

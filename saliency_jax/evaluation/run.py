@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from saliency_jax import backend
 from saliency_jax import data as data_lib
 from saliency_jax import files
 from saliency_jax import models
@@ -186,7 +187,8 @@ def evaluate(config, workdir: str | pathlib.Path, trained) -> list[dict]:
   # outcomes lack the ranks).
   all_rows = [r for r in grid.TABLE.read(results_path) if r.get(grid.LOCALISATION_COLUMNS[0]) not in (None, "")]
   done = {grid.TABLE.key_of(r): r for r in all_rows}
-  runner = CellRunner(model, variables, data.normalization, sp.batch_size, sp.chunk_size, seed=config.seed)
+  batch_size, chunk_size = backend.evaluation_sizes("single_pixel", sp)
+  runner = CellRunner(model, variables, data.normalization, batch_size, chunk_size, seed=config.seed)
   write = jax.process_index() == 0
   index = test_indices(data, sp.max_images)
 

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from saliency_jax import backend
 from saliency_jax import data as data_lib
 from saliency_jax import files
 from saliency_jax import models
@@ -72,8 +73,9 @@ def check_config(sc) -> list[registry.MethodSpec]:
   require_choice("sanity.output", sc.output, core.OUTPUTS)
   require_choice("sanity.distribution", sc.distribution, randomization.DISTRIBUTIONS)
   require_positive("sanity.scale", sc.scale)
-  for field in ("num_images", "batch_size", "model_chunk"):
+  for field in ("num_images", "model_chunk"):
     require_positive(f"sanity.{field}", sc[field], integer=True)
+  require_non_negative("sanity.batch_size", sc.batch_size)  # 0: sized for the device (backend.py)
   require_non_negative("sanity.strip_images", sc.strip_images)
   if "label_randomization" in studies and not sc.reference_workdir:
     raise ConfigError("sanity.studies includes 'label_randomization', which needs sanity.reference_workdir: "
@@ -335,7 +337,8 @@ def run(config, workdir, trained, *, reference=None, devices=None) -> dict[str, 
   # Test images with the pixel under training's jitter: the images the model was trained on.
   tests = data.test_set("pixel", config.pixel.position_sd, config.pixel.colour_sd)
   keep = data_lib.balanced_indices(tests.labels_B, sc.num_images, data.seed)
-  runner = MapRunner(model, variables, data.normalization, sc.batch_size, sc.chunk_size,
+  batch_size, chunk_size = backend.evaluation_sizes("sanity", sc, devices)
+  runner = MapRunner(model, variables, data.normalization, batch_size, chunk_size,
                      jax.random.fold_in(jax.random.key(sc.seed), 2), devices)
   ctx = Context(config, model, variables, epoch, data.normalization, np.asarray(tests.images_BHWC)[keep],
                 np.asarray(tests.labels_B)[keep], data.num_classes, runner, workdir / "sanity",
