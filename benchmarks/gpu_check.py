@@ -84,7 +84,8 @@ def _run_flags(size: dict, workdir: pathlib.Path, cache: pathlib.Path, epochs: i
          f"--config.data.synthetic_test_per_class={size['test_per_class']}"]),
       f"--config.train.batch_size={size['train_batch']}", f"--config.train.epochs={epochs}",
       f"--config.train.checkpoint_every_epochs={epochs}", "--config.train.tensorboard=False",
-      f"--config.single_pixel.max_images={size['images']}", "--config.single_pixel.test_jitter=((0.0, 0.0), (0.0, 5.0))",
+      f"--config.single_pixel.max_images={size['images']}",
+      "--config.single_pixel.test_jitter=((0.0, 0.0), (0.0, 5.0))",
       f"--config.single_pixel.methods=({ig!r}, 'absolute_gradient')", "--config.single_pixel.targets=predicted",
       "--config.single_pixel.outputs=logit", "--config.single_pixel.examples=0",
   ]
@@ -144,7 +145,8 @@ def _cell_seconds(run: dict, method: str) -> tuple[float, float] | None:
 def estimate(stages: dict, size: dict) -> dict:
   """Hours of the paper's runs, from the figures measured (see PAPER)."""
   run = stages.get("run", {})
-  epochs, ig, grad = run.get("epochs"), _cell_seconds(run, "integrated_gradients"), _cell_seconds(run, "absolute_gradient")
+  epochs = run.get("epochs")
+  ig, grad = _cell_seconds(run, "integrated_gradients"), _cell_seconds(run, "absolute_gradient")
   if not (epochs and ig and grad):
     return dict(status="not enough figures: the run stage did not finish")
   p = PAPER
@@ -192,7 +194,8 @@ def table(report: dict) -> str:
   for method in ("integrated_gradients", "absolute_gradient"):
     cell = _cell_seconds(run, method)
     if cell:
-      rows.append((f"grid cell {method}, {run['cells'][0]['images']} images", f"{cell[0]:.1f} s (compile {cell[1]:.1f} s)"))
+      rows.append((f"grid cell {method}, {run['cells'][0]['images']} images",
+                   f"{cell[0]:.1f} s (compile {cell[1]:.1f} s)"))
   for label, stage in (("first run", run), ("rerun, cache warm", rerun)):
     if "programs_compiled" in stage:
       rows.append((f"compilation, {label}", f"{stage['programs_compiled']} programs compiled, "
@@ -234,7 +237,8 @@ def main(argv: list[str]) -> int:
     path = out / f"train_step_{model}.json"
     stage = _run_stage(f"train_step:{model}", [
         sys.executable, "benchmarks/train_throughput.py", f"--models={model}",
-        f"--batch_sizes={','.join(map(str, size['batches']))}", f"--steps={size['steps']}", f"--rounds={size['rounds']}",
+        f"--batch_sizes={','.join(map(str, size['batches']))}", f"--steps={size['steps']}",
+        f"--rounds={size['rounds']}",
         f"--json={path}", "--torch" if torch and model in ("resnet18", "vgg16") else "--notorch"], out, deadline)
     rows += _read_train_step(stage, path).get("rows", [])
     stages[f"train_step:{model}"] = stage

@@ -60,8 +60,8 @@ def describe_devices(devices: Sequence[jax.Device] | None = None) -> str:
 
 def check_backend(backend: str, gpus: int, platforms: str | None) -> None:
   """A CPU backend while NVIDIA GPUs are visible is refused unless the user asked for the CPU
-  (`JAX_PLATFORMS=cpu`, JAX's own setting): JAX falls back to the CPU with one warning when its CUDA plugin is
-  missing or fails to load, and a paper run would go on at CPU speed."""
+  (`JAX_PLATFORMS=cpu`, JAX's own setting): JAX falls back to the CPU with one warning when its
+  CUDA plugin is missing or fails to load, and a paper run would go on at CPU speed."""
   if backend != "cpu" or not gpus or (platforms or "").strip().lower() == "cpu":
     return
   raise ConfigError(f"{gpus} NVIDIA GPU{'s are' if gpus > 1 else ' is'} visible (nvidia-smi) but JAX runs on the CPU: "
@@ -217,14 +217,14 @@ def memory_summary() -> str:
   return f"device memory: peak {peak / 2**30:.1f} GiB of {limit / 2**30:.1f} GiB"
 
 
-
 def evaluation_sizes(stage: str, section, devices: Sequence[jax.Device] | None = None) -> tuple[int, int]:
   """(images per compiled call, IG path points per chunk) for the evaluation stage `stage`
   ('single_pixel', 'sanity' or 'faithfulness') from its config section's `batch_size` and
   `chunk_size`: a positive value as given (images split over `devices`, default all of them);
-  0: automatic. On CPU that is the measured `CPU_SIZES`; on an accelerator
-  `ACCELERATOR_BATCH` images per device and the path points that then fit in `MEMORY_SHARE` of
-  its memory (fewer images where not even `MIN_CHUNK` would). Every process takes process 0's."""
+  0: automatic. On CPU that is the measured `CPU_SIZES`; on an accelerator the images and path
+  points that fit together in `MEMORY_SHARE` of a device's memory: `ACCELERATOR_BATCH` images per
+  device (fewer where not even `MIN_CHUNK` points, or the chunk given, would fit) and as many
+  points as then fit. Every process takes process 0's sizes."""
   batch, chunk = int(section.batch_size), int(section.chunk_size)
   require_non_negative(f"{stage}.batch_size", batch)
   require_non_negative(f"{stage}.chunk_size", chunk)
@@ -237,8 +237,9 @@ def evaluation_sizes(stage: str, section, devices: Sequence[jax.Device] | None =
   if not memory:  # the CPU, or an accelerator that does not say
     auto_batch, auto_chunk = cpu_batch * (len(devices) if local[0].platform != "cpu" else 1), cpu_chunk
   else:
-    points = int(MEMORY_SHARE * memory) // BYTES_PER_IMAGE_POINT
-    per_device = max(1, min(ACCELERATOR_BATCH[stage], points // MIN_CHUNK))
+    points = int(MEMORY_SHARE * memory) // BYTES_PER_IMAGE_POINT  # images x path points at once, per device
+    per_device = (-(-batch // len(devices)) if batch
+                  else max(1, min(ACCELERATOR_BATCH[stage], points // (chunk or MIN_CHUNK))))
     auto_batch, auto_chunk = per_device * len(devices), max(1, min(points // per_device, MAX_CHUNK))
   batch, chunk = parallel.agree(batch or auto_batch), parallel.agree(chunk or auto_chunk)
   logging.info("%s: %d images per call over %d device(s), %d IG path points per chunk%s", stage, batch,

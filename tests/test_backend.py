@@ -49,7 +49,7 @@ def test_visible_gpus_are_those_nvidia_smi_lists_unless_cuda_visible_devices_hid
 
 
 def test_a_cpu_backend_beside_a_visible_gpu_is_refused_unless_the_cpu_was_asked_for():
-  with pytest.raises(ConfigError, match=r"2 NVIDIA GPUs are visible .* but JAX runs on the CPU.*cuda12.*JAX_PLATFORMS=cpu"):
+  with pytest.raises(ConfigError, match=r"2 NVIDIA GPUs are visible .* JAX runs on the CPU.*cuda12.*JAX_PLATFORMS=cpu"):
     backend.check_backend("cpu", gpus=2, platforms=None)
   backend.check_backend("cpu", gpus=2, platforms="cpu")  # asked for
   backend.check_backend("cpu", gpus=0, platforms=None)  # no GPU
@@ -108,7 +108,8 @@ def test_the_compilation_cache_folder_is_the_setting_then_jaxs_own_then_the_user
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
   assert backend.compilation_cache_folder("", configured=None) == tmp_path / "xdg" / "saliency_jax" / "jax"
   assert backend.compilation_cache_folder("", configured=str(tmp_path / "jaxs")) == tmp_path / "jaxs"
-  assert backend.compilation_cache_folder(str(tmp_path / "mine"), configured=str(tmp_path / "jaxs")) == tmp_path / "mine"
+  mine = tmp_path / "mine"
+  assert backend.compilation_cache_folder(str(mine), configured=str(tmp_path / "jaxs")) == mine
   assert backend.compilation_cache_folder("off", configured=str(tmp_path / "jaxs")) is None
   assert backend.compilation_cache_folder(" OFF ", configured=None) is None
   assert default.get_config().compilation_cache == ""  # on by default
@@ -152,7 +153,9 @@ def test_on_a_gpu_the_images_are_per_device_and_the_ig_chunk_fills_a_share_of_it
   assert backend.evaluation_sizes("single_pixel", _section(), [_FakeGPU(1 * gib)]) == (64, 4)
   # No memory statistics: the CPU's sizes, per device.
   assert backend.evaluation_sizes("single_pixel", _section(), [_FakeGPU(None)] * 2) == (500, 4)
-  assert backend.evaluation_sizes("single_pixel", _section(64, 0), [_FakeGPU(80 * gib)]) == (64, 20)
+  # A size given: the other fills the memory around it.
+  assert backend.evaluation_sizes("single_pixel", _section(64, 0), [_FakeGPU(80 * gib)]) == (64, 128)
+  assert backend.evaluation_sizes("single_pixel", _section(0, 100), [_FakeGPU(80 * gib)]) == (204, 100)
 
 
 # --- precision -----------------------------------------------------------------------------------

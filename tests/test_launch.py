@@ -11,7 +11,8 @@ from tests.conftest import REPO
 
 # A fake `python`: each call of the binary appends one line, `workdir gpu start end memory-fraction`,
 # after sleeping the seconds FAKE_SECONDS gives its seed (seed 0 is slow, 1 fast; gpu 'none': no
-# CUDA_VISIBLE_DEVICES, or empty); it fails where FAKE_FAIL names its workdir. Anything else (the aggregation) is only logged.
+# CUDA_VISIBLE_DEVICES, or empty); it fails where FAKE_FAIL names its workdir. Anything else (the
+# aggregation) is only logged.
 _FAKE_PYTHON = r"""#!/usr/bin/env bash
 seed=0 workdir=
 for a in "$@"; do
@@ -21,8 +22,9 @@ done
 seconds=($FAKE_SECONDS)
 start=$(date +%s.%N)
 sleep "${seconds[$seed]}"
-echo "$(basename "$workdir") ${CUDA_VISIBLE_DEVICES:-none} $start $(date +%s.%N) ${XLA_PYTHON_CLIENT_MEM_FRACTION-none}" >> "$FAKE_LOG"
-[[ $(basename "$workdir") != "${FAKE_FAIL:-}" ]]
+end=$(date +%s.%N) name=$(basename "$workdir")
+echo "$name ${CUDA_VISIBLE_DEVICES:-none} $start $end ${XLA_PYTHON_CLIENT_MEM_FRACTION-none}" >> "$FAKE_LOG"
+[[ $name != "${FAKE_FAIL:-}" ]]
 """
 
 
