@@ -70,40 +70,6 @@ def test_the_binary_names_a_silent_cpu_fallback_in_one_line_before_any_work(tmp_
 
 # --- the compilation cache -----------------------------------------------------------------------
 
-_TINY_RUN = ["--config=configs/quickstart.py", "--config.model.name=mlp", "--config.train.epochs=1",
-             "--config.data.synthetic_train_per_class=20", "--config.data.synthetic_test_per_class=5",
-             "--config.train.batch_size=32", "--config.train.tensorboard=False", "--config.single_pixel.max_images=10",
-             "--config.single_pixel.methods=('gradient',)", "--config.single_pixel.outputs=logit",
-             "--config.single_pixel.examples=0"]
-
-
-def _compiles(stderr: str) -> tuple[int, int]:
-  match = re.search(r"(\d+) programs compiled, (\d+) read from the compilation cache", stderr)
-  assert match, stderr[-2000:]
-  return int(match.group(1)), int(match.group(2))
-
-
-def test_the_binary_keeps_its_programs_so_the_same_run_elsewhere_compiles_none(tmp_path):
-  # Without JAX_COMPILATION_CACHE_DIR (conftest sets it for the binaries the tests start), the
-  # default folder: the user's cache folder.
-  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-  env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
-  runs = []
-  for workdir in ("first", "second"):
-    result = subprocess.run([sys.executable, "-m", "saliency_jax.main", f"--workdir={tmp_path / workdir}", *_TINY_RUN],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    runs.append(result.stderr)
-  assert "JAX " in runs[0] and " on cpu: 1 device (cpu), 1 process" in runs[0]  # the backend, logged
-  folder = tmp_path / "cache" / "saliency_jax" / "jax"
-  assert f"compilation cache: {folder}" in runs[0]
-  compiled, _ = _compiles(runs[0])
-  assert compiled > 10 and len(list(folder.iterdir())) >= compiled
-  # The same model trained and evaluated again in another workdir: every program is read back.
-  compiled_again, read = _compiles(runs[1])
-  assert compiled_again == 0 and read >= compiled
-
-
 def test_the_compilation_cache_folder_is_the_setting_then_jaxs_own_then_the_users(tmp_path, monkeypatch):
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
   assert backend.compilation_cache_folder("", configured=None) == tmp_path / "xdg" / "saliency_jax" / "jax"
@@ -113,6 +79,7 @@ def test_the_compilation_cache_folder_is_the_setting_then_jaxs_own_then_the_user
   assert backend.compilation_cache_folder("off", configured=str(tmp_path / "jaxs")) is None
   assert backend.compilation_cache_folder(" OFF ", configured=None) is None
   assert default.get_config().compilation_cache == ""  # on by default
+  # That the binary reads programs back: tests/test_gpu_check.py (its rerun compiles none).
 
 
 # --- evaluation sizes ----------------------------------------------------------------------------
