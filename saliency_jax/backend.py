@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import pathlib
 import shutil
@@ -168,6 +169,7 @@ def map_precision(fn: Callable) -> Callable:
   """`fn` traced under `MAP_PRECISION` (`jax.default_matmul_precision`), so every convolution and
   matmul of the program it compiles to asks for it; jit the result."""
 
+  @functools.wraps(fn)  # the program keeps fn's name in logs and profiles
   def traced(*args, **kwargs):
     with jax.default_matmul_precision(MAP_PRECISION):
       return fn(*args, **kwargs)
