@@ -88,21 +88,26 @@ def setup_torch(spec):
   import torch_reference  # pylint: disable=g-import-not-at-top
 
   torch.manual_seed(0)
+  # On a GPU when there is one (launch/gpu_check.sh), with cuDNN's autotuner, as a PyTorch user runs.
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  torch.backends.cudnn.benchmark = True
   model, _ = torch_reference.build_model(spec["model"], arch_source="torch.nn")
-  model.train()
+  model.train().to(device)
   optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
   generator = torch.Generator().manual_seed(0)
   b = spec["batch_size"]
-  x = torch.randn(b, 3, 32, 32, generator=generator)
-  target = torch.randint(0, 10, (b,), generator=generator)
+  x = torch.randn(b, 3, 32, 32, generator=generator).to(device)
+  target = torch.randint(0, 10, (b,), generator=generator).to(device)
 
   def call():
     for _ in range(spec["steps"]):
       optimizer.zero_grad(set_to_none=True)
       torch.nn.functional.cross_entropy(model(x), target).backward()
       optimizer.step()
+    if device == "cuda":
+      torch.cuda.synchronize()
 
-  return call, dict(torch=torch.__version__, threads=torch.get_num_threads())
+  return call, dict(torch=torch.__version__, threads=torch.get_num_threads(), device=device)
 
 
 def variants(model: str, batch: int) -> list[interleave.Variant]:

@@ -14,6 +14,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0  # model seed: initialisation, shuffling, dropout
+  config.compilation_cache = ""  # folder of JAX's compiled programs; empty: $XDG_CACHE_HOME/saliency_jax/jax; off: none
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "resnet18"  # resnet18 | vgg16 | small_cnn | mlp
@@ -84,9 +85,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.single_pixel.targets = ("predicted", "label")
   config.single_pixel.outputs = ("softmax", "logit")
   config.single_pixel.test_jitter = ((0.0, 0.0), (0.0, 5.0), (3.0, 5.0), (3.0, 3.0), (1.0, 3.0))  # (position, colour) sd
-  config.single_pixel.batch_size = 250  # images per compiled call, split over the local devices
-  config.single_pixel.chunk_size = 4  # IG path points per vectorised chunk (memory only; 0: whole path): 4 keeps
-  # resnet18 at batch 250 under 2.1 GB, as fast as 10 (docs/performance.md)
+  # Evaluation sizes (here, in sanity and in faithfulness) change memory and speed, not results; 0 sizes them for
+  # the device (saliency_jax/backend.py): on CPU as measured (docs/performance.md), on a GPU from its memory.
+  config.single_pixel.batch_size = 0  # images per compiled call, split over the devices; 0: for the device (CPU: 250)
+  config.single_pixel.chunk_size = 0  # IG path points per vectorised chunk; 0: for the device (CPU: 4)
   config.single_pixel.max_images = 0  # a class-balanced subset of N test images, drawn from data.seed; 0: all
   config.single_pixel.examples = 6  # images in examples.png; 0: no figure
 
@@ -114,9 +116,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.faithfulness.road_percentages = (10, 20, 30, 40, 50, 60, 70, 80, 90)
   config.faithfulness.road_noise = 0.01  # ROAD's imputation noise, in [0, 1] pixel units (the paper's)
   config.faithfulness.num_images = 500  # a class-balanced subset of N test images, drawn from data.seed; 0: all
-  config.faithfulness.batch_size = 50  # images per compiled call; each forward runs batch x curve points
+  config.faithfulness.batch_size = 0  # images per call (x curve points per forward); 0: for the device (CPU: 50)
   config.faithfulness.step_chunk = 0  # curve points per forward pass (memory only; 0: all at once)
-  config.faithfulness.chunk_size = 8  # IG path points per vectorised chunk (memory only)
+  config.faithfulness.chunk_size = 0  # IG path points per vectorised chunk; 0: for the device (CPU: 8)
   config.faithfulness.seed = 0  # ROAD noise (image i: fold_in(fold_in(key(seed), 5), i))
 
   # The sanity checks (docs/evaluation.md, "Sanity checks") on the trained model:
@@ -146,8 +148,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.sanity.target = "predicted"  # predicted (by the trained model, then held fixed) | label
   config.sanity.output = "logit"  # logit | softmax
   config.sanity.num_images = 100  # a class-balanced subset of N test images from data.seed (with the pixel, training's jitter)
-  config.sanity.batch_size = 50  # images per compiled call, split over the local devices
-  config.sanity.chunk_size = 8  # IG path points per vectorised chunk (memory only)
+  config.sanity.batch_size = 0  # images per compiled call, split over the devices; 0: for the device (CPU: 50)
+  config.sanity.chunk_size = 0  # IG path points per vectorised chunk; 0: for the device (CPU: 8)
   # Randomised models vectorised together in the one program that runs every step; 1 maps them one
   # after another (on CPU 4x faster than 4: vmapping over kernels makes grouped convolutions).
   config.sanity.model_chunk = 1

@@ -45,13 +45,15 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_quiet)
   # Imported here so `--help` and flag errors come back before JAX starts.
-  from saliency_jax import pipeline  # pylint: disable=g-import-not-at-top
+  from saliency_jax import backend, pipeline  # pylint: disable=g-import-not-at-top
   from saliency_jax.training import checkpoint, parallel, train  # pylint: disable=g-import-not-at-top
 
   try:
     with pipeline.user_errors():
       parallel.maybe_initialize_distributed()
+      backend.start(_CONFIG.value)  # the devices logged and checked, the compilation cache on
     pipeline.run(_CONFIG.value, _WORKDIR.value)
+    logging.info("; ".join(filter(None, (backend.compile_summary(), backend.memory_summary()))))
   except (ConfigError, checkpoint.CheckpointError) as e:
     logging.flush()
     print(f"error: {e}", file=sys.stderr)

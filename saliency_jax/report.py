@@ -39,7 +39,6 @@ from saliency_jax import files, provenance
 from saliency_jax.config_checks import ConfigError
 from saliency_jax.data import pixel
 from saliency_jax.evaluation import aggregate, figures, results
-from saliency_jax.evaluation.single_pixel import LOCALISATION_COLUMNS
 from saliency_jax.files import read_csv
 from saliency_jax.stages import base, faithfulness as faithfulness_stage, sanity as sanity_stage
 from saliency_jax.stages import single_pixel as grid_stage

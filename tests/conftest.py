@@ -37,6 +37,16 @@ atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)  # below that, compiling beats a file
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# The binary turns a persistent cache on by itself (saliency_jax/backend.py), in the user's cache
+# folder unless JAX_COMPILATION_CACHE_DIR names one: the binaries these tests start keep theirs in
+# a folder of this test process, removed when it ends.
+_BINARY_CACHE = tempfile.mkdtemp(prefix="saliency_jax_tests_binary_cache_")
+atexit.register(shutil.rmtree, _BINARY_CACHE, ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _BINARY_CACHE
+# The suite is written for CPU devices; on a machine with a GPU it stays on them (and the binary,
+# told so, does not refuse to run on the CPU beside a visible GPU).
+os.environ["JAX_PLATFORMS"] = "cpu"
+jax.config.update("jax_platforms", "cpu")
 
 import pytest  # noqa: E402
 

@@ -1,6 +1,8 @@
 """Data: the planted pixel in uint8, jitter and conditions, normalisation, the three sources."""
 
 import importlib.util
+import sys
+import types
 
 import jax
 import numpy as np
@@ -224,6 +226,26 @@ def test_cifar10_source_without_tensorflow_names_the_folder_alternative(monkeypa
   monkeypatch.setattr(builtins, "__import__", fake_import)
   with pytest.raises(ValueError, match="data.source=folder"):
     sources.cifar10()
+
+
+def test_cifar10_source_hides_the_gpus_from_tensorflow_before_tfds_reads(monkeypatch):
+  # Stubs of both modules (TensorFlow is an optional extra): what matters is the order of calls.
+  calls = []
+  tf = types.ModuleType("tensorflow")
+  tf.config = types.SimpleNamespace(set_visible_devices=lambda devices, kind: calls.append(("hide", devices, kind)))
+  tfds = types.ModuleType("tensorflow_datasets")
+  rng = np.random.default_rng(0)
+
+  def load(name, split, **_):
+    calls.append(("load", name, split))
+    return [(rng.integers(0, 256, (20, 32, 32, 3)), np.arange(20) % 10)]
+
+  tfds.load, tfds.as_numpy = load, lambda batches: batches
+  monkeypatch.setitem(sys.modules, "tensorflow", tf)
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", tfds)
+  source = sources.cifar10()
+  assert calls == [("hide", [], "GPU"), ("load", "cifar10", "train"), ("load", "cifar10", "test")]
+  assert source.train.images.shape == (20, 32, 32, 3) and source.train.images.dtype == np.uint8
 
 
 def test_take_per_class_keeps_the_first_of_each_class():

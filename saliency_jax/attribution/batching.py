@@ -23,7 +23,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from saliency_jax import lowering
+from saliency_jax import backend, lowering
 from saliency_jax.progress import Progress
 from saliency_jax.training.parallel import DATA_AXIS
 
@@ -92,10 +92,11 @@ class BatchRunner:
     """`fn(*shared, *per_image_batch)` over the images of `per_image` (a tuple of pytrees whose
     leaves have the images first), compiled once under `name`. Returns the outputs (a pytree of
     device arrays) for every image, concatenated along `image_axis`. Compiled with
-    `lowering.compiler_options()`. `progress`: what to call the work in progress lines (a long
-    run, e.g. an integrated-gradients cell, logs its images done, rate and time left)."""
+    `lowering.compiler_options()`, at the maps' precision (`backend.map_precision`). `progress`:
+    what to call the work in progress lines (a long run, e.g. an integrated-gradients cell, logs
+    its images done, rate and time left)."""
     if name not in self._compiled:
-      self._compiled[name] = jax.jit(fn, compiler_options=lowering.compiler_options())
+      self._compiled[name] = jax.jit(backend.map_precision(fn), compiler_options=lowering.compiler_options())
     program = self._compiled[name]
     leaves, treedef = jax.tree.flatten(per_image)
     n = leaves[0].shape[0]

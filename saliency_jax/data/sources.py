@@ -209,10 +209,21 @@ _OFFLINE_HINT = ("offline, use the folder source instead: --config.data.source=f
                  "--config.data.path=DIR (DIR/train/<class>/*.jpg, DIR/test/<class>/*.jpg)")
 
 
+def hide_gpus_from_tensorflow(tf) -> None:
+  """TensorFlow only reads files here: it must not take GPU memory from JAX in the same process
+  (by default it claims nearly all of every GPU it sees; JAX's GPU memory docs name this as a
+  cause of out-of-memory errors). Possible only before TensorFlow first touches a GPU."""
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError as e:  # TensorFlow had already initialised its GPUs in this process
+    logging.warning("TensorFlow already uses the GPUs in this process (%s); JAX may run out of GPU memory", e)
+
+
 def cifar10(data_dir: str | None = None, per_class: int = 0) -> Source:
   """CIFAR-10 through tensorflow-datasets (downloads on first use)."""
   try:
-    importlib.import_module("tensorflow")  # tfds needs it to read CIFAR; checked here for a clear message
+    tf = importlib.import_module("tensorflow")  # tfds needs it to read CIFAR; checked here for a clear message
+    hide_gpus_from_tensorflow(tf)
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ValueError(f"data.source='cifar10' needs tensorflow-datasets and TensorFlow ({e}); install them with "

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from saliency_jax import backend
 from saliency_jax import data as data_lib
 from saliency_jax.attribution import core, registry
 from saliency_jax.checks import require_choice, require_non_negative, require_positive, require_subset
@@ -74,9 +75,8 @@ class Faithfulness(base.Stage):
         raise ValueError(f"faithfulness.{field} is empty; choose from: {', '.join(map(repr, allowed))}")
       require_subset(f"faithfulness.{field}", fc[field], allowed)
     require_positive("faithfulness.steps", fc.steps, integer=True)
-    require_positive("faithfulness.batch_size", fc.batch_size, integer=True)
     require_positive("faithfulness.blur_sigma", fc.blur_sigma)
-    for field in ("num_images", "step_chunk", "chunk_size"):
+    for field in ("num_images", "step_chunk", "batch_size", "chunk_size"):  # sizes 0: for the device (backend.py)
       require_non_negative(f"faithfulness.{field}", fc[field])
     if not (isinstance(fc.road_noise, (int, float)) and 0 <= fc.road_noise <= 1):  # NaN fails both
       raise ValueError(f"faithfulness.road_noise={fc.road_noise!r} is not allowed; give a std in [0, 1] pixel units "
@@ -94,8 +94,9 @@ class Faithfulness(base.Stage):
     tests = data.test_set(fc.condition, self.position_sd, self.colour_sd)  # training's jitter: what the model saw
     self.index = data_lib.balanced_indices(tests.labels_B, fc.num_images, data.seed)
     self.images, self.labels = np.asarray(tests.images_BHWC)[self.index], np.asarray(tests.labels_B)[self.index]
-    self.runner = ModelRunner(trained.model, trained.variables, data.normalization, batch_size=fc.batch_size,
-                              chunk_size=fc.chunk_size, seed=config.seed, salt=KEY_SALT, devices=devices)
+    batch_size, chunk_size = backend.evaluation_sizes(self.name, fc, devices)
+    self.runner = ModelRunner(trained.model, trained.variables, data.normalization, batch_size=batch_size,
+                              chunk_size=chunk_size, seed=config.seed, salt=KEY_SALT, devices=devices)
     self._shared, self._targets = None, None
 
   def _ident(self, spec) -> dict:

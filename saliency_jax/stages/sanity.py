@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from saliency_jax import backend
 from saliency_jax import data as data_lib
 from saliency_jax.attribution import core, registry
 from saliency_jax.checks import require_choice, require_positive, require_non_negative
@@ -79,9 +80,10 @@ class Sanity(base.Stage):
     require_choice("sanity.output", sc.output, core.OUTPUTS)
     require_choice("sanity.distribution", sc.distribution, randomization.DISTRIBUTIONS)
     require_positive("sanity.scale", sc.scale)
-    for field in ("num_images", "batch_size", "model_chunk"):
+    for field in ("num_images", "model_chunk"):
       require_positive(f"sanity.{field}", sc[field], integer=True)
-    require_non_negative("sanity.strip_images", sc.strip_images)
+    for field in ("batch_size", "chunk_size", "strip_images"):  # sizes 0: for the device (backend.py)
+      require_non_negative(f"sanity.{field}", sc[field])
     if "label_randomization" in studies and not sc.reference_workdir:
       raise ValueError("sanity.studies includes 'label_randomization', which needs sanity.reference_workdir: "
                        "the workdir of the same model trained on true labels")
@@ -96,8 +98,9 @@ class Sanity(base.Stage):
     self.index = data_lib.balanced_indices(tests.labels_B, sc.num_images, data.seed)
     self.images_u8 = np.asarray(tests.images_BHWC)[self.index]
     self.labels = np.asarray(tests.labels_B)[self.index]
-    self.runner = ModelRunner(trained.model, trained.variables, data.normalization, batch_size=sc.batch_size,
-                              chunk_size=sc.chunk_size, seed=sc.seed, salt=KEY_SALT, devices=devices)
+    batch_size, chunk_size = backend.evaluation_sizes(self.name, sc, devices)
+    self.runner = ModelRunner(trained.model, trained.variables, data.normalization, batch_size=batch_size,
+                              chunk_size=chunk_size, seed=sc.seed, salt=KEY_SALT, devices=devices)
     self.reference = reference  # label_randomization: the model trained on true labels (a `Trained`)
     self._extras, self._strips = {}, {}
 

@@ -19,9 +19,10 @@ import jax
 import numpy as np
 from absl import logging
 
+from saliency_jax import backend
 from saliency_jax import data as data_lib
 from saliency_jax.attribution import core, registry
-from saliency_jax.checks import require_choice, require_non_negative, require_positive
+from saliency_jax.checks import require_choice, require_non_negative
 from saliency_jax.evaluation import results, single_pixel
 from saliency_jax.stages import base
 from saliency_jax.stages.runner import ModelRunner
@@ -105,19 +106,17 @@ class SinglePixel(base.Stage):
         raise ValueError(f"single_pixel.test_jitter entry {pair!r} is not (position_sd, colour_sd)")
       require_non_negative("single_pixel.test_jitter position_sd", pair[0])
       require_non_negative("single_pixel.test_jitter colour_sd", pair[1])
-    require_positive("single_pixel.batch_size", sp.batch_size, integer=True)
-    require_non_negative("single_pixel.max_images", sp.max_images)
-    require_non_negative("single_pixel.examples", sp.examples)
-    if sp.chunk_size:
-      require_positive("single_pixel.chunk_size", sp.chunk_size, integer=True)
+    for field in ("batch_size", "chunk_size", "max_images", "examples"):  # sizes 0: for the device (backend.py)
+      require_non_negative(f"single_pixel.{field}", sp[field])
     return methods
 
   def __init__(self, config, plan, trained, workdir, devices=None):
     super().__init__(config, plan, trained, workdir, devices)
     sp = config.single_pixel
     self.data = trained.data
-    self.runner = ModelRunner(trained.model, trained.variables, self.data.normalization, batch_size=sp.batch_size,
-                              chunk_size=sp.chunk_size, seed=config.seed, devices=devices)
+    batch_size, chunk_size = backend.evaluation_sizes(self.name, sp, devices)
+    self.runner = ModelRunner(trained.model, trained.variables, self.data.normalization, batch_size=batch_size,
+                              chunk_size=chunk_size, seed=config.seed, devices=devices)
     self.index = test_indices(self.data, sp.max_images)
     self._sets, self._memory = {}, {}
 
