@@ -192,8 +192,8 @@ def check_outputs_finite(trained, images: int = 256) -> None:
 def check_methods_build(config, plan: config_checks.Plan, data: data_lib.Prepared) -> None:
   """Every method of every stage traced on the configured model with abstract variables (nothing is
   computed), so a method that cannot run on it is found before any training."""
-  methods = [(f"{name}.methods", spec, _output_of(config, name)) for name, specs in plan.stages.items()
-             for spec in specs]
+  methods = [(f"{name}.methods", spec, output) for name, stage_plan in plan.stages.items()
+             for spec, output in stages.STAGES[name].methods(config, stage_plan)]
   if not methods:
     return
   model = models.from_config(config.model, data.num_classes, dtype=config.train.dtype)
@@ -203,8 +203,3 @@ def check_methods_build(config, plan: config_checks.Plan, data: data_lib.Prepare
   x, t = jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct(shape[:1], jnp.int32)
   for field, spec, output in methods:
     registry.check_builds(spec, forward, x, t, output=output, normalization=data.normalization, field=field)
-
-
-def _output_of(config, stage: str) -> str:
-  section = config[stage]
-  return section.outputs[0] if "outputs" in section else section.output

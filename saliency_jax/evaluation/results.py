@@ -103,11 +103,13 @@ class Table:
       return "more fields than the header has"
     return ""
 
-  def read(self, path: str | pathlib.Path, *, repair: bool = False) -> list[dict]:
+  def read(self, path: str | pathlib.Path, *, repair: bool = False, suspect: set | None = None) -> list[dict]:
     """The complete rows of the table at `path` (none if there is no file). Incomplete rows are
     left out with a warning; `repair=True` also rewrites the file without them (atomically), so the
-    next reader sees a whole table. A file that is not a table of these columns at all raises
-    `DamagedTable` naming it."""
+    next reader sees a whole table. `suspect`, when given, receives the keys of units that lost rows:
+    those of damaged rows whose key survived, and the last complete row's when the damage is at the
+    end (a file is rewritten whole after every unit, so a cut tail belongs to the last unit written).
+    A file that is not a table of these columns at all raises `DamagedTable` naming it."""
     path = pathlib.Path(path)
     if not path.exists():
       return []
@@ -134,6 +136,11 @@ class Table:
         problem = "the file ends inside it"
       if problem:
         dropped.append(f"row {i + 1} ({problem})")
+        if suspect is not None:
+          if all(row.get(k) is not None for k in self.key):
+            suspect.add(self.key_of(row))
+          if i == len(records) - 1 and rows:
+            suspect.add(self.key_of(rows[-1]))
       else:
         rows.append({c: row[c] for c in (*header, *absent)})
     if dropped:

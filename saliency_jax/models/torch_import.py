@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from typing import Any, Callable, Mapping, NamedTuple
 
 import flax.linen as nn
@@ -59,8 +60,17 @@ def load_state_dict(source) -> dict[str, np.ndarray]:
   if isinstance(source, (str, os.PathLike)):
     path = os.fspath(source)
     if path.endswith(".npz"):
-      with np.load(path) as f:
-        return {k: f[k] for k in f.files}
+      try:
+        loaded = np.load(path, allow_pickle=False)
+      except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path!r} is not a readable .npz archive ({type(e).__name__}: {e})") from None
+      if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path!r} holds a single array (an .npy file?), not an .npz archive of named arrays")
+      try:
+        with loaded as f:
+          return {k: f[k] for k in f.files}
+      except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path!r} is a damaged .npz archive ({type(e).__name__}: {e})") from None
     try:
       import torch  # pylint: disable=g-import-not-at-top
     except ImportError as e:

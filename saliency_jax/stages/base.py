@@ -86,6 +86,12 @@ class Stage(abc.ABC):
   def check(cls, config) -> Any:
     """The stage's settings in `config`, checked (ValueError naming the field); returns its plan."""
 
+  @classmethod
+  def methods(cls, config, plan) -> list[tuple[Any, str]]:
+    """(method spec, output) of every attribution method the plan runs: each is traced on the model
+    before any work (`pipeline.check_methods_build`). None by default."""
+    return []
+
   def __init__(self, config, plan, trained, workdir: str | pathlib.Path, devices=None):
     self.config, self.plan, self.trained, self.devices = config, plan, trained, devices
     self.workdir = pathlib.Path(workdir)
@@ -109,12 +115,28 @@ class Stage(abc.ABC):
     """After the last unit (every process calls it; figures are drawn on process 0)."""
 
 
+def _read(stage: Stage, name: str, write: bool) -> list[dict]:
+  """A table's complete rows; a file that is no table of the stage's at all is set aside (never
+  deleted) as `<name>.damaged`, with a warning, and its units computed again."""
+  path = stage.out_dir / name
+  try:
+    suspect = set()
+    rows = stage.table.read(path, repair=write, suspect=suspect)
+    # A unit that lost some of its rows is computed again whole (its other rows are dropped here).
+    return [r for r in rows if stage.table.key_of(r) not in suspect]
+  except results.DamagedTable as e:
+    if write:
+      path.replace(path.with_name(path.name + ".damaged"))
+    logging.warning("%s; set aside as %s.damaged, its units are computed again", e, name)
+    return []
+
+
 def run_stage(stage: Stage) -> list[dict]:
   """Run `stage`'s missing units (see the module docstring); returns all its rows, computed or
   read back, in unit order."""
   units = stage.units()
   write = jax.process_index() == 0
-  tables = {name: stage.table.read(stage.out_dir / name, repair=write) for name in dict.fromkeys(u.table for u in units)}
+  tables = {name: _read(stage, name, write) for name in dict.fromkeys(u.table for u in units)}
   mine = lambda unit: [r for r in tables[unit.table] if stage.table.key_of(r) in set(unit.keys)]
   todo = [u for u in units if not stage.complete(u, mine(u))]
   pending = {id(u) for u in todo}

@@ -86,6 +86,10 @@ class Faithfulness(base.Stage):
                        "percentages in [0, 100) (removing every pixel leaves nothing to impute from)")
     return methods
 
+  @classmethod
+  def methods(cls, config, plan):
+    return [(spec, config.faithfulness.output) for spec in plan]
+
   def __init__(self, config, plan, trained, workdir, devices=None):
     super().__init__(config, plan, trained, workdir, devices)
     fc = config.faithfulness

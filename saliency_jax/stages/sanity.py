@@ -89,6 +89,10 @@ class Sanity(base.Stage):
                        "the workdir of the same model trained on true labels")
     return methods
 
+  @classmethod
+  def methods(cls, config, plan):
+    return [(spec, config.sanity.output) for spec in plan]
+
   def __init__(self, config, plan, trained, workdir, devices=None, reference=None):
     super().__init__(config, plan, trained, workdir, devices)
     sc = config.sanity

@@ -110,6 +110,10 @@ class SinglePixel(base.Stage):
       require_non_negative(f"single_pixel.{field}", sp[field])
     return methods
 
+  @classmethod
+  def methods(cls, config, plan):
+    return [(spec, config.single_pixel.outputs[0]) for spec in plan]
+
   def __init__(self, config, plan, trained, workdir, devices=None):
     super().__init__(config, plan, trained, workdir, devices)
     sp = config.single_pixel
