@@ -1,5 +1,5 @@
 """The leaderboard: every registered attribution method on an already trained workdir, scored against
-the planted pixel the model is known to use (docs/results.md, "Leaderboard").
+the planted pixel the model is known to use (its table: the report's leaderboard section, docs/results.md).
 
     python -m saliency_jax.main --config=configs/leaderboard.py:resnet_cpu --workdir=workdirs/cpu/resnet18_seed0 \\
         --config.data.source=folder --config.data.path=CIFAR10_FOLDER
