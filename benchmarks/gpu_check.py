@@ -43,8 +43,7 @@ SIZES = {
                  test_per_class=10, train_batch=32, epochs=2, images=20, ig_steps=4, budget_s=300),
 }
 # The paper's runs (docs/evaluation.md, "Models and training"): per model and seed, 200 epochs on
-# 50,000 images, then
-# the grid on 10,000 test images x 5 jitters: 2 IG methods and 3 gradient methods x 2 outputs x 2
+# 50,000 images, then the grid on 10,000 test images x 5 jitters: 2 IG methods and 3 gradient methods x 2 outputs x 2
 # targets. The second target recomputes only the images the model gets wrong; counted in full
 # here, so the grid's estimate is an upper bound. 2 models x 3 seeds.
 PAPER = dict(epochs=200, train_images=50_000, test_images=10_000, jitters=5, ig_methods=2, gradient_methods=3,
