@@ -325,9 +325,9 @@ def test_fullgrad_decomposition_is_complete_on_a_resnet():
 
 def test_layer_methods_explain_what_they_need(small_cnn):
   forward, x, target = small_cnn
-  with pytest.raises(TypeError, match="needs saliency_jax.attribution.ModelForward"):
+  with pytest.raises(ValueError, match="needs saliency_jax.attribution.ModelForward"):
     A.gradcam(lambda x: forward(x), x, target)
-  with pytest.raises(ValueError, match="layer='conv9' is not a layer of SmallCNN; choose one of: 'features1'"):
+  with pytest.raises(ValueError, match="layer='conv9' is not a layer of SmallCNN; choose one of: 'conv1', 'features1'"):
     A.gradcam(forward, x, target, layer="conv9")
   with pytest.raises(ValueError, match="needs a spatial"):
     A.gradcam(forward, x, target, layer="logits")

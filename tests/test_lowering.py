@@ -1,5 +1,6 @@
 """The CPU lowering transform: outputs and gradients equal to native, fallbacks, bodies."""
 
+import os
 import re
 from unittest import mock
 
@@ -252,8 +253,24 @@ def test_programs_compile_without_library_convolutions_and_compute_the_same():
   fn = lambda v, x: jax.grad(lambda x: cpu_lowering(model.apply)(v, x)[:, 0].sum())(x)
   runner = BatchRunner(jax.devices()[:1])
   maps = runner.run("maps", fn, (x,), (variables,))
-  default = jax.jit(fn).lower(variables, x).compile().as_text()
+  # XLA's defaults on jaxlib 0.10 (the same compiled programs as no option at all, in a process
+  # whose XLA_FLAGS do not set it): this process has the library's, set on import (below).
+  defaults = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,"
+              "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+  default = jax.jit(fn, compiler_options=defaults).lower(variables, x).compile().as_text()
   program = runner._compiled["maps"].lower(variables, x).compile().as_text()  # pylint: disable=protected-access
   assert "convolution(" in program and _library_convolutions(default) and not _library_convolutions(program)
   # XLA's own convolutions and the library's sum in other orders: float32 rounding only.
   np.testing.assert_allclose(maps, jax.jit(fn)(variables, x), rtol=1e-5, atol=1e-6)
+  # A researcher's own jax.jit, with no options, compiles as the library's programs do: the package
+  # set the option process-wide when it was imported (before JAX started its backend).
+  assert f"--xla_cpu_experimental_ynn_fusion_type={compiler_options()['xla_cpu_experimental_ynn_fusion_type']}" \
+      in os.environ["XLA_FLAGS"]
+  plain = jax.jit(fn).lower(variables, x).compile().as_text()
+  assert _instructions(plain) == _instructions(program)
+
+
+def _instructions(hlo: str) -> list[str]:
+  """A compiled program's computations, without the source locations a trace records."""
+  lines = [line for line in hlo.splitlines() if line.startswith(("%", "ENTRY", "  ", "}"))]
+  return [re.sub(r", metadata=\{.*?\}(?=,|$)", "", line) for line in lines]

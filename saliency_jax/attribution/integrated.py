@@ -3,9 +3,9 @@
 The path is one `vmap` over the quadrature points (each a whole batch), so XLA sees a
 single large batch; `chunk_size` walks it in chunks of that many points with a running
 weighted sum (`chunks.weighted_sum`), so memory holds one chunk's activations and gradients.
-Chunked and unchunked runs give the same numbers to float32 summation order. The path is walked
-past the forward's affine head (`affine_head`): its first convolution runs twice per image, its
-transpose once, not once per point each.
+Chunked and unchunked runs give the same numbers to float32 summation order. On the CPU path the
+path is walked past the forward's affine head (`affine_head.for_path`): its first convolution runs
+twice per image, its transpose once, not once per point each.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def integrated_gradients(forward, x_BHWC, target_B, *, output: str = "logit", ba
   # The path's points are float32 (or wider) as before: a bfloat16 input is walked in float32.
   dtype = jnp.promote_types(x_BHWC.dtype, jnp.float32)
   x_f, baseline_f = x_BHWC.astype(dtype), baseline_BHWC.astype(dtype)
-  split = affine_head.split(forward, x_f) or affine_head.identity(forward)
+  split = affine_head.for_path(forward, x_f)
   start, end = split.head(baseline_f), split.head(x_f)
 
   def grad_at(alpha):

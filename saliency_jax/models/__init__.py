@@ -8,7 +8,8 @@ CIFAR stem, the default; '7x7': torchvision's standard 7x7/2 stem); vgg16
 `dropout_rate`; mlp `hidden`; small_cnn `channels`.
 
 Named activations ("taps", see `common.tap`) can be read with `read_features` and
-differentiated with `feature_gradients`; `feature_names` lists them.
+differentiated with `feature_gradients`; `feature_names` lists them. The attribution methods name
+layers more widely, by any submodule's path too, with no tap needed (`attribution.ModelForward.layers`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import jax
 import jax.numpy as jnp
 
 from saliency_jax.config_checks import ConfigError, require_choice
-from saliency_jax.lowering import cpu_lowering
 from saliency_jax.models import common
 from saliency_jax.models.resnet import STEMS, ResNet
 from saliency_jax.models.small import MLP, SmallCNN
@@ -163,7 +163,7 @@ def feature_gradients(model: nn.Module, variables: Variables, x_BHWC, names: Seq
   zeros = traverse_util.unflatten_dict({path: jnp.zeros_like(v) for path, v in taps.items()})
 
   def scalar(perturbations):
-    logits = cpu_lowering(model.apply)({**variables, "perturbations": perturbations}, x_BHWC, train=False)
+    logits = model.apply({**variables, "perturbations": perturbations}, x_BHWC, train=False)
     return scalar_fn(logits)
 
   grads = traverse_util.flatten_dict(jax.grad(scalar)(zeros))
