@@ -19,10 +19,11 @@ from absl import logging
 
 from saliency_jax import data as data_lib
 from saliency_jax import files
+from saliency_jax import lowering
 from saliency_jax import models
 from saliency_jax.attribution import core, registry
 
-from saliency_jax.config_checks import ConfigError
+from saliency_jax.config_checks import ConfigError, require_choice
 from saliency_jax.evaluation import faithfulness_run, grid
 from saliency_jax.evaluation import run as single_pixel_run
 from saliency_jax.evaluation import sanity
@@ -72,7 +73,7 @@ MODEL_FIELDS = ("seed", "model", "data.source", "data.seed", "data.normalization
 
 # Fields added to the model's settings after workdirs began storing them: a stored config.json
 # without one was made with this value.
-ADDED_MODEL_FIELDS = {"model.stem": "3x3", "model.torch_weights": ""}
+ADDED_MODEL_FIELDS = {"model.stem": "3x3", "model.torch_weights": "", "model.num_classes": 0}
 
 
 def _model_settings(config) -> dict:
@@ -109,7 +110,11 @@ def check_workdir_config(config, workdir: pathlib.Path) -> None:
 def run(config, workdir: str | pathlib.Path) -> dict:
   """See `_run`; under the workdir's lock, after checking the workdir holds this config's model."""
   workdir = pathlib.Path(workdir)
-  with workdir_lock(workdir):
+  # The researcher's own methods (`imports`), registered before any method name is checked; the
+  # CPU path's switch (`cpu_lowering`) for every program this run binds.
+  registry.import_modules(config.get("imports", ()), "imports")
+  require_choice("cpu_lowering", config.get("cpu_lowering", "auto"), lowering.SETTINGS)
+  with lowering.configured(config.get("cpu_lowering", "auto")), workdir_lock(workdir):
     check_workdir_config(config, workdir)
     return _run(config, workdir)
 

@@ -91,11 +91,12 @@ def import_modules(entries, field: str = "imports") -> list[str]:
   'lab/methods.py'), both found from the working directory, as Python finds a script's modules.
   A module already imported is not imported again. Errors are one ConfigError naming `field`."""
   entries = (entries,) if isinstance(entries, str) else tuple(entries or ())
+  # A command-line --config.imports=a,b arrives as ('a,b',).
+  entries = [e.strip() for entry in entries for e in str(entry).split(",") if e.strip()]
   if os.getcwd() not in sys.path and "" not in sys.path:
     sys.path.insert(0, os.getcwd())
   imported = []
   for entry in entries:
-    entry = str(entry).strip()
     try:
       if entry.endswith(".py") or os.sep in entry:
         path = pathlib.Path(entry).expanduser().resolve()

@@ -73,11 +73,20 @@ def create_model(name: str, num_classes: int = 10, **options) -> nn.Module:
 
 
 def from_config(model_config, num_classes: int, dtype="float32") -> nn.Module:
-  """The model a config's `model` section names. Fields the chosen model does not take (such
+  """The model a config's `model` section names, with the data's `num_classes` outputs
+  (`model.num_classes`, when set, must equal it). Fields the chosen model does not take (such
   as resnet18's `maxpool` for vgg16) are ignored, so one default config serves every model."""
   require_choice("model.name", model_config.name, MODELS)
   accepted = inspect.signature(MODELS[model_config.name]).parameters
-  options = {k: v for k, v in model_config.items() if k != "name" and k in accepted}
+  options = {k: v for k, v in model_config.items() if k not in ("name", "num_classes") and k in accepted}
+  wanted = model_config.get("num_classes", 0) or num_classes
+  if wanted != num_classes:
+    # The stages score predictions against the data's labels: a model of other classes is
+    # explained in Python (attribution.Explainer), not evaluated by the pipeline.
+    raise ConfigError(f"model.num_classes={wanted} but the data has {num_classes} classes; training, the grid, "
+                      "the sanity studies and the faithfulness curves compare the model's classes with the data's "
+                      "labels, so they need a model of the data's classes (0: as many as the data has). Explain a "
+                      "model of other classes with the Python API, attribution.Explainer (docs/extending.md)")
   return create_model(model_config.name, num_classes=num_classes, dtype=dtype, **options)
 
 
