@@ -86,7 +86,8 @@ def make_baseline(baseline, x_BHWC, *, normalization=None, key=None, blur_sigma:
   if baseline in PIXEL_BASELINES and normalization is None:
     raise ValueError(f"baseline={baseline!r} is a pixel colour and needs the input space: pass normalization= "
                      "(the data.Normalization of the model's inputs, e.g. Explainer(..., normalization=...)), or "
-                     "normalization='unit' for inputs that are pixels in [0, 1]")
+                     "normalization='unit' for inputs that are pixels in [0, 1]; or pass baseline='zero', an "
+                     "all-zero input (captum's default baseline)")
   to_input = (lambda u8: u8 / 255.0) if isinstance(normalization, str) and normalization == "unit" else normalization
   if baseline == "zero":
     return jnp.zeros_like(x_BHWC)
