@@ -493,7 +493,7 @@ def _binds_its_apply(f) -> bool:
 
 def is_bound(f) -> bool:
   """Whether `f` (a function or a model forward) runs with the lowering already."""
-  return is_lowered(f.transform) if _binds_its_apply(f) else is_lowered(f)
+  return f.transform is cpu_lowering if _binds_its_apply(f) else is_lowered(f)
 
 
 def bind(f):
