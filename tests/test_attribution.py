@@ -544,6 +544,11 @@ def test_a_model_whose_call_needs_more_than_the_images_is_named():
 
   with pytest.raises(ValueError, match=r"Conditioned.__call__\(self, x, condition\) does not take the images alone"):
     A.ModelForward(Conditioned(), {})
+  # nn.Sequential takes *args: the images alone, and its layers are named as flax names them.
+  sequential = nn.Sequential([nn.Conv(3, (3, 3)), nn.relu, lambda y: y.mean((1, 2))])
+  x = jnp.ones((2, 4, 4, 1))
+  forward = A.ModelForward(sequential, sequential.init(jax.random.key(0), x))
+  assert forward.layer_names(x) == ["layers_0"] and A.gradcam(forward, x, 1).shape == x.shape
 
 
 def test_targets_are_checked_once_at_the_boundary(user_cnn):

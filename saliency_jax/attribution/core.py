@@ -148,7 +148,7 @@ def _eval_mode(model_type: type) -> tuple[tuple[str, bool], ...]:
   params = list(inspect.signature(model_type.__call__).parameters.values())[1:]  # after self
   names = {p.name for p in params}
   mode = (("train", False),) if "train" in names else (("deterministic", True),) if "deterministic" in names else ()
-  positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+  positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
   required = [p.name for p in params[1:] if p.default is p.empty and p.name not in dict(mode)
               and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
   if not positional or required:
