@@ -93,7 +93,7 @@ def fullgrad_terms(forward, x_BHWC, target_B, output: str = "logit"):
     return y
 
   calls = []
-  jax.eval_shape(forward.intercepted(module_interceptor(_BIASED, note)), x_BHWC)
+  jax.eval_shape(forward.with_transform(None).intercepted(module_interceptor(_BIASED, note)), x_BHWC)
 
   def score_sum(x, deltas):
     seen = [0]

@@ -76,7 +76,8 @@ def _boundary(name: str, fn: Callable) -> Callable:
     check_options(name, options)
     checks.require_choice("output", options.get("output", "logit"), core.OUTPUTS)
     core.check_images(x_BHWC)
-    target_B, valid_B = core.check_targets(target_B, x_BHWC.shape[0], core.num_classes(forward, x_BHWC))
+    classes = core.num_classes(lowering.plain(forward), x_BHWC)  # a shape: the forward as written traces fastest
+    target_B, valid_B = core.check_targets(target_B, x_BHWC.shape[0], classes)
     maps = fn(lowering.bind(forward), x_BHWC, target_B, **options)
     if valid_B is None:
       return maps
