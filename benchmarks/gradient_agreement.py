@@ -9,7 +9,7 @@ imported with `models.torch_import`; two random images per seed. For each size a
 difference, relative to the largest float64 gradient, (and how many entries differ by more than
 1e-3 of it) between torch's float32 gradient and JAX's (plain `jax.grad` of `model.apply`), and of
 each, and of the library's `attribution.gradient` (the CPU path), against the float64 gradient
-(torch's; JAX's float64 one equals it to ~2e-15). Float32 decisions at near-ties (a ReLU input or a
+(torch's), and JAX's float64 gradient against it (the conventions: equal to ~2e-15 if they agree). Float32 decisions at near-ties (a ReLU input or a
 max-pool window's top two values within rounding) are what moves a float32 gradient away from it.
 """
 
@@ -53,28 +53,33 @@ def main():
     model(xt).gather(1, torch.from_numpy(target)[:, None]).sum().backward()
     return xt.grad.double().numpy()
 
-  def jax_grads(x, size):
+  def jax_grad(x, size, dtype):
+    model, variables = torch_import.from_torch(state, "resnet18", num_classes=1000, stem="7x7",
+                                               input_shape=(1, size, size, 3), dtype=dtype)
+    variables = jax.tree.map(lambda a: a.astype(dtype), variables)
+    score = lambda x: jnp.take_along_axis(model.apply(variables, x, train=False), jnp.asarray(target)[:, None], 1).sum()
+    return np.asarray(jax.jit(jax.grad(score))(jnp.asarray(x.transpose(0, 2, 3, 1), dtype)), np.float64).transpose(0, 3, 1, 2)
+
+  def library_grad(x, size):
     model, variables = torch_import.from_torch(state, "resnet18", num_classes=1000, stem="7x7",
                                                input_shape=(1, size, size, 3))
-    x_bhwc = jnp.asarray(x.transpose(0, 2, 3, 1))
-    score = lambda x: jnp.take_along_axis(model.apply(variables, x, train=False), jnp.asarray(target)[:, None], 1).sum()
-    plain = jax.jit(jax.grad(score))(x_bhwc)
-    library = jax.jit(lambda f, x: attribution.gradient(f, x, jnp.asarray(target)))(
-        attribution.ModelForward(model, variables), x_bhwc)
-    return [np.asarray(g, np.float64).transpose(0, 3, 1, 2) for g in (plain, library)]
+    g = jax.jit(lambda f, x: attribution.gradient(f, x, jnp.asarray(target)))(
+        attribution.ModelForward(model, variables), jnp.asarray(x.transpose(0, 2, 3, 1)))
+    return np.asarray(g, np.float64).transpose(0, 3, 1, 2)
 
   print(f"torch model: {source}; torch {torch.__version__}, jax {jax.__version__}")
-  print("| size | seed | torch f32 vs JAX f32 | torch f32 vs f64 | JAX f32 (jax.grad) vs f64 | library gradient vs f64 |")
-  print("|---|---|---|---|---|---|")
+  print("| size | seed | torch f32 vs JAX f32 | torch f32 vs f64 | JAX f32 (jax.grad) vs f64 | library gradient vs f64 "
+        "| JAX f64 vs torch f64 |")
+  print("|---|---|---|---|---|---|---|")
   for size in map(int, args.sizes.split(",")):
     for seed in map(int, args.seeds.split(",")):
       x = np.random.default_rng(seed).standard_normal((2, 3, size, size)).astype(np.float32)
       t32, t64 = torch_grad(x, torch.float32), torch_grad(x, torch.float64)
-      j32, lib = jax_grads(x, size)
+      j32, j64, lib = jax_grad(x, size, jnp.float32), jax_grad(x, size, jnp.float64), library_grad(x, size)
       scale = np.abs(t64).max()
       cell = lambda a, b: f"{np.abs(a - b).max() / scale:.1e} ({int((np.abs(a - b) > 1e-3 * scale).sum())})"
-      print(f"| {size} | {seed} | {cell(t32, j32)} | {cell(t32, t64)} | {cell(j32, t64)} | {cell(lib, t64)} |",
-            flush=True)
+      print(f"| {size} | {seed} | {cell(t32, j32)} | {cell(t32, t64)} | {cell(j32, t64)} | {cell(lib, t64)} "
+            f"| {cell(j64, t64)} |", flush=True)
 
 
 if __name__ == "__main__":
