@@ -2,6 +2,7 @@
 
   pip install -e '.[bench]'
   python benchmarks/gradient_agreement.py                    # 64x64 and 224x224, seeds 1-3: a few minutes
+  python benchmarks/gradient_agreement.py --blocks=8         # images of flat 8x8 blocks: exact max-pool ties
 
 torchvision's layout (the standard 7x7/2 stem, 1000 classes; benchmarks/torch_reference.py's torch.nn
 copy where torchvision does not import) with random weights and non-trivial BatchNorm statistics,
@@ -24,6 +25,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sizes", default="64,224")
   parser.add_argument("--seeds", default="1,2,3")
+  parser.add_argument("--blocks", type=int, default=0, help="> 0: images of flat blocks this many pixels wide, "
+                      "so max-pool windows hold exact ties (as flat regions of real images do)")
   args = parser.parse_args()
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_enable_x64", True)  # float64 where asked for; float32 programs stay float32
@@ -73,7 +76,12 @@ def main():
   print("|---|---|---|---|---|---|---|")
   for size in map(int, args.sizes.split(",")):
     for seed in map(int, args.seeds.split(",")):
-      x = np.random.default_rng(seed).standard_normal((2, 3, size, size)).astype(np.float32)
+      rng = np.random.default_rng(seed)
+      if args.blocks:
+        b = args.blocks
+        x = rng.standard_normal((2, 3, size // b, size // b)).astype(np.float32).repeat(b, 2).repeat(b, 3)
+      else:
+        x = rng.standard_normal((2, 3, size, size)).astype(np.float32)
       t32, t64 = torch_grad(x, torch.float32), torch_grad(x, torch.float64)
       j32, j64, lib = jax_grad(x, size, jnp.float32), jax_grad(x, size, jnp.float64), library_grad(x, size)
       scale = np.abs(t64).max()
