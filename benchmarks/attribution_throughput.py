@@ -2,12 +2,18 @@
 
   pip install -e '.[bench]'     # torch + captum (CPU wheels: docs/performance.md, "Running the benchmarks")
   python benchmarks/attribution_throughput.py                   # CPU-sized: user_cnn, resnet18, vgg16
+  python benchmarks/attribution_throughput.py --models=user_cnn --methods=integrated_gradients \
+      --batch_size=32 --steps=64 --plain_jit --rounds=7         # a researcher's own jax.jit (issue 30)
   python benchmarks/attribution_throughput.py --models=resnet18 --methods=integrated_gradients \\
       --batch_size=250 --steps=100 --chunk_sizes=10,5 --nounchunked --notorch --nowarmup --fresh_processes --rounds=2 \\
       --compare_with=../before                                  # the single-pixel IG cell, two commits
 
 For each model and method, the variants are: JAX chunked (each of `--chunk_sizes`: path points
-or noise samples per vectorised chunk) and unchunked, captum chunked and unchunked, and with
+or noise samples per vectorised chunk) and unchunked, captum chunked and unchunked; with
+`--plain_jit` also "jax plain jit": what a researcher writes first, `jax.jit(lambda x, t:
+attribution.integrated_gradients(forward, x, t, ...))` with the weights closed over and no compiler
+options, run outside the library's runner (its speed comes from what the package does on import and
+at the method's boundary, nothing the researcher wrote); and with
 `--compare_with=DIR,...` the same JAX programs from other checkouts' saliency_jax (an earlier
 commit's worktree). Each variant runs in its own process, set up once (compiled, one warm-up
 call) and then timed one call per round, round-robin over `--rounds` rounds (interleave.py), so
@@ -51,6 +57,8 @@ _COMPARE = flags.DEFINE_list("compare_with", [], "Other checkouts whose saliency
 _WARMUP = flags.DEFINE_bool("warmup", True, "One untimed call per variant first (skip for calls of minutes).")
 _FRESH = flags.DEFINE_bool("fresh_processes", False, "A new process for every call (set up, one call, exit), so one "
                            "variant at a time holds memory: for calls of gigabytes (interleave.run).")
+_PLAIN = flags.DEFINE_bool("plain_jit", False, "Also time a researcher's own jax.jit of the method (no compiler "
+                           "options, weights closed over, no runner): the 'jax plain jit' variants.")
 _JSON = flags.DEFINE_string("json", "", "Also write the rows here.")
 _WORKER = flags.DEFINE_string("worker", "", "Internal: run one variant as a child (interleave.serve).")
 
@@ -65,6 +73,7 @@ def _program_mib(compiled) -> float:
 
 
 def setup_jax(spec):
+  import os  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import saliency_jax  # pylint: disable=g-import-not-at-top
@@ -83,6 +92,14 @@ def setup_jax(spec):
     options = dict(steps=spec["steps"], chunk_size=chunk, baseline="zero")
   else:
     options = dict(samples=spec["steps"], chunk_size=chunk, sigma=SIGMA, key=jax.random.key(3))
+  if spec.get("plain"):  # a researcher's program: jax.jit of a lambda, the weights closed over, no options
+    t0 = time.perf_counter()
+    plain = jax.jit(lambda x, t: method(make_forward(variables), x, t, **options))
+    compiled = plain.lower(x, target).compile()
+    info = dict(compile_s=round(time.perf_counter() - t0, 1), program_mib=round(_program_mib(compiled), 1),
+                saliency_jax=str(pathlib.Path(saliency_jax.__file__).parent.parent), jax=jax.__version__,
+                compiler_options=None, xla_flags=os.environ.get("XLA_FLAGS", ""))
+    return (lambda: plain(x, target).block_until_ready()), info
   xla_options = user_cnn.library_compiler_options()  # what the library's own runs compile with
   t0 = time.perf_counter()
   compiled = jax.jit(lambda v, x, t: method(make_forward(v), x, t, **options),
@@ -120,6 +137,8 @@ def variants(model: str, method: str) -> list[interleave.Variant]:
   for label, chunk in chunkings:
     spec = dict(base, chunk_size=chunk)
     out.append(interleave.Variant(f"jax, {label}", dict(spec, framework="jax")))
+    if _PLAIN.value:
+      out.append(interleave.Variant(f"jax plain jit, {label}", dict(spec, framework="jax", plain=True)))
     if _TORCH.value:
       out.append(interleave.Variant(f"captum, {label}", dict(spec, framework="torch")))
     for checkout in _COMPARE.value:

@@ -37,7 +37,8 @@ class Plan:
 
 def _check_model(config) -> None:
   require_choice("train.dtype", config.train.dtype, models.DTYPES)
-  models.from_config(config.model, num_classes=10, dtype=config.train.dtype)  # builds nothing: a module definition
+  # Builds nothing, a module definition; the class count is checked against the data's in `pipeline`.
+  models.from_config(config.model, num_classes=config.model.get("num_classes") or 10, dtype=config.train.dtype)
 
 
 def _check_data(config) -> None:

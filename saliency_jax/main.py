@@ -3,7 +3,8 @@
 Trains, then runs the single-pixel grid and the sanity studies of `sanity.studies`
 (`saliency_jax.pipeline`); add `--config.train.enabled=False` to evaluate a trained workdir,
 `--config.single_pixel.enabled=False` to only train; `--config=configs/sanity.py:resnet` runs only
-the sanity checks. Any config field can be overridden, e.g. `--config.train.epochs=5`. What a user can fix (a
+the sanity checks. Any config field can be overridden, e.g. `--config.train.epochs=5`; your own attribution
+methods join every stage through `--config.imports=my_methods` (docs/extending.md). What a user can fix (a
 setting, a file, a damaged checkpoint, a full disk) ends with one line naming it and exit code 2; a diverged run
 ends with exit code 3; Ctrl-C with 130.
 """
@@ -14,6 +15,7 @@ import os
 import pathlib
 import re
 import sys
+import textwrap
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -99,9 +101,20 @@ def config_help() -> str:
   return "config fields (defaults of configs/default.py; variants override a few):\n" + "\n".join(fields)
 
 
+def names_help() -> str:
+  """The registered attribution methods and the sanity studies, by the names configs use."""
+  from saliency_jax.attribution import registry  # pylint: disable=g-import-not-at-top
+  from saliency_jax.evaluation import sanity  # pylint: disable=g-import-not-at-top
+
+  wrap = lambda names: textwrap.fill(", ".join(names), width=100, initial_indent="  ", subsequent_indent="  ")
+  return ("attribution methods (single_pixel.methods, sanity.methods, faithfulness.methods; 'name' or "
+          "'name(option=value, ...)';\nyour own: --config.imports=my_methods, docs/extending.md):\n"
+          f"{wrap(sorted(registry.METHODS))}\n\nsanity studies (sanity.studies):\n{wrap(sanity.STUDIES)}")
+
+
 if __name__ == "__main__":
   if any(arg in ("--help", "-h", "--helpshort") for arg in sys.argv[1:]):
     print(__doc__.strip() + "\n\nflags:\n  --config: a config file, e.g. configs/resnet.py (or configs/sanity.py:resnet)\n"
-          "  --workdir: where checkpoints, metrics and results go\n\n" + config_help())
+          "  --workdir: where checkpoints, metrics and results go\n\n" + names_help() + "\n\n" + config_help())
     sys.exit(0)
   app.run(main)

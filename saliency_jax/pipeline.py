@@ -21,8 +21,9 @@ from absl import logging
 
 from saliency_jax import config_checks
 from saliency_jax import data as data_lib
-from saliency_jax import files, models, provenance, stages
+from saliency_jax import files, lowering, models, provenance, stages
 from saliency_jax.attribution import core, registry
+from saliency_jax.checks import require_choice
 from saliency_jax.config_checks import ConfigError
 from saliency_jax.training import train
 
@@ -70,7 +71,7 @@ MODEL_FIELDS = ("seed", "model", "data.source", "data.seed", "data.normalization
 
 # Fields added to the model's settings after workdirs began storing them: a stored config.json
 # without one was made with this value.
-ADDED_MODEL_FIELDS = {"model.stem": "3x3", "model.torch_weights": ""}
+ADDED_MODEL_FIELDS = {"model.stem": "3x3", "model.torch_weights": "", "model.num_classes": 0}
 
 
 def _model_settings(config) -> dict:
@@ -134,11 +135,17 @@ def run(config, workdir: str | pathlib.Path) -> dict:
   study. The trained model is handed to the stages once (`train.Trained`): from training, restored
   from the workdir's newest checkpoint, or imported from `model.torch_weights`."""
   workdir = pathlib.Path(workdir)
-  with workdir_lock(workdir):
+  with user_errors():
+    # The researcher's own methods (`imports`), registered before any method name is checked; the
+    # CPU path's switch (`cpu_lowering`) for every program this run binds.
+    registry.import_modules(config.get("imports", ()), "imports")
+    require_choice("cpu_lowering", config.get("cpu_lowering", "auto"), lowering.SETTINGS)
+  with lowering.configured(config.get("cpu_lowering", "auto")), workdir_lock(workdir):
     with user_errors():
       plan = config_checks.check_config(config, jax.device_count())
       known = check_workdir_config(config, workdir)
       data = data_lib.prepare(config, conditions=tuple(config.train.eval_conditions) if plan.train else ())
+      models.from_config(config.model, data.num_classes, dtype=config.train.dtype)  # model.num_classes: the data's
       trained = train.from_torch_weights(config, data) if config.model.get("torch_weights") else None
       check_methods_build(config, plan, data)
     if not known:

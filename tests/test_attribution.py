@@ -1,6 +1,8 @@
 """Attribution methods against closed forms: linear models, hand-worked ReLU networks,
 completeness and conservation identities, and batch / chunk / device invariances."""
 
+import inspect
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -326,9 +328,9 @@ def test_fullgrad_decomposition_is_complete_on_a_resnet():
 
 def test_layer_methods_explain_what_they_need(small_cnn):
   forward, x, target = small_cnn
-  with pytest.raises(TypeError, match="needs saliency_jax.attribution.ModelForward"):
+  with pytest.raises(ValueError, match="needs saliency_jax.attribution.ModelForward"):
     A.gradcam(lambda x: forward(x), x, target)
-  with pytest.raises(ValueError, match="layer='conv9' is not a layer of SmallCNN; choose one of: 'features1'"):
+  with pytest.raises(ValueError, match="layer='conv9' is not a layer of SmallCNN; choose one of: 'conv1', 'features1'"):
     A.gradcam(forward, x, target, layer="conv9")
   with pytest.raises(ValueError, match="needs a spatial"):
     A.gradcam(forward, x, target, layer="logits")
@@ -409,7 +411,8 @@ def test_every_method_batched_on_4_devices_equals_one_by_one_on_1(small_cnn):
   one = A.Explainer(forward.model, forward.variables, normalization="unit", devices=jax.devices()[:1])
   four = A.Explainer(forward.model, forward.variables, normalization="unit", devices=jax.devices()[:4])
   assert four.mesh.size == 4
-  for name in A.METHODS:
+  # The package's methods (another test may have registered its own in this process).
+  for name in [n for n, fn in A.METHODS.items() if inspect.unwrap(fn).__module__.startswith("saliency_jax.")]:
     sharded = np.asarray(four(name, x, target, **_options(name, 6)))
     singles = []
     for i in range(6):
@@ -470,3 +473,131 @@ def test_reduce_channels_and_display():
   np.testing.assert_allclose(A.normalize_for_display(maps, "absolute", 100), [[[1.0, 0.25], [0.5, 0.0]]])
   with pytest.raises(ValueError, match="reduction='median' is not allowed"):
     A.reduce_channels(m, "median")
+
+
+# ---------------------------------------------------------------- a researcher's own network, checked inputs
+
+
+class _UserCNN(nn.Module):
+  """A researcher's CNN: no `train` argument, no taps, a nested block."""
+
+  tapped: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(4, (3, 3), name="conv1")(x))
+    x = _Block(name="block")(x)
+    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = nn.Conv(6, (3, 3), name="conv3")(x)
+    if self.tapped:  # the twin: the same function, conv3's output exposed the old way, as a tap
+      x = tap(self, "conv3_tap", x)
+    return nn.Dense(5, name="head")(nn.relu(x).mean(axis=(1, 2)))
+
+
+class _Block(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.relu(nn.Conv(4, (3, 3), name="conv1")(x)) + x
+
+
+@pytest.fixture(scope="module")
+def user_cnn():
+  model = _UserCNN()
+  x = jax.random.normal(jax.random.key(0), (3, 8, 8, 3))
+  variables = model.init(jax.random.key(1), x)
+  return model, variables, x, jnp.array([0, 3, 4])
+
+
+def test_a_user_cnn_without_train_or_taps_gets_gradcam_on_a_submodule_by_its_path(user_cnn):
+  model, variables, x, target = user_cnn
+  forward = A.ModelForward(model, variables)
+  assert forward.layer_names(x) == ["conv1", "block/conv1", "block", "conv3", "head"]
+  # The submodule's output, read and differentiated by interception, against the same network with
+  # that output tapped (the mechanism the library's own models use, tested above): the same maps.
+  twin = A.ModelForward(_UserCNN(tapped=True), variables)
+
+  @jax.jit
+  def maps(forward, twin, x, target):
+    return (A.gradcam(forward, x, target, layer="conv3"), A.gradcam(twin, x, target, layer="conv3_tap"),
+            A.gradcam_plusplus(forward, x, target, layer="block/conv1"), A.gradcam(forward, x, target))
+
+  got, want, nested, default = maps(forward, twin, x, target)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+  assert float(jnp.abs(got).max()) > 0 and nested.shape == x.shape
+  np.testing.assert_allclose(default, got, rtol=1e-6)  # the last spatial layer: conv3
+  value, grad = forward.layer_and_gradient(x, target, "block", "softmax")
+  assert value.shape == grad.shape == (3, 8, 8, 4)
+  with pytest.raises(ValueError, match="layer='conv9' is not a layer of _UserCNN; choose one of: 'conv1', "
+                     "'block/conv1', 'block', 'conv3', 'head'"):
+    A.gradcam(forward, x, target, layer="conv9")
+  # The Explainer takes the model as it is too, by name, for any method that needs no activation swap.
+  explain = A.Explainer(model, variables, devices=jax.devices()[:1])
+  np.testing.assert_allclose(explain("gradcam", x, target, layer="conv3"), got, rtol=1e-5, atol=1e-7)
+  fullgrad = explain("fullgrad", x, target)
+  assert fullgrad.shape == x.shape and bool(jnp.isfinite(fullgrad).all())
+  with pytest.raises(ValueError, match="_UserCNN has no 'activation' option to replace"):
+    A.guided_backprop(forward, x, target)
+
+
+def test_a_model_whose_call_needs_more_than_the_images_is_named():
+  class Conditioned(nn.Module):
+    @nn.compact
+    def __call__(self, x, condition):
+      return nn.Dense(2)(x.reshape(x.shape[0], -1)) * condition
+
+  with pytest.raises(ValueError, match=r"Conditioned.__call__\(self, x, condition\) does not take the images alone"):
+    A.ModelForward(Conditioned(), {})
+  # nn.Sequential takes *args: the images alone, and its layers are named as flax names them.
+  sequential = nn.Sequential([nn.Conv(3, (3, 3)), nn.relu, lambda y: y.mean((1, 2))])
+  x = jnp.ones((2, 4, 4, 1))
+  forward = A.ModelForward(sequential, sequential.init(jax.random.key(0), x))
+  assert forward.layer_names(x) == ["layers_0"] and A.gradcam(forward, x, 1).shape == x.shape
+
+
+def test_targets_are_checked_once_at_the_boundary(user_cnn):
+  model, variables, x, _ = user_cnn
+  forward = A.ModelForward(model, variables)
+  # A Python int is every image's class: the same maps as the array.
+  np.testing.assert_allclose(A.gradient(forward, x, 4), A.gradient(forward, x, jnp.array([4, 4, 4])), rtol=1e-6)
+  bad = [(11, r"target 11 \(image 0\) is not a class of this forward: its 5 outputs are classes 0..4"),
+         (5, "target 5"), (-1, "target -1"), (np.array([0, 1, 7]), r"target 7 \(image 2\)"),
+         (jnp.zeros((3, 1), jnp.int32), r"target has shape \(3, 1\); give one class index per image, shape \(3,\)"),
+         (jnp.array([1, 2]), r"target has shape \(2,\)"),
+         (jax.nn.one_hot(jnp.array([0, 1, 2]), 5), r"target has dtype float32; .*jnp.argmax\(target, -1\)"),
+         (2.0, "target=2.0 is not a class index"), ("predicted", "select_targets"), (True, "is not a class index")]
+  for target, message in bad:
+    with pytest.raises(ValueError, match=message):
+      A.gradient(forward, x, target)
+    with pytest.raises(ValueError, match=message):
+      A.integrated_gradients(forward, x, target, baseline="zero", steps=2)
+  # Traced (inside jit) the values are unknown until the program runs: an image whose target is not a
+  # class gets a NaN map, never another class's (JAX's gather would clip 11 to class 4).
+  maps = jax.jit(lambda f, x, t: A.gradient(f, x, t))(forward, x, jnp.array([1, 11, -1]))
+  assert bool(jnp.isfinite(maps[0]).all()) and bool(jnp.isnan(maps[1:]).all())
+  np.testing.assert_allclose(maps[0], A.gradient(forward, x, 1)[0], rtol=1e-6)
+  # The Explainer checks concrete targets before compiling anything.
+  explain = A.Explainer(model, variables, devices=jax.devices()[:1])
+  with pytest.raises(ValueError, match=r"target 9 \(image 1\)"):
+    explain("gradient", x, np.array([0, 9, 1]))
+  np.testing.assert_allclose(explain("gradient", x, 2), A.gradient(forward, x, 2), rtol=1e-6)
+
+
+def test_images_output_and_option_names_are_checked_once_at_the_boundary(user_cnn):
+  model, variables, x, target = user_cnn
+  forward = A.ModelForward(model, variables)
+  nchw = jnp.zeros((3, 3, 8, 8))
+  for method in (A.gradient, A.gradcam, A.integrated_gradients):
+    with pytest.raises(ValueError, match=r"x_BHWC has shape \(3, 3, 8, 8\), an NCHW batch .* x.transpose\(0, 2, 3, 1\)"):
+      method(forward, nchw, target)
+  with pytest.raises(ValueError, match=r"x_BHWC has shape \(8, 8, 3\); .* one image\? add the batch axis: x\[None\]"):
+    A.gradient(forward, x[0], target)
+  with pytest.raises(ValueError, match="x_BHWC has dtype uint8"):
+    A.gradient(forward, x.astype(jnp.uint8), target)
+  with pytest.raises(ValueError, match="output='probability' is not allowed; choose one of: 'logit', 'softmax'"):
+    A.gradcam(forward, x, target, output="probability")
+  with pytest.raises(ValueError, match="option 'n_steps' is not known for attribution.method='integrated_gradients'"):
+    A.integrated_gradients(forward, x, target, n_steps=50)  # captum's name: a ValueError, not a TypeError
+  # A captum-style call takes the default baseline, a pixel colour: the error says exactly what to pass.
+  with pytest.raises(ValueError, match="pass normalization= .* or pass baseline='zero'"):
+    A.integrated_gradients(forward, x, target)

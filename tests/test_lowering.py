@@ -1,5 +1,6 @@
 """The CPU lowering transform: outputs and gradients equal to native, fallbacks, bodies."""
 
+import os
 import re
 from unittest import mock
 
@@ -252,8 +253,70 @@ def test_programs_compile_without_library_convolutions_and_compute_the_same():
   fn = lambda v, x: jax.grad(lambda x: cpu_lowering(model.apply)(v, x)[:, 0].sum())(x)
   runner = BatchRunner(jax.devices()[:1])
   maps = runner.run("maps", fn, (x,), (variables,))
-  default = jax.jit(fn).lower(variables, x).compile().as_text()
+  # XLA's defaults on jaxlib 0.10 (the same compiled programs as no option at all, in a process
+  # whose XLA_FLAGS do not set it): this process has the library's, set on import (below).
+  defaults = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,"
+              "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+  default = jax.jit(fn, compiler_options=defaults).lower(variables, x).compile().as_text()
   program = runner._compiled["maps"].lower(variables, x).compile().as_text()  # pylint: disable=protected-access
   assert "convolution(" in program and _library_convolutions(default) and not _library_convolutions(program)
   # XLA's own convolutions and the library's sum in other orders: float32 rounding only.
   np.testing.assert_allclose(maps, jax.jit(fn)(variables, x), rtol=1e-5, atol=1e-6)
+  # A researcher's own jax.jit, with no options, compiles as the library's programs do: the package
+  # set the option process-wide when it was imported (before JAX started its backend).
+  assert f"--xla_cpu_experimental_ynn_fusion_type={compiler_options()['xla_cpu_experimental_ynn_fusion_type']}" \
+      in os.environ["XLA_FLAGS"]
+  plain = jax.jit(fn).lower(variables, x).compile().as_text()
+  assert _instructions(plain) == _instructions(program)
+
+
+def _instructions(hlo: str) -> list[str]:
+  """A compiled program's computations, without the source locations a trace records."""
+  lines = [line for line in hlo.splitlines() if line.startswith(("%", "ENTRY", "  ", "}"))]
+  return [re.sub(r", metadata=\{.*?\}(?=,|$)", "", line) for line in lines]
+
+
+def test_the_switch_decides_in_one_place_where_forwards_are_bound(monkeypatch):
+  from saliency_jax import attribution as A  # pylint: disable=g-import-not-at-top
+  from saliency_jax import models  # pylint: disable=g-import-not-at-top
+  from saliency_jax.attribution import affine_head  # pylint: disable=g-import-not-at-top
+
+  model = models.create_model("small_cnn", channels=(4, 8))
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  forward = A.ModelForward(model, models.init_variables(model, jax.random.key(1), x.shape))
+  target = jnp.array([1, 7])
+  # A new function in each setting: JAX reuses a function's trace (make_jaxpr's too) for the same
+  # arguments, and the switch is read when a program is traced.
+  ig = lambda: lambda f, x: A.integrated_gradients(f, x, target, baseline="zero", steps=4)
+  if jax.default_backend() != "cpu":  # the CPU path: nothing to bind elsewhere
+    assert not lowering.enabled() and lowering.bind(forward) is forward
+    return
+  lowered = lambda f, *args: "platform_index" in _primitives(f, *args)  # the fast forms' per-platform choice
+  with lowering.configured("on"):
+    bound = lowering.bind(forward)
+    # A model forward stays one (its layers can be read), running its model's apply lowered.
+    assert isinstance(bound, A.ModelForward) and lowering.is_bound(bound) and lowering.bind(bound) is bound
+    assert lowered(bound, x) and not lowered(lowering.plain(bound), x) and not lowered(forward, x)
+    assert lowered(lowering.bind_arguments(lambda f, x: f(x)), forward, x)  # how a runner binds its forwards
+    assert lowered(ig(), forward, x)  # the methods' boundary binds a forward given as it is
+    assert len(affine_head.for_path(bound, x).head(x)) == 1 and affine_head.for_path(bound, x).head(x)[0].shape[-1] == 4
+    assert lowering.compiler_options()
+    on = jax.jit(ig())(forward, x)
+  with lowering.configured("off"):  # the plain path a GPU gets: nothing bound, no options, no affine head
+    assert not lowering.enabled() and lowering.bind(forward) is forward and lowering.compiler_options() is None
+    assert not lowered(ig(), forward, x) and not lowered(lowering.bind_arguments(lambda f, x: f(x)), forward, x)
+    assert affine_head.for_path(forward, x).head(x)[0] is x
+    off = jax.jit(ig())(forward, x)
+  np.testing.assert_allclose(on, off, rtol=1e-5, atol=1e-5 * float(jnp.abs(off).max()))  # float32 rounding only
+  # The environment variable is the default a config's 'auto' follows; 'on' and 'off' override it.
+  monkeypatch.setenv(lowering.ENV_VAR, "0")
+  with lowering.configured("auto"):
+    assert not lowering.enabled()
+  with lowering.configured("on"):
+    assert lowering.enabled()
+  monkeypatch.setenv(lowering.ENV_VAR, "maybe")
+  with pytest.raises(ValueError, match="SALIENCY_JAX_CPU_LOWERING='maybe' is not allowed"):
+    lowering.enabled()
+  with pytest.raises(ValueError, match="cpu_lowering='fast' is not allowed; choose one of: 'auto', 'on', 'off'"):
+    with lowering.configured("fast"):
+      pass

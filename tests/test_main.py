@@ -1,5 +1,6 @@
 """The binary and its config checks: a user mistake is one clear line and a non-zero exit."""
 
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +26,17 @@ BAD_SETTINGS = [
     ("data.normalization", "none", "data.normalization='none' is not allowed"),
     ("pixel.position_sd", -1.0, "pixel.position_sd=-1.0 is not allowed; it must be >= 0"),
 ]
+
+
+def test_a_model_of_other_classes_than_the_data_is_refused_by_the_stages(tiny_config, tmp_path):
+  from saliency_jax import pipeline  # pylint: disable=g-import-not-at-top
+  tiny_config.model.num_classes = 1000
+  with pytest.raises(ConfigError, match="model.num_classes=1000 but the data has 10 classes; .* attribution.Explainer"):
+    pipeline.run(tiny_config, tmp_path)
+  tiny_config.model.num_classes = 10  # the data's: the same as 0
+  tiny_config.cpu_lowering = "fast"
+  with pytest.raises(ConfigError, match="cpu_lowering='fast' is not allowed; choose one of: 'auto', 'on', 'off'"):
+    pipeline.run(tiny_config, tmp_path)
 
 
 @pytest.mark.parametrize("field,value,message", BAD_SETTINGS)
@@ -98,6 +110,13 @@ def test_help_lists_the_config_fields_with_their_comments_and_exits_zero():
   assert result.returncode == 0, result.stderr[-2000:]
   assert "--config.train.learning_rate=0.001" in result.stdout
   assert "a class-balanced subset of N test images" in result.stdout  # single_pixel.max_images' comment
+  # The names a config takes: every registered method and every sanity study, and where your own go.
+  for name in ("integrated_gradients", "smoothgrad_squared", "lrp_gamma", "cascading", "label_randomization",
+               "--config.imports=my_methods"):
+    assert name in result.stdout, name
+  # Every field of configs/default.py is listed with a comment of its own, on one line.
+  fields = re.findall(r"^  --config\.([\w.]+)=.*\n(?!      )", result.stdout, re.M)
+  assert not fields, f"fields without a comment: {fields}"
 
 
 def test_ctrl_c_during_training_ends_with_one_line_saying_how_to_resume(tmp_path):

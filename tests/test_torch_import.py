@@ -110,6 +110,16 @@ def test_every_missing_or_unexpected_key_and_shape_mismatch_is_named():
   assert "key 'conv1.weight' has shape (64, 3, 7, 7), expected (64, 3, 3, 3)" in message and "7x7" in message
 
 
+def test_a_classifier_of_another_size_names_num_classes():
+  # torchvision's own resnet18 has 1000 classes: the error says which num_classes the file has.
+  imagenet = _hand_made_state_dict(_random_variables("resnet18", zeros=True, num_classes=1000)[1])
+  with pytest.raises(ValueError, match=r"key 'fc.weight' has shape \(1000, 512\), expected \(10, 512\) \(its model "
+                     r"has 1000 classes: pass num_classes=1000; in a config model.num_classes=1000"):
+    torch_import.from_torch(imagenet, "resnet18")
+  model, _ = torch_import.from_torch(imagenet, "resnet18", num_classes=1000)
+  assert model.num_classes == 1000
+
+
 def test_standard_7x7_stem_keeps_the_parameter_names_and_halves_the_map_twice():
   _, cifar = _random_variables("resnet18", zeros=True)
   model, standard = _random_variables("resnet18", stem="7x7")

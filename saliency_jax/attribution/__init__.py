@@ -2,8 +2,11 @@
 
 `forward(x_BHWC) -> logits_BK` is any JAX function; methods that look inside the network
 (Guided Backprop, Deconvnet, RectGrad, the CAM family, FullGrad, LRP) need a
-`ModelForward(model, variables)`, which is also a forward. Every method is a pure function:
-it `jit`s (`jax.jit(method)(model_forward, x, target)`), `vmap`s, and shards over a batch.
+`ModelForward(model, variables)` of any flax.linen model, which is also a forward and names its
+layers by submodule path ('conv3', 'layer4_1'). Every method is a pure function: it `jit`s
+(`jax.jit(method)(model_forward, x, target)`), `vmap`s, and shards over a batch; its targets,
+images and options are checked once at its boundary (`registry.register`). Your own model and
+method, and models trained in PyTorch: docs/extending.md.
 
 By name: `registry.METHODS` / `get(name)`; from a config: `registry.from_config`; bound to a
 model in one line per call: `Explainer`. Turning maps into images: `reduce_channels`,

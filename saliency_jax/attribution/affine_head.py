@@ -12,6 +12,11 @@ The head is the longest run of equations from the input that are affine in it (`
 ends at the first equation that is not (a ReLU, a max-pool, anything unknown, a nested `jit`).
 A forward whose head has no convolution or product, or whose head output is much larger than
 its input (`MAX_GROWTH`), gets no split: `split` returns None.
+
+The split is part of the CPU path (`for_path`): integrated gradients walk it where the forward is
+bound with the CPU lowering (`lowering.bind`, on by default for CPU), and the plain path elsewhere
+(a GPU or TPU, or the switch off), where the first convolution's transpose is not a slow case and
+the path has no reason to differ from the textbook one.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jax_core
 
-from saliency_jax.lowering import cpu_lowering, unlowered
+from saliency_jax import lowering
 
 # Head outputs larger than this many times the input are not split off: the running sums of a
 # path method are head-output-sized (a CIFAR ResNet's stem: 64 / 3 channels, about 21x).
@@ -59,8 +64,8 @@ def _is_affine(eqn, depends) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """`head(x) -> z` (a list of arrays, affine in x) and `rest(z) -> logits`, both through
-  `cpu_lowering`; `transpose(x, g_z)` is head'^T g_z, the input gradient for head-output
+  """`head(x) -> z` (a list of arrays, affine in x) and `rest(z) -> logits`, both bound as the
+  forward was (`lowering.bind`); `transpose(x, g_z)` is head'^T g_z, the input gradient for head-output
   gradients g_z."""
 
   head: Callable
@@ -80,9 +85,16 @@ def _jaxpr(constvars, invars, outvars, eqns):
   return jax_core.Jaxpr(constvars, invars, outvars, eqns, effects)
 
 
+def for_path(forward: Callable, x_BHWC) -> Split:
+  """The split a path method walks: `split` where `forward` is bound with the CPU lowering (the
+  CPU path's switch, `lowering.enabled`), else (or with no head worth it) `identity`."""
+  return (lowering.is_bound(forward) and split(forward, x_BHWC)) or identity(forward)
+
+
 def split(forward: Callable, x_BHWC) -> Split | None:
-  """`forward` as rest o head, or None when it has no affine head worth splitting off."""
-  closed = jax.make_jaxpr(unlowered(forward))(x_BHWC)
+  """`forward` as rest o head, or None when it has no affine head worth splitting off. A bound
+  forward is read as written (`lowering.plain`) and its parts are bound again."""
+  closed = jax.make_jaxpr(lowering.plain(forward))(x_BHWC)
   jaxpr = closed.jaxpr
   (x_var,) = jaxpr.invars
   depends = {x_var}
@@ -123,4 +135,5 @@ def split(forward: Callable, x_BHWC) -> Split | None:
     (logits,) = rest_fn(*z)
     return logits
 
-  return Split(cpu_lowering(head), cpu_lowering(rest))
+  rebind = lowering.bind if lowering.is_bound(forward) else (lambda f: f)
+  return Split(rebind(head), rebind(rest))

@@ -91,12 +91,14 @@ class BatchRunner:
           batch_size: int | None = None, progress: str | None = None):
     """`fn(*shared, *per_image_batch)` over the images of `per_image` (a tuple of pytrees whose
     leaves have the images first), compiled once under `name`. Returns the outputs (a pytree of
-    device arrays) for every image, concatenated along `image_axis`. Compiled with
-    `lowering.compiler_options()`, at the maps' precision (`backend.map_precision`). `progress`:
-    what to call the work in progress lines (a long run, e.g. an integrated-gradients cell, logs
-    its images done, rate and time left)."""
+    device arrays) for every image, concatenated along `image_axis`. The model forwards among
+    `shared` are bound for running (`lowering.bind_arguments`: the CPU lowering where it is on), the
+    program traced at the maps' precision (`backend.map_precision`) and compiled with
+    `lowering.compiler_options()`. `progress`: what to call the work in progress lines (a long run,
+    e.g. an integrated-gradients cell, logs its images done, rate and time left)."""
     if name not in self._compiled:
-      self._compiled[name] = jax.jit(backend.map_precision(fn), compiler_options=lowering.compiler_options())
+      self._compiled[name] = jax.jit(backend.map_precision(lowering.bind_arguments(fn)),
+                                     compiler_options=lowering.compiler_options())
     program = self._compiled[name]
     leaves, treedef = jax.tree.flatten(per_image)
     n = leaves[0].shape[0]

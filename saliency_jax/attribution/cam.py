@@ -9,6 +9,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.traverse_util import flatten_dict
 
 from saliency_jax.attribution.activations import guided_backprop
 from saliency_jax.attribution.core import (batchnorm_affine, bias_only, module_interceptor, require_model_forward,
@@ -20,9 +21,10 @@ def default_layer(forward, x_BHWC) -> str:
   """The last layer the network computes whose map is spatial, (B, h, w, C) with h * w > 1:
   GradCAM's usual choice, the last convolutional block. A 1x1 map (VGG16's last max-pool on
   32x32 inputs) has no spatial information, and its CAM would be constant. On 32x32 inputs:
-  resnet18 'layer4', vgg16 'conv5_3', small_cnn 'features2'."""
-  shapes = forward.tap_shapes(x_BHWC)
-  spatial = [name for name, s in shapes.items() if len(s.shape) == 4 and s.shape[1] * s.shape[2] > 1]
+  resnet18 'layer4', vgg16 'conv5_3', small_cnn 'features2'; a network without taps, its last
+  spatial submodule (e.g. its last convolution)."""
+  layers = forward.layers(x_BHWC)
+  spatial = [name for name, l in layers.items() if len(l.shape.shape) == 4 and l.shape.shape[1] * l.shape.shape[2] > 1]
   if not spatial:
     raise ValueError(f"{type(forward.model).__name__} has no spatial layer for a CAM method")
   return spatial[-1]
@@ -75,6 +77,7 @@ def _bias_of(module):
 
 # Every module is looked at; those without a bias (_bias_of: None) are passed through.
 _BIASED = (nn.Module,)
+_BIASES = "fullgrad_biases"  # where the differentiated pass records each bias it adds a zero to
 
 
 def fullgrad_terms(forward, x_BHWC, target_B, output: str = "logit"):
@@ -82,19 +85,15 @@ def fullgrad_terms(forward, x_BHWC, target_B, output: str = "logit"):
   named by its top-level layer (resnet18: 'bn1', 'layer1_0', ..., 'fc')."""
   forward = require_model_forward(forward, "fullgrad")
 
-  # The biases depend on the weights only; they are read in a forward pass of their own (its
-  # activations are dead code to XLA), because the differentiated pass below runs under
-  # `cpu_lowering`, whose inner trace would not let values out.
-  def record(module, _, y):
-    bias = _bias_of(module)
-    if bias is not None:
-      shapes.append(jax.ShapeDtypeStruct(y.shape, y.dtype))
-      layers.append(module.path[0] if module.path else type(module).__name__)
-      biases.append(bias)
+  # Which layers have a bias, in the order they run, and their output shapes: a pass of shapes
+  # only (nothing is computed), keeping static values alone.
+  def note(module, _, y):
+    if _bias_of(module) is not None:
+      calls.append((module.path, jax.ShapeDtypeStruct(y.shape, y.dtype)))
     return y
 
-  shapes, layers, biases = [], [], []
-  forward.intercepted(module_interceptor(_BIASED, record), lower=False)(x_BHWC)
+  calls = []
+  jax.eval_shape(forward.with_transform(None).intercepted(module_interceptor(_BIASED, note)), x_BHWC)
 
   def score_sum(x, deltas):
     seen = [0]
@@ -103,12 +102,21 @@ def fullgrad_terms(forward, x_BHWC, target_B, output: str = "logit"):
       if _bias_of(module) is None:
         return y
       seen[0] += 1
+      module.sow(_BIASES, "bias", _bias_of(module))  # an output of the pass (a value must not escape it)
       return y + deltas[seen[0] - 1]
 
-    return scores(forward.intercepted(module_interceptor(_BIASED, add_delta)), x, target_B, output).sum()
+    with nn.intercept_methods(module_interceptor(_BIASED, add_delta)):
+      logits, state = forward.apply(x, mutable=[_BIASES])
+    return scores(lambda _: logits, x, target_B, output).sum(), flatten_dict(dict(state.get(_BIASES, {})))
 
-  deltas = [jnp.zeros(s.shape, s.dtype) for s in shapes]
-  grad_x, grad_deltas = jax.grad(score_sum, argnums=(0, 1))(x_BHWC, deltas)
+  deltas = [jnp.zeros(s.shape, s.dtype) for _, s in calls]
+  (grad_x, grad_deltas), recorded = jax.grad(score_sum, argnums=(0, 1), has_aux=True)(x_BHWC, deltas)
+  # A module applied twice recorded two biases under its path, in the order of its calls.
+  occurrence, biases = {}, []
+  for path, _ in calls:
+    k = occurrence[path] = occurrence.get(path, -1) + 1
+    biases.append(recorded[(*path, "bias")][k])
+  layers = [path[0] if path else type(forward.model).__name__ for path, _ in calls]
   return grad_x * x_BHWC, [(layer, g * b) for layer, g, b in zip(layers, grad_deltas, biases)]
 
 

@@ -1,4 +1,5 @@
-"""What every method shares: the scalar being explained, its input gradient, target choice.
+"""What every method shares: the scalar being explained, its input gradient, target choice, and
+the checks of what a caller passes (images, targets), made once at each method's boundary.
 
 A method explains one scalar per image, `output` ('logit' or 'softmax') of class
 `target_B[b]`, and returns a map shaped like the input. `forward(x_BHWC) -> logits_BK` is
@@ -6,28 +7,36 @@ any JAX function that treats the images of a batch independently (a model in eva
 so the gradient of the batch's summed scores is every image's own gradient at once.
 
 Methods that look inside the network (GradCAM, FullGrad, LRP, the modified-ReLU family)
-need more than a function: `ModelForward` binds a flax model to its variables, is itself a
-`forward`, and is a pytree, so `jax.jit(method)(model_forward, x, target)` traces the
-variables as arguments instead of baking 134M VGG weights into the program as constants.
+need more than a function: `ModelForward` binds any flax.linen model to its variables, is itself
+a `forward`, and is a pytree, so `jax.jit(method)(model_forward, x, target)` traces the
+variables as arguments instead of baking 134M VGG weights into the program as constants. Its
+layers are its submodules, by path ('conv3', 'layer4_1', 'block/conv1'), plus any activation the
+model exposes with `models.common.tap` ('layer4', 'conv5_3'): read and differentiated through
+`flax.linen.intercept_methods` and flax's own intermediates, so the model's code needs nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
+import inspect
 from typing import Any, Callable
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
 
-from saliency_jax import models
 from saliency_jax.checks import require_choice
-from saliency_jax.lowering import cpu_lowering
 
 Forward = Callable[[jax.Array], jax.Array]
 OUTPUTS = ("logit", "softmax")
 TARGETS = ("predicted", "label")
+_INTERMEDIATES = "intermediates"
+_CALL = "__call__"  # the key under which flax records a submodule's output
 
 
 def scores(forward: Forward, x_BHWC, target_B, output: str = "logit") -> jax.Array:
@@ -67,66 +76,246 @@ def upsample(map_BhwC, shape_BHWC) -> jax.Array:
   return jnp.broadcast_to(resized, (B, H, W, C)) if resized.shape[-1] == 1 else resized
 
 
+# ---------------------------------------------------------------- what a caller passes, checked once
+
+
+def check_images(x_BHWC) -> None:
+  """A float batch of NHWC images, or one ValueError saying what it is instead."""
+  shape = tuple(np.shape(x_BHWC)) if not hasattr(x_BHWC, "shape") else tuple(x_BHWC.shape)
+  if len(shape) != 4:
+    hint = "; one image? add the batch axis: x[None]" if len(shape) == 3 else ""
+    raise ValueError(f"x_BHWC has shape {shape}; the methods take a batch of images, (B, H, W, C){hint}")
+  _, h, w, c = shape
+  if h <= 4 and w > 4 and c > 4:
+    raise ValueError(f"x_BHWC has shape {shape}, an NCHW batch (channels second, as torch has it); the methods "
+                     "take NHWC images (B, H, W, C): pass x.transpose(0, 2, 3, 1)")
+  dtype = x_BHWC.dtype if hasattr(x_BHWC, "dtype") else np.asarray(x_BHWC).dtype
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"x_BHWC has dtype {dtype}; the methods take the model's float inputs (normalise the "
+                     "pixels first, e.g. with the data's Normalization)")
+
+
+def num_classes(forward: Forward, x_BHWC) -> int:
+  """How many classes `forward` scores, from its output's shape (nothing is computed)."""
+  out = jax.eval_shape(forward, x_BHWC)
+  shape = getattr(out, "shape", None)
+  if shape is None or len(shape) != 2 or shape[0] != x_BHWC.shape[0]:
+    raise ValueError(f"forward(x) returned {jax.tree.map(lambda a: a.shape, out)}; a forward returns logits, "
+                     f"one row per image: shape ({x_BHWC.shape[0]}, classes)")
+  return int(shape[1])
+
+
+def check_targets(target, batch: int, classes: int) -> tuple[jax.Array, jax.Array | None]:
+  """(target_B, valid_B): `target` as one int32 class index per image, or one ValueError.
+
+  `target` is a Python int (every image's class) or an integer array of shape () or (batch,),
+  each 0 <= t < classes. Concrete values are checked here; a traced target's values cannot be
+  (inside `jax.jit` they are not known until it runs), so `valid_B` comes back, and the method's
+  boundary makes the maps of images whose target is out of range NaN: never another class's map
+  (an index out of range is otherwise clipped or wrapped by JAX's gather without a word).
+  `valid_B` is None when every value was checked."""
+  if isinstance(target, str):
+    raise ValueError(f"target={target!r}: the methods take class indices; choose them with "
+                     f"select_targets(forward, x, labels, {target!r}), or pass {target!r} to the Explainer")
+  if isinstance(target, (bool, np.bool_)) or (not hasattr(target, "dtype") and not isinstance(
+      target, (int, np.integer, list, tuple, np.ndarray))):
+    raise ValueError(f"target={target!r} is not a class index; give an int or an int array of shape ({batch},)")
+  t = target if isinstance(target, jax.Array) else np.asarray(target)
+  if not jnp.issubdtype(t.dtype, jnp.integer):
+    hint = " (one-hot rows? pass jnp.argmax(target, -1))" if t.ndim == 2 else ""
+    raise ValueError(f"target has dtype {t.dtype}; give class indices, an int or ints of shape ({batch},){hint}")
+  if t.shape not in ((), (batch,)):
+    raise ValueError(f"target has shape {t.shape}; give one class index per image, shape ({batch},), or one int "
+                     "for every image")
+  if not isinstance(t, jax.core.Tracer):
+    values = np.broadcast_to(np.asarray(t), (batch,))
+    bad = np.flatnonzero((values < 0) | (values >= classes))
+    if len(bad):
+      i = int(bad[0])
+      raise ValueError(f"target {int(values[i])} (image {i}) is not a class of this forward: its {classes} "
+                       f"outputs are classes 0..{classes - 1}")
+    return jnp.asarray(values, jnp.int32), None
+  t_B = jnp.broadcast_to(t, (batch,)).astype(jnp.int32)
+  return t_B, (t_B >= 0) & (t_B < classes)
+
+
+# ---------------------------------------------------------------- a flax model bound to its variables
+
+
+@functools.cache
+def _eval_mode(model_type: type) -> tuple[tuple[str, bool], ...]:
+  """The keyword that puts a model of this type in eval mode, if its `__call__` takes one:
+  train=False, or deterministic=True (flax's spelling); none for a module without modes. A
+  required argument beyond the input is an error: a forward takes the images alone."""
+  params = list(inspect.signature(model_type.__call__).parameters.values())[1:]  # after self
+  names = {p.name for p in params}
+  mode = (("train", False),) if "train" in names else (("deterministic", True),) if "deterministic" in names else ()
+  positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+  required = [p.name for p in params[1:] if p.default is p.empty and p.name not in dict(mode)
+              and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+  if not positional or required:
+    raise ValueError(f"{model_type.__name__}.__call__{inspect.signature(model_type.__call__)} does not take the "
+                     "images alone: a forward is model(x) (plus train= or deterministic= at most); wrap the other "
+                     "arguments in a function, e.g. lambda x: model.apply(variables, x, ...)")
+  return mode
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+  """A named layer of a model: a submodule's output (`kind='module'`, named by its path) or a tapped
+  activation (`kind='tap'`, see `models.common.tap`); `key`: where flax records it."""
+
+  name: str
+  kind: str
+  key: tuple[str, ...]
+  shape: jax.ShapeDtypeStruct
+  calls: int  # how often one forward pass computes it (a module applied twice: 2)
+
+
+def _layers_of(state) -> list[tuple[str, str, tuple[str, ...], tuple]]:
+  """(name, kind, key, values) of every recorded layer, in the order the network computes them (flax
+  records in that order; a tap inside a submodule under the submodule's name, `models._tap_name`)."""
+  from saliency_jax import models  # pylint: disable=g-import-not-at-top
+
+  found = {}
+  for key, values in traverse_util.flatten_dict(dict(state.get(_INTERMEDIATES, {}))).items():
+    if key[-1] == _CALL:
+      name, kind = "/".join(key[:-1]), "module"
+    else:
+      name, kind = models._tap_name(key), "tap"  # pylint: disable=protected-access
+    if name and name not in found:  # '': the model's own output; a block's output tap is its output
+      found[name] = (name, kind, key, values)
+  return list(found.values())
+
+
 @flax.struct.dataclass
 class ModelForward:
-  """A flax model bound to its variables: `forward(x) -> logits` in eval mode, plus the
-  views into the network that layer-based methods need."""
+  """Any flax.linen model bound to its variables: `forward(x) -> logits` in eval mode (train=False
+  or deterministic=True when its `__call__` takes one), plus the views into the network that
+  layer-based methods need: `layers`, `layer_and_gradient`, `intercepted`, `with_activation`.
+
+  `transform`: what whoever binds this forward for running applies to `model.apply` (the CPU
+  lowering, `lowering.bind`); it changes how the model runs, never what it computes. None: the
+  model's own `apply`."""
 
   model: nn.Module = flax.struct.field(pytree_node=False)
   variables: Any
-  # Its calls and layer gradients go through `cpu_lowering` already (see `registry.register`).
-  _cpu_lowered = True
+  transform: Callable | None = flax.struct.field(pytree_node=False, default=None)
+
+  def __post_init__(self):
+    if not isinstance(self.model, nn.Module):
+      kind = type(self.model).__module__ + "." + type(self.model).__name__
+      nnx = " (an NNX module: pass the function nnx.merge(graphdef, state)(x) instead)" if ".nnx" in kind else ""
+      raise ValueError(f"ModelForward takes a flax.linen Module, not {kind}{nnx}; a plain function forward "
+                       "works for the gradient family, IG and SmoothGrad")
+    _eval_mode(type(self.model))
+
+  def apply(self, x_BHWC, variables=None, **kwargs):
+    """`model.apply(variables, x, **kwargs)` in eval mode, through `transform`."""
+    run = self.transform(self.model.apply) if self.transform else self.model.apply
+    variables = self.variables if variables is None else variables
+    return run(variables, x_BHWC, **dict(_eval_mode(type(self.model))), **kwargs)
 
   def __call__(self, x_BHWC):
-    return cpu_lowering(self.model.apply)(self.variables, x_BHWC, train=False)
+    return self.apply(x_BHWC)
 
-  def unlowered(self) -> Forward:
-    """The forward without `cpu_lowering` (see `lowering.unlowered`)."""
-    return lambda x_BHWC: self.model.apply(self.variables, x_BHWC, train=False)
+  def with_transform(self, transform: Callable | None) -> "ModelForward":
+    return self.replace(transform=transform)
 
   def with_activation(self, activation: Callable) -> "ModelForward":
     """The same network with every activation replaced (Guided Backprop, Deconvnet, RectGrad)."""
     if not hasattr(self.model, "activation"):
-      raise TypeError(f"{type(self.model).__name__} has no 'activation' option to replace")
+      raise ValueError(f"{type(self.model).__name__} has no 'activation' option to replace; Guided Backprop, "
+                       "Deconvnet and RectGrad rebuild the model with their own ReLU: give the module an "
+                       "`activation` field and call it where it applies its ReLUs")
     return self.replace(model=self.model.clone(activation=activation))
 
-  def layer_names(self, x_BHWC) -> list[str]:
-    return list(self.tap_shapes(x_BHWC))
+  def layers(self, x_BHWC) -> dict[str, Layer]:
+    """Every named layer at inputs like `x_BHWC`, in the order the network computes them: each
+    submodule's output by its path ('conv1', 'layer4_1', 'layer4_1/conv2') and each tap ('layer4');
+    where a tap and a submodule share a name (a ResNet block's output) they are the same value.
+    Shapes only: nothing is run."""
+    table = []
 
-  def tap_shapes(self, x_BHWC):
-    """Shape and dtype of every tapped activation at inputs like `x_BHWC`, in computation order
-    (nothing is run)."""
-    return models.feature_shapes(self.model, self.variables, x_BHWC)
+    def values(variables, x):
+      _, state = self.model.apply(variables, x, **dict(_eval_mode(type(self.model))),
+                                  capture_intermediates=True, mutable=[_INTERMEDIATES])
+      table[:] = [(name, kind, key, len(v)) for name, kind, key, v in _layers_of(state)]
+      return [v[0] for *_, v in _layers_of(state)]
+
+    shapes = jax.eval_shape(values, self.variables, x_BHWC)
+    return {name: Layer(name, kind, key, shape, calls) for (name, kind, key, calls), shape in zip(table, shapes)}
+
+  def layer_names(self, x_BHWC) -> list[str]:
+    return list(self.layers(x_BHWC))
+
+  def _layer(self, x_BHWC, layer: str) -> tuple[Layer, dict[str, Layer]]:
+    layers = self.layers(x_BHWC)
+    if layer not in layers:
+      raise ValueError(f"layer={layer!r} is not a layer of {type(self.model).__name__}; choose one of: "
+                       f"{', '.join(map(repr, layers))}")
+    if layers[layer].calls != 1:
+      raise ValueError(f"layer={layer!r} is computed {layers[layer].calls} times in one forward pass (a module "
+                       "applied more than once); expose the one you mean with models.common.tap")
+    return layers[layer], layers
+
+  def _run_at(self, x_BHWC, layer: Layer, layers: dict[str, Layer], delta):
+    """(logits, the layer's value) with `delta` added to the layer's value."""
+    variables, interceptor, capture = self.variables, None, False
+    if layer.kind == "tap":  # a tap adds its 'perturbations' entry (models.common.tap); all must be there
+      taps = {l.key: jnp.zeros(l.shape.shape, l.shape.dtype) for l in layers.values() if l.kind == "tap"}
+      variables = {**variables, "perturbations": traverse_util.unflatten_dict({**taps, layer.key: delta})}
+    else:
+      path = layer.key[:-1]
+      capture = lambda module, method_name: method_name == _CALL and module.path == path
+
+      def interceptor(next_fun, args, kwargs, context):
+        y = next_fun(*args, **kwargs)
+        return y + delta if context.method_name == _CALL and context.module.path == path else y
+
+    with nn.intercept_methods(interceptor) if interceptor else contextlib.nullcontext():
+      logits, state = self.apply(x_BHWC, variables, capture_intermediates=capture, mutable=[_INTERMEDIATES])
+    return logits, traverse_util.flatten_dict(dict(state[_INTERMEDIATES]))[layer.key][0]
+
+  def layer_value(self, x_BHWC, layer: str) -> jax.Array:
+    """The activation `layer` (a name of `layers`) at `x_BHWC`."""
+    found, layers = self._layer(x_BHWC, layer)
+    return self._run_at(x_BHWC, found, layers, jnp.zeros(found.shape.shape, found.shape.dtype))[1]
 
   def layer_and_gradient(self, x_BHWC, target_B, layer: str, output: str = "logit"):
-    """The activation `layer` (a tap name, see `models.feature_names`) and the gradient of the
-    scores with respect to it."""
-    shapes = self.tap_shapes(x_BHWC)
-    if layer not in shapes:
-      raise ValueError(f"layer={layer!r} is not a layer of {type(self.model).__name__}; "
-                        f"choose one of: {', '.join(map(repr, shapes))}")
-    picked = lambda logits_BK: scores(lambda _: logits_BK, x_BHWC, target_B, output).sum()
-    features, grads = models.feature_gradients(self.model, self.variables, x_BHWC, [layer], picked)
-    return features[layer], grads[layer]
+    """The activation `layer` (a name of `layers`) and the gradient of the scores with respect to
+    it: the gradient of a zero added to it, which leaves the forward pass unchanged."""
+    found, layers = self._layer(x_BHWC, layer)
 
-  def intercepted(self, interceptor, lower: bool = True) -> Forward:
+    def score_sum(delta):
+      logits, value = self._run_at(x_BHWC, found, layers, delta)
+      return scores(lambda _: logits, x_BHWC, target_B, output).sum(), value
+
+    zeros = jnp.zeros(found.shape.shape, found.shape.dtype)
+    (_, value), grad = jax.value_and_grad(score_sum, has_aux=True)(zeros)
+    return value, grad
+
+  def intercepted(self, interceptor) -> Forward:
     """A forward whose flax submodule calls pass through `interceptor` (see
-    `flax.linen.intercept_methods`): how FullGrad reads every bias and LRP rewrites
-    every linear layer's backward pass, for any flax model, without touching model code.
+    `flax.linen.intercept_methods`): how FullGrad reads every bias and LRP rewrites every
+    linear layer's backward pass, for any flax model, without touching model code.
 
-    `lower=False` skips `cpu_lowering`, for an interceptor that keeps values it sees: under
-    the transform they would belong to its inner trace and leak."""
+    An interceptor's return value replaces the module's output. Values it sees belong to this
+    forward pass: to take one out, sow it (`context.module.sow(collection, name, value)`) and run
+    `forward.apply(x, mutable=[collection])` under `flax.linen.intercept_methods(interceptor)`,
+    as FullGrad does, rather than keeping it in a Python variable (a JAX transform of the forward,
+    `jax.checkpoint` or the CPU lowering alike, would let it escape as a tracer)."""
 
     def forward(x_BHWC):
       with nn.intercept_methods(interceptor):
-        return self(x_BHWC) if lower else self.model.apply(self.variables, x_BHWC, train=False)
+        return self.apply(x_BHWC)
 
     return forward
 
 
 def require_model_forward(forward, method: str) -> ModelForward:
   if not isinstance(forward, ModelForward):
-    raise TypeError(f"{method} looks inside the network, so it needs "
+    raise ValueError(f"{method} looks inside the network, so it needs "
                       "saliency_jax.attribution.ModelForward(model, variables) rather than a plain function")
   return forward
 

@@ -20,7 +20,7 @@ import numpy as np
 from saliency_jax import models
 from saliency_jax.attribution import registry
 from saliency_jax.attribution.batching import BatchRunner
-from saliency_jax.attribution.core import ModelForward, select_targets
+from saliency_jax.attribution.core import ModelForward, check_images, check_targets, num_classes, select_targets
 
 
 def _holds_arrays(value) -> bool:
@@ -46,15 +46,19 @@ class Explainer:
   def __call__(self, method: str | Callable, x_BHWC, target="predicted", *, labels_B=None, output: str = "logit",
                **options) -> jax.Array:
     """The map of `method` (a registered name or a function) for `target`: 'predicted', 'label'
-    (with `labels_B`) or an array of class indices."""
+    (with `labels_B`), a class index for every image, or an array of class indices (checked here:
+    one ValueError for one out of range or of the wrong shape, before anything is compiled)."""
+    check_images(x_BHWC)
     if isinstance(method, str):
       options = registry.supply(method, registry.check_options(method, options), normalization=self.normalization)
       fn = registry.get(method)
     else:
       fn = method
+    B = x_BHWC.shape[0]
     if isinstance(target, str):
       target = self.targets(x_BHWC, labels_B, target)
-    B = x_BHWC.shape[0]
+    else:
+      target, _ = check_targets(target, B, num_classes(self.forward, jnp.asarray(x_BHWC, jnp.float32)))
     static = {k: v for k, v in options.items() if not _holds_arrays(v)}
     dynamic = {k: v for k, v in options.items() if _holds_arrays(v)}
     # Arrays with a row per image (per-image keys, a baseline per image) travel with the images.

@@ -3,9 +3,9 @@
 The path is one `vmap` over the quadrature points (each a whole batch), so XLA sees a
 single large batch; `chunk_size` walks it in chunks of that many points with a running
 weighted sum (`chunks.weighted_sum`), so memory holds one chunk's activations and gradients.
-Chunked and unchunked runs give the same numbers to float32 summation order. The path is walked
-past the forward's affine head (`affine_head`): its first convolution runs twice per image, its
-transpose once, not once per point each.
+Chunked and unchunked runs give the same numbers to float32 summation order. On the CPU path the
+path is walked past the forward's affine head (`affine_head.for_path`): its first convolution runs
+twice per image, its transpose once, not once per point each.
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ def make_baseline(baseline, x_BHWC, *, normalization=None, key=None, blur_sigma:
   if baseline in PIXEL_BASELINES and normalization is None:
     raise ValueError(f"baseline={baseline!r} is a pixel colour and needs the input space: pass normalization= "
                      "(the data.Normalization of the model's inputs, e.g. Explainer(..., normalization=...)), or "
-                     "normalization='unit' for inputs that are pixels in [0, 1]")
+                     "normalization='unit' for inputs that are pixels in [0, 1]; or pass baseline='zero', an "
+                     "all-zero input (captum's default baseline)")
   to_input = (lambda u8: u8 / 255.0) if isinstance(normalization, str) and normalization == "unit" else normalization
   if baseline == "zero":
     return jnp.zeros_like(x_BHWC)
@@ -119,7 +120,7 @@ def integrated_gradients(forward, x_BHWC, target_B, *, output: str = "logit", ba
   # The path's points are float32 (or wider) as before: a bfloat16 input is walked in float32.
   dtype = jnp.promote_types(x_BHWC.dtype, jnp.float32)
   x_f, baseline_f = x_BHWC.astype(dtype), baseline_BHWC.astype(dtype)
-  split = affine_head.split(forward, x_f) or affine_head.identity(forward)
+  split = affine_head.for_path(forward, x_f)
   start, end = split.head(baseline_f), split.head(x_f)
 
   def grad_at(alpha):

@@ -1,10 +1,17 @@
 """Methods by name, so a config says `method='integrated_gradients'` plus an options dict.
 
-Adding a method is one file: write `def my_method(forward, x_BHWC, target_B, *, output='logit',
-**options)`, decorate it with `@register('my_method', needs=(...))`, import the file in `__init__`.
-`needs` declares, once, what a method takes from the run beyond images and targets (`NEEDS`);
-every runner (the Explainer, the single-pixel grid, the sanity studies) supplies it from there
-through `supply`, and nothing else infers it from parameter names.
+Adding a method is one file, anywhere: write `def my_method(forward, x_BHWC, target_B, *,
+output='logit', **options)` and decorate it with `@register('my_method', needs=(...))`; the file
+is imported by the package (inside it) or by a run's `config.imports` (outside it: `import_modules`),
+and the method is then known by name to the Explainer, the single-pixel grid, the sanity studies
+and the faithfulness curves (docs/extending.md). `needs` declares, once, what a method takes from
+the run beyond images and targets (`NEEDS`); every runner supplies it from there through `supply`,
+and nothing else infers it from parameter names.
+
+`register` puts one boundary around every method, called by name or directly: it checks what the
+caller passes (option names, `output`, the images, the targets: `core.check_targets`) once, so
+method code can take them as given, and binds the forward for running (`lowering.bind`: the CPU
+lowering where it is on), so method code never mentions it.
 """
 
 from __future__ import annotations
@@ -12,12 +19,19 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
+import importlib
+import importlib.util
 import inspect
+import os
+import pathlib
+import sys
 from typing import Any, Callable, Mapping
 
-from saliency_jax.attribution import display
-from saliency_jax import checks
-from saliency_jax.lowering import cpu_lowering
+import jax
+import jax.numpy as jnp
+
+from saliency_jax import checks, lowering
+from saliency_jax.attribution import core, display
 
 METHODS: dict[str, Callable] = {}
 # What a method can need beyond (forward, images, targets); the runners supply the first three.
@@ -43,23 +57,72 @@ def register(name: str, *, needs=(), **defaults):
   def wrap(fn):
     if name in METHODS:
       raise ValueError(f"attribution method {name!r} is registered twice")
-    METHODS[name] = _lowered(_with_defaults(fn, name, defaults) if defaults else fn)
     _NEEDS[name] = frozenset(needs)
+    METHODS[name] = _boundary(name, _with_defaults(fn, name, defaults) if defaults else fn)
     return METHODS[name]
 
   return wrap
 
 
-def _lowered(fn):
-  """`fn` with its forward passed through `cpu_lowering` first, so every method, called by
-  name or directly, gets the fast CPU convolutions for any forward a user passes; the
-  transform is applied before the method differentiates, so the gradients are fast too."""
+def _boundary(name: str, fn: Callable) -> Callable:
+  """`fn` behind the checks every caller gets (option names, `output`, images, targets: one
+  ValueError in the library's words) and with its forward bound for running (`lowering.bind`).
+  A target array traced inside `jax.jit` cannot be checked by value: an image whose target is
+  not a class gets a NaN map (`core.check_targets`)."""
 
   @functools.wraps(fn)
   def method(forward, x_BHWC, target_B, **options):
-    return fn(cpu_lowering(forward), x_BHWC, target_B, **options)
+    check_options(name, options)
+    checks.require_choice("output", options.get("output", "logit"), core.OUTPUTS)
+    core.check_images(x_BHWC)
+    classes = core.num_classes(lowering.plain(forward), x_BHWC)  # a shape: the forward as written traces fastest
+    target_B, valid_B = core.check_targets(target_B, x_BHWC.shape[0], classes)
+    maps = fn(lowering.bind(forward), x_BHWC, target_B, **options)
+    if valid_B is None:
+      return maps
+    return jax.tree.map(lambda m: jnp.where(valid_B.reshape(-1, *[1] * (m.ndim - 1)), m, jnp.nan), maps)
 
   return method
+
+
+def import_modules(entries, field: str = "imports") -> list[str]:
+  """Import every entry of `entries`, before anything is checked, so the methods its files register
+  are known by name: a module name ('my_methods', 'lab.saliency') or a .py file ('my_methods.py',
+  'lab/methods.py'), both found from the working directory, as Python finds a script's modules.
+  A module already imported is not imported again. Errors are one ValueError naming `field`."""
+  entries = (entries,) if isinstance(entries, str) else tuple(entries or ())
+  # A command-line --config.imports=a,b arrives as ('a,b',).
+  entries = [e.strip() for entry in entries for e in str(entry).split(",") if e.strip()]
+  if os.getcwd() not in sys.path and "" not in sys.path:
+    sys.path.insert(0, os.getcwd())
+  imported = []
+  for entry in entries:
+    try:
+      if entry.endswith(".py") or os.sep in entry:
+        path = pathlib.Path(entry).expanduser().resolve()
+        if not path.is_file():
+          raise ValueError(f"{field} entry {entry!r}: no such file (paths are read from the working directory, "
+                            f"{os.getcwd()})")
+        name = path.stem
+        module = sys.modules.get(name)
+        if module is None or pathlib.Path(getattr(module, "__file__", "") or "").resolve() != path:
+          spec = importlib.util.spec_from_file_location(name, path)
+          module = importlib.util.module_from_spec(spec)
+          sys.modules[name] = module
+          try:
+            spec.loader.exec_module(module)
+          except BaseException:
+            del sys.modules[name]
+            raise
+      else:
+        importlib.import_module(entry)
+    except ModuleNotFoundError as e:
+      raise ValueError(f"{field} entry {entry!r} cannot be imported ({e}); give a module name found from the "
+                        f"working directory ({os.getcwd()}) or a .py file") from None
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"{field} entry {entry!r} failed to import: {type(e).__name__}: {e}") from None
+    imported.append(entry)
+  return imported
 
 
 def needs(name: str) -> frozenset[str]:
@@ -91,10 +154,12 @@ def _with_defaults(fn, name, defaults):
   return method
 
 
-def options_of(name: str) -> list[str]:
-  """The keyword options method `name` takes."""
-  params = inspect.signature(inspect.unwrap(get(name))).parameters
-  return [p.name for p in params.values() if p.kind == p.KEYWORD_ONLY]
+def options_of(name: str) -> list[str] | None:
+  """The keyword options method `name` takes (None: any, it takes **options)."""
+  params = inspect.signature(inspect.unwrap(get(name))).parameters.values()
+  if any(p.kind == p.VAR_KEYWORD for p in params):
+    return None
+  return [p.name for p in params if p.kind == p.KEYWORD_ONLY]
 
 
 def get(name: str) -> Callable:
@@ -105,7 +170,7 @@ def get(name: str) -> Callable:
 def check_options(name: str, options: Mapping[str, Any]) -> dict:
   allowed = options_of(name)
   for key in options:
-    if key not in allowed:
+    if allowed is not None and key not in allowed:
       raise ValueError(f"option {key!r} is not known for attribution.method={name!r}; allowed: {', '.join(allowed)}")
   return dict(options)
 

@@ -8,7 +8,8 @@ CIFAR stem, the default; '7x7': torchvision's standard 7x7/2 stem); vgg16
 `dropout_rate`; mlp `hidden`; small_cnn `channels`.
 
 Named activations ("taps", see `common.tap`) can be read with `read_features` and
-differentiated with `feature_gradients`; `feature_names` lists them.
+differentiated with `feature_gradients`; `feature_names` lists them. The attribution methods name
+layers more widely, by any submodule's path too, with no tap needed (`attribution.ModelForward.layers`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import jax
 import jax.numpy as jnp
 
 from saliency_jax.checks import require_choice
-from saliency_jax.lowering import cpu_lowering
 from saliency_jax.models import common
 from saliency_jax.models.resnet import STEMS, ResNet
 from saliency_jax.models.small import MLP, SmallCNN
@@ -91,6 +91,14 @@ def from_config(model_config, num_classes: int, dtype="float32") -> nn.Module:
       raise ValueError(f"model.{field}={value!r} does not apply to model.name={model_config.name!r}"
                        + (f" (it is an option of {', '.join(owners)})" if owners else "") + "; remove it")
   options = {k: v for k, v in model_config.items() if k in takes and k not in _RUN_FIELDS}
+  wanted = model_config.get("num_classes", 0) or num_classes
+  if wanted != num_classes:
+    # The stages score predictions against the data's labels: a model of other classes is
+    # explained in Python (attribution.Explainer), not evaluated by the pipeline.
+    raise ValueError(f"model.num_classes={wanted} but the data has {num_classes} classes; training, the grid, "
+                     "the sanity studies and the faithfulness curves compare the model's classes with the data's "
+                     "labels, so they need a model of the data's classes (0: as many as the data has). Explain a "
+                     "model of other classes with the Python API, attribution.Explainer (docs/extending.md)")
   return create_model(model_config.name, num_classes=num_classes, dtype=dtype, **options)
 
 
@@ -176,7 +184,7 @@ def feature_gradients(model: nn.Module, variables: Variables, x_BHWC, names: Seq
   zeros = traverse_util.unflatten_dict({path: jnp.zeros_like(v) for path, v in taps.items()})
 
   def scalar(perturbations):
-    logits = cpu_lowering(model.apply)({**variables, "perturbations": perturbations}, x_BHWC, train=False)
+    logits = model.apply({**variables, "perturbations": perturbations}, x_BHWC, train=False)
     return scalar_fn(logits)
 
   grads = traverse_util.flatten_dict(jax.grad(scalar)(zeros))

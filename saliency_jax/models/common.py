@@ -1,7 +1,8 @@
 """Pieces shared by the models: torchvision's initialisers, torch-style padding, named taps.
 
 The models are plain flax (`nn.Conv`, `nn.max_pool`); their CPU speed comes from
-`saliency_jax.lowering.cpu_lowering`, applied where they are run, not from code in them.
+`saliency_jax.lowering`, bound where they are run, not from code in them. A tap names an activation
+that is not a submodule's output (a submodule's output is a layer by its path already).
 """
 
 from __future__ import annotations

@@ -158,7 +158,11 @@ def _plan(model_name: str, model: nn.Module, expected, input_shape) -> list[_Lea
   return plan
 
 
-def _hint(model_name: str, key: str, shape) -> str:
+def _hint(model_name: str, key: str, shape, expected, num_classes: int) -> str:
+  if len(shape) in (1, 2) and expected[0] == num_classes and shape[0] != num_classes and shape[1:] == expected[1:]:
+    return (f" (its model has {shape[0]} classes: pass num_classes={shape[0]}; in a config model.num_classes="
+            f"{shape[0]}, which the pipeline's stages take only for data of {shape[0]} classes: explain it with "
+            "attribution.Explainer instead)")
   if model_name == "resnet18" and key == "conv1.weight" and len(shape) == 4 and shape[-1] == 7:
     return " (this is torchvision's standard 7x7/2 stem: pass stem='7x7', in a config model.stem='7x7')"
   if model_name == "resnet18" and key == "conv1.weight" and len(shape) == 4 and shape[-1] == 3:
@@ -212,7 +216,7 @@ def variables_from_torch(state_dict_or_path, model: nn.Module, model_name: str, 
     value = state[leaf.torch_key]
     if tuple(value.shape) != leaf.torch_shape:
       problems.append(f"key {leaf.torch_key!r} has shape {tuple(value.shape)}, expected {leaf.torch_shape}"
-                      + _hint(model_name, leaf.torch_key, value.shape))
+                      + _hint(model_name, leaf.torch_key, tuple(value.shape), leaf.torch_shape, num_classes))
       continue
     node = variables.setdefault(leaf.collection, {})
     for name in leaf.path[:-1]:

@@ -17,7 +17,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from saliency_jax.data import Normalization
-from saliency_jax.lowering import compiler_options, cpu_lowering
+from saliency_jax import lowering
 from saliency_jax.training.parallel import DATA_AXIS
 from saliency_jax.training.state import TrainState
 
@@ -45,8 +45,8 @@ class Steps:
 
     def loss_fn(params):
       variables = {"params": params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
-      # The CPU lowering: fast convolution gradients for any model (a no-op elsewhere).
-      apply = cpu_lowering(self.model.apply)
+      # Bound for running: the CPU lowering's fast convolution gradients where it is on.
+      apply = lowering.bind(self.model.apply)
       logits_BK, updates = apply(variables, x_BHWC, train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key})
       logits_BK = logits_BK.astype(jnp.float32)
       loss = optax.softmax_cross_entropy_with_integer_labels(logits_BK, labels_B).mean()
@@ -89,7 +89,7 @@ class Steps:
 
   @functools.cached_property
   def _jit_scan_epoch(self):
-    return jax.jit(self._scan_epoch, donate_argnums=0, compiler_options=compiler_options(training=True))
+    return jax.jit(self._scan_epoch, donate_argnums=0, compiler_options=lowering.compiler_options(training=True))
 
   @functools.cached_property
   def _jit_epoch_index(self):
@@ -97,7 +97,7 @@ class Steps:
 
   @functools.cached_property
   def _jit_step(self):
-    return jax.jit(self._indexed_step, donate_argnums=0, compiler_options=compiler_options(training=True))
+    return jax.jit(self._indexed_step, donate_argnums=0, compiler_options=lowering.compiler_options(training=True))
 
   def train_epoch(self, state: TrainState, images_u8, labels, seed: int, epoch: int, loop: str = "scan",
                   on_step: Callable[[int, list, list], None] | None = None):
@@ -143,7 +143,7 @@ class Steps:
   def _batch_correct(self, variables, images_u8, labels, index_NB, valid_NB, batch):
     index_B = jax.sharding.reshard(index_NB[batch], P(DATA_AXIS))
     valid_B = jax.sharding.reshard(valid_NB[batch], P(DATA_AXIS))
-    logits_BK = cpu_lowering(self.model.apply)(variables, self.normalization(_gather(images_u8, index_B)), train=False)
+    logits_BK = lowering.bind(self.model.apply)(variables, self.normalization(_gather(images_u8, index_B)), train=False)
     return jnp.sum((jnp.argmax(logits_BK, -1) == _gather(labels, index_B)) & valid_B)
 
   def _scan_correct(self, variables, images_u8, labels):
@@ -154,7 +154,7 @@ class Steps:
 
   @functools.cached_property
   def _jit_scan_correct(self):
-    return jax.jit(self._scan_correct, compiler_options=compiler_options())
+    return jax.jit(self._scan_correct, compiler_options=lowering.compiler_options())
 
   @functools.cached_property
   def _jit_eval_index(self):
@@ -162,7 +162,7 @@ class Steps:
 
   @functools.cached_property
   def _jit_batch_correct(self):
-    return jax.jit(self._batch_correct, compiler_options=compiler_options())
+    return jax.jit(self._batch_correct, compiler_options=lowering.compiler_options())
 
   def count_correct(self, variables, images_u8, labels, loop: str = "scan") -> jax.Array:
     """How many of `images_u8` the model classifies as `labels`; batched on the device, not

@@ -1,0 +1,125 @@
+"""docs/extending.md: its three worked examples run as the page shows them, and a method from a
+file outside the package runs by name in every stage."""
+
+import re
+import runpy
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from saliency_jax import attribution as A
+from saliency_jax import pipeline
+from saliency_jax.attribution import registry
+from saliency_jax.config_checks import ConfigError
+from tests.conftest import REPO
+from tests.test_faithfulness_stage import _config, _untrained
+
+PAGE = REPO / "docs" / "extending.md"
+EXAMPLES = REPO / "docs" / "examples"
+
+
+def test_the_page_shows_each_example_file_as_it_is():
+  shown = dict(re.findall(r"<!-- (docs/examples/\S+) -->\n```python\n(.*?)```", PAGE.read_text(), re.S))
+  assert sorted(shown) == sorted(f"docs/examples/{p.name}" for p in EXAMPLES.glob("*.py"))
+  for path, code in shown.items():
+    assert code == (REPO / path).read_text(), f"{path} differs from what docs/extending.md shows"
+
+
+def _occlusion():
+  """The example method, registered once per test process (a second import is not a second registration)."""
+  registry.import_modules(("docs/examples/occlusion.py",))
+  return registry.get("occlusion")
+
+
+def test_occlusion_example_is_the_score_drop_of_each_occluded_square(monkeypatch):
+  monkeypatch.chdir(REPO)  # the documented way: files found from the working directory
+  occlusion = _occlusion()
+  # A linear model: occluding a square drops the score by that square's sum of w * x, over every channel.
+  w = jax.random.normal(jax.random.key(0), (8 * 8 * 2, 3))
+  forward = lambda x: x.reshape(x.shape[0], -1) @ w
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 2))
+  target = jnp.array([2, 0])
+  contribution = (x * w[:, target].T.reshape(x.shape)).sum(-1)  # (B, H, W)
+  want = contribution.reshape(2, 2, 4, 2, 4).sum((2, 4)).repeat(4, 1).repeat(4, 2)
+  got = occlusion(forward, x, target, patch=4)
+  np.testing.assert_allclose(got, np.broadcast_to(want[..., None], x.shape), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="patch=3 is not allowed"):
+    occlusion(forward, x, target, patch=3)
+
+
+def test_a_method_from_a_file_outside_the_package_runs_in_the_grid_the_sanity_studies_and_faithfulness(
+    tmp_path, tiny_config, monkeypatch):
+  monkeypatch.chdir(REPO)
+  config = _config(tiny_config)
+  _untrained(config, tmp_path)  # random weights as model.torch_weights: the stages without training
+  config.imports = ("docs/examples/occlusion.py",)
+  config.single_pixel.enabled = True
+  config.single_pixel.methods = ("occlusion(patch=8)",)
+  config.single_pixel.test_jitter = ((0.0, 0.0),)
+  config.single_pixel.targets, config.single_pixel.outputs = ("predicted",), ("logit",)
+  config.single_pixel.max_images, config.single_pixel.batch_size = 8, 8
+  config.single_pixel.examples = 0
+  config.sanity.studies = ("cascading",)
+  config.sanity.methods = ("occlusion(patch=16)",)
+  config.sanity.num_images, config.sanity.batch_size, config.sanity.strip_images = 4, 4, 1
+  f = config.faithfulness
+  f.methods, f.curves, f.orders, f.replacements, f.num_images = ("occlusion(patch=8)",), ("deletion",), ("morf",), \
+      ("black",), 4
+  out = pipeline.run(config, tmp_path / "run")
+  assert {r["method"] for r in out["single_pixel"]} == {"occlusion"}
+  assert {r["method"] for r in out["sanity"]["cascading"]} == {"occlusion"}
+  assert {r["method"] for r in out["faithfulness"]} == {"occlusion"}
+
+
+def test_imports_that_fail_are_one_line_naming_the_field(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(ConfigError, match="imports entry 'no_such_module' cannot be imported"):
+    registry.import_modules(("no_such_module",))
+  with pytest.raises(ConfigError, match="imports entry 'missing.py': no such file"):
+    registry.import_modules("missing.py")
+  (tmp_path / "broken.py").write_text("raise RuntimeError('oops')\n")
+  with pytest.raises(ConfigError, match="imports entry 'broken' failed to import: RuntimeError: oops"):
+    registry.import_modules("broken")
+  # A module name found from the working directory, and --config.imports=a,b's spelling.
+  (tmp_path / "lab_methods.py").write_text(
+      "from saliency_jax.attribution import registry, gradient\n"
+      "@registry.register('lab_gradient_twice')\n"
+      "def lab_gradient_twice(forward, x_BHWC, target_B, *, output='logit'):\n"
+      "  return 2 * gradient(forward, x_BHWC, target_B, output=output)\n")
+  assert registry.import_modules(("lab_methods,",)) == ["lab_methods"]
+  forward = lambda x: x.reshape(x.shape[0], -1)[:, :3] * 2.0
+  x = jnp.ones((1, 2, 2, 1))
+  np.testing.assert_allclose(A.get("lab_gradient_twice")(forward, x, 1).ravel(), [0.0, 4.0, 0.0, 0.0])
+
+
+def test_own_flax_cnn_example():
+  example = runpy.run_path(str(EXAMPLES / "own_flax_cnn.py"), run_name="example")
+  maps = example["main"]()
+  for name in ("gradient", "integrated_gradients", "gradcam"):
+    assert maps[name].shape == (8, 32, 32, 3) and bool(jnp.isfinite(maps[name]).all()), name
+  assert float(maps["gradcam"].min()) >= 0.0
+  # Completeness to the quadrature's accuracy (32 Gauss-Legendre points on a ReLU network; a wrong
+  # baseline, path or weight is off by the whole gap).
+  np.testing.assert_allclose(maps["integrated_gradients"].sum((1, 2, 3)), maps["gap"], rtol=0.05,
+                             atol=0.05 * float(jnp.abs(maps["gap"]).max()))
+
+
+def test_torch_resnet18_example_both_stems_and_class_counts(tmp_path):
+  torch = pytest.importorskip("torch")
+  example = runpy.run_path(str(EXAMPLES / "torch_resnet18.py"), run_name="example")
+  for stem, classes, size in (("7x7", 1000, 64), ("3x3", 10, 32)):
+    path = str(tmp_path / f"{stem}.pt")
+    example["random_weights"](path, stem, classes)
+    forward, x, target, maps = example["explain"](path, stem, classes, size)
+    assert forward.model.num_classes == classes and all(m.shape == x.shape for m in maps.values())
+    # The gradient is torch's, on the torch model the file came from.
+    net, _ = __import__("benchmarks.torch_reference", fromlist=["x"]).build_model(
+        "resnet18", num_classes=classes, arch_source="auto", stem=stem)
+    net.load_state_dict(torch.load(path))
+    xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).requires_grad_(True)
+    net.eval()(xt).gather(1, torch.from_numpy(np.asarray(target, np.int64))[:, None]).sum().backward()
+    want = xt.grad.numpy().transpose(0, 2, 3, 1)
+    # float32 in two summation orders: ~1e-6 of the largest value at these sizes (docs/extending.md).
+    np.testing.assert_allclose(maps["gradient"], want, rtol=0, atol=1e-4 * np.abs(want).max())
