@@ -104,7 +104,7 @@ def config_help() -> str:
 def names_help() -> str:
   """The registered attribution methods and the sanity studies, by the names configs use."""
   from saliency_jax.attribution import registry  # pylint: disable=g-import-not-at-top
-  from saliency_jax.evaluation import sanity  # pylint: disable=g-import-not-at-top
+  from saliency_jax.stages import sanity  # pylint: disable=g-import-not-at-top
 
   wrap = lambda names: textwrap.fill(", ".join(names), width=100, initial_indent="  ", subsequent_indent="  ")
   return ("attribution methods (single_pixel.methods, sanity.methods, faithfulness.methods; 'name' or "

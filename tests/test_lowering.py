@@ -266,7 +266,9 @@ def test_programs_compile_without_library_convolutions_and_compute_the_same():
   # set the option process-wide when it was imported (before JAX started its backend).
   assert f"--xla_cpu_experimental_ynn_fusion_type={compiler_options()['xla_cpu_experimental_ynn_fusion_type']}" \
       in os.environ["XLA_FLAGS"]
-  plain = jax.jit(fn).lower(variables, x).compile().as_text()
+  # (Traced at the maps' precision, as the runner's are: a no-op on CPU, TF32 off on a GPU; docs/gpu.md.)
+  with jax.default_matmul_precision("highest"):
+    plain = jax.jit(fn).lower(variables, x).compile().as_text()
   assert _instructions(plain) == _instructions(program)
 
 
