@@ -12,7 +12,6 @@ import pytest
 from saliency_jax import attribution as A
 from saliency_jax import pipeline
 from saliency_jax.attribution import registry
-from saliency_jax.config_checks import ConfigError
 from tests.conftest import REPO
 from tests.test_faithfulness_stage import _config, _untrained
 
