@@ -62,7 +62,7 @@ BOARD_CURVES = {("deletion", "morf", "black"): "deletion MoRF (black) ↓",
 # The line results.md carries, read back before it is replaced: which runs it was built from.
 _BUILT_FROM = re.compile(r"<!-- built from: (.*?) -->")
 # What `--export` copies of a workdir (relative paths or globs); the per-image files become a summary.
-EXPORT = ("config.json", "metrics.csv", "provenance.json", "COMMIT", "single_pixel/results.csv",
+EXPORT = ("config.json", "metrics.csv", "provenance.json", "COMMIT", f"*/{base.RUNNING}", "single_pixel/results.csv",
           "single_pixel/examples.png", "sanity/*.csv", "sanity/*_curves.png", "sanity/*_bars.png",
           "sanity/*_strip0.png", "faithfulness/results.csv", "faithfulness/curves.png")
 PER_CLASS = "single_pixel/per_class.csv"
@@ -714,7 +714,8 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", forc
       figures.pointing_bars(fig, block, title=f"{model}: pointing accuracy, mean (std) over model seeds")
       figures_md.append(f"![pointing accuracy, {model}](results/{fig.name})")
   else:
-    md += ["## Pointing accuracy", "", "No single-pixel results yet.", ""]
+    md += ["## Pointing accuracy", "", "No complete single-pixel grid yet"
+           + (": " + "; ".join(grid_left_out) if grid_left_out else "") + ".", ""]
   if not board.empty:
     fig = fig_dir / "leaderboard.png"
     figures.leaderboard(fig, board)
@@ -727,7 +728,7 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", forc
            "(LeRF, higher is better) relevant pixels. Cascading: the rank correlation of |map| with the trained "
            "model's once every layer is re-initialised, 100 images (near 0: the map depends on the weights, as it "
            "should; near 1: it does not). s / image: a warm run's seconds per image on this machine's 2 CPU cores "
-           "(compilation excluded). `not run`: that stage has not run for the method; `n/a`: the method does not "
+           "(compilation excluded), as the run timed it, beside whatever else the machine ran then. `not run`: that stage has not run for the method; `n/a`: the method does not "
            "apply.", "", leaderboard_markdown(board, done), "", f"![leaderboard](results/{fig.name})", ""]
   for run in done:
     src = run.path / "single_pixel" / "examples.png"
@@ -767,27 +768,30 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", forc
 
 def export(workdirs: list[pathlib.Path], out: pathlib.Path) -> list[pathlib.Path]:
   """Each workdir's compact run data (`EXPORT`, and the per-class summary of its per-image files)
-  into `out/<workdir name>/`; returns the folders written."""
+  into `out/<workdir name>/`, replacing what an earlier export left there (a stage's running marker
+  that is gone, too); returns the folders written."""
   written = []
   for w in workdirs:
     run = load_run(w)
-    dst = out / w.name
+    dst, staging = out / w.name, out / f".{w.name}.export"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     for pattern in EXPORT:
       for src in sorted(w.glob(pattern)):
-        target = dst / src.relative_to(w)
+        target = staging / src.relative_to(w)
         if src.suffix == ".png":
           _copy_figure(src, target, max_bytes=150_000)
         else:
           target.parent.mkdir(parents=True, exist_ok=True)
-          with files.atomic_open(target, "wb") as f:
-            f.write(src.read_bytes())
+          shutil.copyfile(src, target)
     grids = read_grids([run])
     if grids is not None:
       rows = per_class_rows(w, grids)
       if rows:
-        columns = list(rows[0])
-        with files.atomic_open(dst / PER_CLASS, "w") as f:
-          pd.DataFrame(rows, columns=columns).to_csv(f, index=False)
+        (staging / PER_CLASS).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows, columns=list(rows[0])).to_csv(staging / PER_CLASS, index=False)
+    shutil.rmtree(dst, ignore_errors=True)
+    staging.rename(dst)
     written.append(dst)
   return written
 
