@@ -33,6 +33,18 @@ def atomic_open(path: str | pathlib.Path, mode: str = "w", **kwargs):
     raise
 
 
+def set_aside(path: str | pathlib.Path) -> pathlib.Path:
+  """Rename a damaged file to `<name>.damaged` (`<name>.damaged2`, ... if that exists: never
+  overwrite an earlier one) and return the new path."""
+  path = pathlib.Path(path)
+  aside, n = path.with_name(f"{path.name}.damaged"), 1
+  while aside.exists():
+    n += 1
+    aside = path.with_name(f"{path.name}.damaged{n}")
+  path.replace(aside)
+  return aside
+
+
 def read_csv(path: str | pathlib.Path) -> list[dict[str, str]]:
   """The rows of a CSV written by `atomic_open`, as dicts of strings; no file: no rows."""
   path = pathlib.Path(path)

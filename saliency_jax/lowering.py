@@ -464,6 +464,11 @@ def _env_on() -> bool:
   return _ENV_VALUES.get(value, True)
 
 
+def check_env() -> None:
+  """The switch's environment variable, checked (ValueError naming it)."""
+  _env_on()
+
+
 def enabled() -> bool:
   """Whether programs bound now get the CPU path (the lowering, its XLA options, IG's affine head):
   on a CPU default backend unless the switch says off (`configured`, else `SALIENCY_JAX_CPU_LOWERING`).
@@ -598,7 +603,11 @@ def set_process_flags() -> bool:
   name = next(iter(_OPTIONS))
   flags = os.environ.get("XLA_FLAGS", "")
   version = tuple(int(p) for p in jaxlib.__version__.split(".")[:2] if p.isdigit())
-  if f"--{name}" in flags or not _env_on() or version < _FLAGS_SINCE:
+  try:
+    on = _env_on()
+  except ValueError:  # named by the run's checks (`check_env`), not a traceback on import
+    return False
+  if f"--{name}" in flags or not on or version < _FLAGS_SINCE:
     return False
   try:
     from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top

@@ -140,6 +140,7 @@ def run(config, workdir: str | pathlib.Path) -> dict:
     # CPU path's switch (`cpu_lowering`) for every program this run binds.
     registry.import_modules(config.get("imports", ()), "imports")
     require_choice("cpu_lowering", config.get("cpu_lowering", "auto"), lowering.SETTINGS)
+    lowering.check_env()
   with lowering.configured(config.get("cpu_lowering", "auto")), workdir_lock(workdir):
     with user_errors():
       plan = config_checks.check_config(config, jax.device_count())
@@ -148,6 +149,7 @@ def run(config, workdir: str | pathlib.Path) -> dict:
       models.from_config(config.model, data.num_classes, dtype=config.train.dtype)  # model.num_classes: the data's
       trained = train.from_torch_weights(config, data) if config.model.get("torch_weights") else None
       check_methods_build(config, plan, data)
+      check_reference_workdir(config, plan, workdir)
     if not known:
       write_workdir_config(config, workdir)
     return _run(config, plan, workdir, data, trained)
@@ -175,12 +177,28 @@ def _run(config, plan: config_checks.Plan, workdir: pathlib.Path, data, trained)
         extra["reference"] = train.restore(config, config.sanity.reference_workdir, data=trained.data)
       logging.info("label randomisation: reference model from %s (epoch %d)", config.sanity.reference_workdir,
                    extra["reference"].epoch)
-    rows = stages.run_stage(stages.STAGES[name](config, stage_plan, trained, workdir, **extra))
+    try:
+      rows = stages.run_stage(stages.STAGES[name](config, stage_plan, trained, workdir, **extra))
+    except stages.base.DegenerateResult as e:
+      raise ConfigError(" ".join(str(e).split())) from None
     if name == "sanity":
       rows = {study: [r for r in rows if r["study"] == study] for study in stages.sanity.studies_of(config.sanity)}
     out[name] = rows
     logging.info("stage %s: %.1f s", name, time.perf_counter() - t0)
   return out
+
+
+def check_reference_workdir(config, plan: config_checks.Plan, workdir: pathlib.Path) -> None:
+  """label_randomization's reference run has a checkpoint (or is this run, trained first): found
+  before any training, not after it."""
+  if "sanity" not in plan.stages or "label_randomization" not in stages.sanity.studies_of(config.sanity):
+    return
+  reference = pathlib.Path(config.sanity.reference_workdir).expanduser()
+  if reference.resolve() == workdir.resolve() and plan.train:
+    return
+  if not (reference / "checkpoints").is_dir():
+    raise ValueError(f"sanity.reference_workdir={config.sanity.reference_workdir!r} has no checkpoints/; give the "
+                     "workdir of the same model trained on true labels")
 
 
 def check_outputs_finite(trained, images: int = 256) -> None:

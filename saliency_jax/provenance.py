@@ -3,8 +3,8 @@
 Every stage that computes something (training, each evaluation stage) appends one entry: the stage,
 the code's commit, when it started and ended, what it computed, the host, JAX's version and the
 devices. The report reads this file, not log text, to say which commits and machines made a run.
-Process 0 writes it (atomically); a file that does not parse is set aside with a warning, never
-trusted and never fatal: it only describes the results, it does not define them.
+Process 0 writes it (atomically); a file that does not parse is set aside (`.damaged`) with a
+warning, never trusted and never fatal: it only describes the results, it does not define them.
 """
 
 from __future__ import annotations
@@ -65,11 +65,21 @@ def read(workdir: str | pathlib.Path) -> list[dict]:
   return []
 
 
+def _readable(path: pathlib.Path) -> list[dict]:
+  """`read`, with a file that does not parse set aside (`files.set_aside`) before it is replaced."""
+  entries = read(path.parent)
+  try:
+    json.loads(path.read_text()) if path.exists() else None
+  except (ValueError, UnicodeDecodeError):
+    files.set_aside(path)
+  return entries
+
+
 def record(workdir: str | pathlib.Path, stage: str, started: str, **what) -> None:
   """Append an entry for `stage` (started at `started`, ended now); `what`: what it computed."""
   if jax.process_index() != 0:
     return
-  entries = read(workdir) + [{"stage": stage, "commit": commit(), "started": started, "ended": now(), **what,
+  entries = _readable(pathlib.Path(workdir) / FILE) + [{"stage": stage, "commit": commit(), "started": started, "ended": now(), **what,
                               **machine()}]
   with files.atomic_open(pathlib.Path(workdir) / FILE, "w") as f:
     json.dump(entries, f, indent=1)

@@ -40,6 +40,7 @@ from saliency_jax.config_checks import ConfigError
 from saliency_jax.data import pixel
 from saliency_jax.evaluation import aggregate, figures, results
 from saliency_jax.files import read_csv
+from saliency_jax.progress import duration
 from saliency_jax.stages import base, faithfulness as faithfulness_stage, sanity as sanity_stage
 from saliency_jax.stages import single_pixel as grid_stage
 from saliency_jax.training.train import stop_reached
@@ -207,7 +208,7 @@ def training_table(runs: list[Run], left_out: list[str]) -> str:
   for model, block in (frame.groupby("model", sort=False) if rows else []):
     accs = [_pct(block[c].mean(), block[c].std(ddof=1)) if c in block else "–" for c in ("train accuracy", *CONDITIONS)]
     lines.append(f"| {model} | {' '.join(map(str, block['seed']))} | {' '.join(map(str, block['epochs']))} | "
-                 + " | ".join(accs) + f" | {block['train seconds'].mean() / 60:.0f} min per seed "
+                 + " | ".join(accs) + f" | {duration(block['train seconds'].mean())} per seed "
                  f"({block['images/s'].median():.0f} img/s) |")
   if rows:
     lines += ["", "Per seed (with / without / conflicting pixel, %): " + "; ".join(
@@ -226,14 +227,9 @@ def read_grids(runs: list[Run]) -> pd.DataFrame | None:
     path = run.path / "single_pixel" / "results.csv"
     if not path.exists():
       continue
-    try:
-      df = grid_stage.TABLE.frame(path)
-    except results.DamagedTable as e:
-      raise ReportError(str(e)) from None
+    df = _stage_frame(grid_stage.TABLE, path)
     if df.empty:
       continue
-    df = df[df["checkpoint_epoch"] == df["checkpoint_epoch"].max()]
-    df = df[df["weights"] == df["weights"].iloc[-1]]  # imported weights: those of the newest rows
     frames.append(df.assign(workdir=str(run.path), model=run.model, model_seed=run.seed,
                             degenerate_share=df["degenerate"] / df["num_images"]))
   return pd.concat(frames, ignore_index=True) if frames else None
@@ -404,8 +400,9 @@ def importance_tables(rows: pd.DataFrame) -> str:
 
 
 def _stage_frame(table: results.Table, path: pathlib.Path) -> pd.DataFrame:
+  """A run's stage table, its rows about the model as it is now (`results.current`)."""
   try:
-    return table.frame(path)
+    return results.current(table.frame(path))
   except results.DamagedTable as e:
     raise ReportError(str(e)) from None
 
@@ -419,12 +416,14 @@ def leaderboard(runs: list[Run], grids: pd.DataFrame | None) -> pd.DataFrame:
     return pd.DataFrame()
   cells = grids[(grids["target"] == "predicted") & (grids["test_position_sd"] == BOARD_JITTER[0])
                 & (grids["test_colour_sd"] == BOARD_JITTER[1])]
-  rows = []
+  rows, images = [], {"faithfulness": set(), "cascading": set()}
   for model, block in cells.groupby("model", sort=False):
     mine = [r for r in runs if r.model == model]
     first = min(mine, key=lambda r: r.seed)
     faith = _stage_frame(faithfulness_stage.TABLE, first.path / "faithfulness" / "results.csv")
     cascade = _stage_frame(sanity_stage.TABLE, first.path / "sanity" / "cascading.csv")
+    images["faithfulness"] |= set(faith["num_images"]) if not faith.empty else set()
+    images["cascading"] |= set(cascade["num_images"]) if not cascade.empty else set()
     for method, sub in block.groupby("method_label", sort=False):
       row = {"model": model, "method": method}
       for output in ("softmax", "logit"):
@@ -450,9 +449,12 @@ def leaderboard(runs: list[Run], grids: pd.DataFrame | None) -> pd.DataFrame:
   if board.empty:
     return board
   order = {m: i for i, m in enumerate(dict.fromkeys(board["model"]))}
-  return board.assign(_model=board["model"].map(order)).sort_values(
+  board = board.assign(_model=board["model"].map(order)).sort_values(
       ["_model", "pointing logit", "pointing softmax"], ascending=[True, False, False], kind="stable",
       na_position="last").drop(columns="_model")
+  board.attrs["faithfulness images"] = ", ".join(sorted({str(int(n)) for n in images["faithfulness"]})) or "–"
+  board.attrs["cascading images"] = ", ".join(sorted({str(int(n)) for n in images["cascading"]})) or "–"
+  return board
 
 
 def leaderboard_markdown(board: pd.DataFrame, runs: list[Run]) -> str:
@@ -487,7 +489,7 @@ def sanity_tables(runs: list[Run]) -> tuple[str, list[pathlib.Path]]:
   """Spearman |map| per study; returns the markdown and the figures found."""
   parts, found = [], []
   for run in runs:
-    for study in ("cascading", "independent", "class_sensitivity", "input_invariance"):
+    for study in sanity_stage.STUDIES:
       path = run.path / "sanity" / f"{study}.csv"
       if not path.exists():
         continue
@@ -639,6 +641,13 @@ def _copy_figure(src: pathlib.Path, dst: pathlib.Path, max_bytes: int = 300_000)
   return None
 
 
+def cpu_reproduction(runs: list[Run]) -> bool:
+  """Whether the runs are `launch/reproduce_cpu.sh`'s (CIFAR-10 from a folder, resnet18 / vgg16 at
+  the CPU configs' 1,000-image grid): the report's text on scale and its commands are about those."""
+  return bool(runs) and all(r.config.get("data", {}).get("source") == "folder" and r.model in ("resnet18", "vgg16")
+                            and r.config.get("single_pixel", {}).get("max_images") == 1000 for r in runs)
+
+
 def built_from(path: pathlib.Path) -> set[str]:
   """The runs (model seed labels) an existing results.md says it was built from."""
   if not path.exists():
@@ -662,18 +671,23 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", forc
   summary = aggregate.summarize(paper) if paper is not None and len(paper) else None
   board = leaderboard(done, grids)
   fig_dir = out / "results"
-  md = ["# Results: the single-pixel experiment on a 2-core CPU", "",
-        "Generated by `python -m saliency_jax.report` from the runs' data (`runs/`); do not edit by hand (rerun it).",
-        f"<!-- built from: {', '.join(r.label for r in done)} -->", "",
-        "**Scale.** Trained and evaluated on a 2-core CPU without a GPU, at the reduced scale of "
-        "`configs/resnet_cpu.py` / `configs/vgg16_cpu.py` (table below): a short training schedule, long enough for "
-        "the model to take the shortcut, and the single-pixel grid on class-balanced test subsets rather than all "
-        "10,000 images. The data is the JPEG re-encoded CIFAR-10 copy (all 60,000 images). No column comes from a "
-        "GPU run.", ""]
+  reproduction = cpu_reproduction(done)
+  md = ["# Results: the single-pixel experiment" + (" on a 2-core CPU" if reproduction else ""), "",
+        "Generated by `python -m saliency_jax.report` from the runs' workdirs or their run data; do not edit by hand "
+        "(rerun it).", f"<!-- built from: {', '.join(r.label for r in done)} -->", ""]
+  if reproduction:
+    md += ["**Scale.** Trained and evaluated on a 2-core CPU without a GPU, at the reduced scale of "
+           "`configs/resnet_cpu.py` / `configs/vgg16_cpu.py` (table below): a short training schedule, long enough "
+           "for the model to take the shortcut, and the single-pixel grid on class-balanced test subsets rather than "
+           "all 10,000 images. The data is the JPEG re-encoded CIFAR-10 copy (all 60,000 images). No column comes "
+           "from a GPU run.", ""]
+  else:
+    md += ["**Runs.** " + "; ".join(f"{r.label}: {r.config.get('data', {}).get('source', '?')} data, "
+                                    f"{len(r.metrics)} epochs" for r in done) + ".", ""]
   made_at = commits_line(done)
   md += [made_at, ""] if made_at else []
   differences = [config_differences("resnet", "resnet_cpu"), config_differences("vgg16", "vgg16_cpu")]
-  if all(differences):
+  if reproduction and all(differences):
     md += ["## What differs from the paper", "", differences[0], "", differences[1], "",
            "`launch/reproduce_cpu.sh` adds a second grid at test jitter (3, 5) on 500 images per seed, the "
            "leaderboard grid of every method (`configs/leaderboard.py`) on every seed, and on seed 0 of each model "
@@ -719,14 +733,16 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", forc
   if not board.empty:
     fig = fig_dir / "leaderboard.png"
     figures.leaderboard(fig, board)
+    faith_n, cascade_n = board.attrs.get("faithfulness images", "–"), board.attrs.get("cascading images", "–")
     md += ["## Leaderboard", "",
-           "Every registered method (`configs/leaderboard.py`) against the pixel each model is known to use, sorted "
+           "Every method of the runs' grids at test jitter (0, 0), target predicted (the CPU reproduction runs every "
+           "registered method: `configs/leaderboard.py`), against the pixel each model is known to use, sorted "
            "by pointing accuracy (output logit). Rank median and mass: the planted pixel's place in the map and its "
-           "share of it (0.1% is one pixel's fair share). Faithfulness, 200 images: the area under the deletion "
+           f"share of it (0.1% is one pixel's fair share). Faithfulness, {faith_n} images: the area under the deletion "
            "curve (most relevant pixels first onto black; lower is better) and the insertion curve (from a blur; "
            "higher is better), and ROAD's accuracy after imputing the 10-90% most (MoRF, lower is better) or least "
            "(LeRF, higher is better) relevant pixels. Cascading: the rank correlation of |map| with the trained "
-           "model's once every layer is re-initialised, 100 images (near 0: the map depends on the weights, as it "
+           f"model's once every layer is re-initialised, {cascade_n} images (near 0: the map depends on the weights, as it "
            "should; near 1: it does not). s / image: a warm run's seconds per image on this machine's 2 CPU cores "
            "(compilation excluded), as the run timed it, beside whatever else the machine ran then. `not run`: that stage has not run for the method; `n/a`: the method does not "
            "apply.", "", leaderboard_markdown(board, done), "", f"![leaderboard](results/{fig.name})", ""]
@@ -753,12 +769,13 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", forc
     if dst:
       figures_md.append(f"![{dst.stem}](results/{dst.name})")
   md += ["## Figures", "", *[f + "\n" for f in figures_md], "## Wall time per stage", "",
-         "On this machine (2 CPU cores), summed over resumed runs.", "", wall_times(done, grids), "",
-         "## Commands", "", "```bash",
-         "launch/reproduce_cpu.sh CIFAR10_FOLDER workdirs/cpu   # everything; a rerun resumes",
-         "python -m saliency_jax.report --workdirs='workdirs/cpu/*_seed*' --export=runs/cpu   # the compact run data",
-         "python -m saliency_jax.report --workdirs='runs/cpu/*_seed*' --out=docs --notes=docs/results_notes.md",
-         "```", ""]
+         "As each run recorded it, summed over resumed runs.", "", wall_times(done, grids), ""]
+  if reproduction:
+    md += ["## Commands", "", "```bash",
+           "launch/reproduce_cpu.sh CIFAR10_FOLDER workdirs/cpu   # everything; a rerun resumes",
+           "python -m saliency_jax.report --workdirs='workdirs/cpu/*_seed*' --export=runs/cpu   # the compact run data",
+           "python -m saliency_jax.report --workdirs='runs/cpu/*_seed*' --out=docs --notes=docs/results_notes.md",
+           "```", ""]
   if notes:
     md += ["## Reading", "", notes.strip(), ""]
   with files.atomic_open(path, "w") as f:

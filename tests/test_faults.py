@@ -63,12 +63,13 @@ def test_a_damaged_stage_table_is_recomputed_where_damaged_and_named(tmp_path, t
   assert len(faithfulness_stage.TABLE.read(path)) == len(first) and path.read_text().count("\n") == len(lines)
 
   # A table without one of its columns, or random bytes: set aside, named, and computed again.
-  for damage in (whole.replace("area_std,", "", 1).encode(), bytes(range(256)) * 4):
+  for aside, damage in (("results.csv.damaged", whole.replace("area_std,", "", 1).encode()),
+                        ("results.csv.damaged2", bytes(range(256)) * 4)):  # never over an earlier one
     caplog.clear()
     path.write_bytes(damage)
     assert len(pipeline.run(config, workdir)["faithfulness"]) == len(first)
-    assert "set aside as results.csv.damaged" in caplog.text
-    assert (path.parent / "results.csv.damaged").read_bytes() == damage
+    assert f"set aside as {aside}," in caplog.text
+    assert (path.parent / aside).read_bytes() == damage
   # The report reads what the stage wrote; a damaged table there is one line naming it.
   path.write_bytes(bytes(range(256)))
   with pytest.raises(ConfigError, match="results.csv is not a text table"):

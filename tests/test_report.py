@@ -45,11 +45,13 @@ def test_report_is_rebuilt_from_workdirs_and_from_their_run_data_alike(tmp_path,
   workdirs = _two_seeds(tmp_path, tiny_config, tiny_trained_run)
   path = report.build(workdirs, tmp_path / "docs", notes="The pixel is found.")
   text = path.read_text()
-  for heading in ("## What differs from the paper", "## Models", "## Pointing accuracy", "## Importance",
-                  "## Pointing accuracy per class", "## Leaderboard", "## Sanity checks", "## Wall time per stage",
-                  "## Reading"):
+  for heading in ("## Models", "## Pointing accuracy", "## Importance", "## Pointing accuracy per class",
+                  "## Leaderboard", "## Sanity checks", "## Wall time per stage", "## Reading"):
     assert heading in text
-  assert "| `train.learning_rate` | 0.001 | 0.01 |" in text  # derived from the two configs
+  # Not the CPU reproduction (synthetic data, small_cnn): its scale and commands are not claimed.
+  assert "**Runs.** small_cnn seed 0: synthetic data, 2 epochs" in text and "## What differs" not in text
+  # The reproduction's runs get the configs' differences from the paper, derived from the two configs.
+  assert "| `train.learning_rate` | 0.001 | 0.01 |" in report.config_differences("resnet", "resnet_cpu")
   rows = [r for w in workdirs[:2] for r in grid.TABLE.read(w / "single_pixel" / "results.csv")]
   pointing = pd.Series([float(r["overall.attribution_correct_accuracy"]) for r in rows
                         if r["method"] == "gradient_x_input" and r["target"] == "label"])
@@ -288,3 +290,20 @@ def test_bad_arguments_and_conflicts_are_one_line_and_write_nothing(tmp_path):
   (tmp_path / "ro").mkdir(mode=0o500)
   if subprocess.run(["touch", str(tmp_path / "ro" / "x")], capture_output=True).returncode != 0:  # not as root
     assert "cannot write" in _one_line(_report(f"--workdirs={tmp_path}/small_cnn_seed1", f"--out={tmp_path / 'ro'}"))
+
+
+def test_stage_tables_with_rows_of_an_older_checkpoint_report_the_newest(tmp_path):
+  # Trained longer and evaluated again: the tables keep the older epoch's rows beside the newer
+  # (their keys differ). The report reads the newest only, in every section.
+  from saliency_jax.stages import faithfulness as faithfulness_stage  # pylint: disable=g-import-not-at-top
+
+  w = _metrics(tmp_path / "small_cnn_seed0", [0.5, 0.9], epochs=2)
+  row = {c: "0" for c in faithfulness_stage.TABLE.columns}
+  row.update(model="small_cnn", method="gradient", method_options="", reduction="mean", curve="deletion",
+             order="morf", replacement="black", weights="", x="[0, 1]", curve_mean="[1, 0]", accuracy_mean="",
+             accuracy_curve="", settings="steps=1")
+  rows = [{**row, "checkpoint_epoch": 1, "area_mean": 0.1}, {**row, "checkpoint_epoch": 2, "area_mean": 0.7}]
+  (w / "faithfulness").mkdir()
+  faithfulness_stage.TABLE.write(w / "faithfulness" / "results.csv", rows)
+  text, _ = report.faithfulness_tables([report.load_run(w)])
+  assert "| gradient | 0.700 (0.000) |" in text and "0.100" not in text

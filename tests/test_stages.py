@@ -22,7 +22,7 @@ class ClassAccuracy(base.Stage):
   name = "class_accuracy"
   table = results.Table(columns=(*results.RUN_COLUMNS, "condition", "cls", "images", "accuracy", "seconds",
                                  "compile_seconds"),
-                        key=("checkpoint_epoch", "weights", "condition"),
+                        key=("checkpoint_epoch", "weights", "condition", "cls"),
                         kinds={"cls": "count", "images": "count", "accuracy": "finite", "seconds": "finite",
                                "checkpoint_epoch": "count", "model_seed": "count", "data_seed": "count",
                                "compile_seconds": "finite"},
@@ -39,8 +39,11 @@ class ClassAccuracy(base.Stage):
     self.runner = ModelRunner(trained.model, trained.variables, trained.data.normalization, batch_size=50)
 
   def units(self):
+    # A row per class: each row's key names it, so a row lost at a line break is found missing.
+    classes = range(self.trained.data.num_classes)
     ident = lambda c: {**results.run_columns(self.config, self.trained), "condition": c}
-    return [base.Unit((self.table.key_of(ident(c)),), "results.csv", c, ident(c)) for c in self.plan]
+    return [base.Unit(tuple(self.table.key_of({**ident(c), "cls": k}) for k in classes), "results.csv", c, ident(c))
+            for c in self.plan]
 
   def run(self, unit):
     tests = self.trained.data.test_set(unit.payload["condition"])
@@ -49,6 +52,13 @@ class ClassAccuracy(base.Stage):
     rows = [{**unit.payload, "cls": k, "images": int(np.sum(labels == k)),
              "accuracy": float(np.mean(predicted[labels == k] == k))} for k in np.unique(labels)]
     return base.Output(rows, note=f"{np.mean(predicted == labels):.1%} over all classes")
+
+
+class Twice(ClassAccuracy):
+  """A stage whose units share a key: refused, since the table would keep one and count both."""
+
+  def units(self):
+    return super().units() * 2
 
 
 def _with_stage(config, monkeypatch):
@@ -78,6 +88,14 @@ def test_a_new_stage_is_one_class_and_the_loop_runs_it_resumably(trained_tmp_pat
   assert len(pipeline.run(config, trained_tmp_path)["class_accuracy"]) == 20 and calls == ["nopix"]
 
 
+def test_units_that_share_a_key_are_refused(trained_tmp_path, tiny_config, monkeypatch):
+  config = _with_stage(tiny_config, monkeypatch)
+  config.train.enabled = False
+  stage = Twice(config, ("pixel",), pipeline.train.restore(config, trained_tmp_path), trained_tmp_path)
+  with pytest.raises(ValueError, match="class_accuracy: units share a key"):
+    base.run_stage(stage)
+
+
 def test_its_settings_are_checked_with_every_other_before_any_work(tmp_path, tiny_config, monkeypatch):
   config = _with_stage(tiny_config, monkeypatch)
   config.class_accuracy.conditions = ("pixel", "sepia")
@@ -97,4 +115,5 @@ def test_the_running_marker_lists_every_key_the_stage_plans(trained_tmp_path, ti
   with pytest.raises(KeyboardInterrupt):
     pipeline.run(config, trained_tmp_path)
   marker = json.loads((trained_tmp_path / "class_accuracy" / base.RUNNING).read_text())
-  assert marker["stage"] == "class_accuracy" and [k[-1] for k in marker["keys"]] == ["pixel", "nopix"]
+  assert marker["stage"] == "class_accuracy"
+  assert [k[-2:] for k in marker["keys"]] == [[c, str(k)] for c in ("pixel", "nopix") for k in range(10)]

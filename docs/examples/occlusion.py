@@ -4,9 +4,11 @@ Each `patch` x `patch` square of the image, in turn, is replaced by the baseline
 mean colour on normalised inputs) and the map there is how much the explained score drops. Only
 forward passes, so any forward works: a plain function as well as a `ModelForward`.
 
-    python -m saliency_jax.main --config=configs/quickstart.py --workdir=workdirs/occlusion \
-        --config.imports=docs/examples/occlusion.py \
+    python -m saliency_jax.main --config=configs/quickstart.py --workdir=workdirs/quickstart \
+        --config.train.enabled=False --config.imports=docs/examples/occlusion.py \
         --config.single_pixel.methods="('occlusion(patch=8)', 'absolute_gradient')"
+
+(the quickstart's trained workdir: its absolute_gradient cells are read back, not computed again).
 """
 
 import jax

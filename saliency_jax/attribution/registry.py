@@ -265,8 +265,6 @@ def check_builds(spec: MethodSpec, forward, x_BHWC, target_B, *, output: str = "
   """Trace `spec` once on abstract inputs (`jax.ShapeDtypeStruct`s; nothing is computed), so an
   option value the method rejects, a layer the model lacks or a clash with what the run supplies
   is found before any work, as a ValueError naming `field` and the entry."""
-  import jax  # pylint: disable=g-import-not-at-top
-
   fn = get(spec.name)
   options = supply(spec.name, dict(spec.options), normalization=normalization, key=jax.random.key(0))
   try:

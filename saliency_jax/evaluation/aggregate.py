@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import pathlib
+import sys
 
 import pandas as pd
 from absl import app, flags, logging
@@ -41,8 +42,7 @@ def read_runs(patterns: list[str]) -> pd.DataFrame:
     if not path.exists():
       logging.warning("no results in %s; skipped", path)
       continue
-    df = TABLE.frame(path).drop(columns=["method_label"])
-    df = df[df["checkpoint_epoch"] == df["checkpoint_epoch"].max()]
+    df = results.current(TABLE.frame(path)).drop(columns=["method_label"])
     frames.append(df.assign(workdir=w, degenerate_share=df["degenerate"] / df["num_images"]))
   if not frames:
     raise ValueError(f"--workdirs={patterns} matched no <workdir>/single_pixel/results.csv")
@@ -106,8 +106,12 @@ def write_summary(summary: pd.DataFrame, out_dir: str | pathlib.Path) -> dict[st
 
 def main(argv):
   del argv
-  summary = summarize(read_runs(_WORKDIRS.value))
-  paths = write_summary(summary, _OUT.value)
+  try:
+    summary = summarize(read_runs(_WORKDIRS.value))
+    paths = write_summary(summary, _OUT.value)
+  except (ValueError, OSError) as e:  # no runs, a damaged table, two runs of one seed, a folder not writable
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    sys.exit(2)
   print(markdown(summary))
   for kind, path in paths.items():
     print(f"{kind}: {path}")

@@ -41,6 +41,15 @@ def method_columns(spec) -> dict:
   return {"method": spec.name, "method_options": spec.options_text}
 
 
+def current(frame):
+  """The rows of a run's table about its model as it is now: the newest checkpoint, and with imported
+  weights those of the newest rows' file (a table keeps older rows: their keys differ)."""
+  if frame.empty:
+    return frame
+  frame = frame[frame["checkpoint_epoch"] == frame["checkpoint_epoch"].max()]
+  return frame[frame["weights"] == frame["weights"].iloc[-1]] if "weights" in frame else frame
+
+
 def method_label(method, options):
   """'name(options)' or 'name': of one row's values, or of two pandas columns at once."""
   if isinstance(method, str):
@@ -155,6 +164,16 @@ class Table:
       writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
       writer.writeheader()
       writer.writerows(rows)
+
+  def parse(self, row: dict) -> dict:
+    """A row read back with its numbers as numbers (the declared kinds; '' stays '' where optional):
+    the same types as a row just computed."""
+    out = dict(row)
+    for column, kind in self.kinds.items():
+      value = out.get(column)
+      if isinstance(value, str) and value != "":
+        out[column] = int(value) if kind == "count" else float(value) if kind in ("number", "finite") else value
+    return out
 
   def frame(self, path: str | pathlib.Path):
     """The table's complete rows as a pandas DataFrame, numeric columns as floats, empty options as

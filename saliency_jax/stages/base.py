@@ -3,7 +3,7 @@
 A stage is one file: a `Stage` subclass that says which config section it reads (`name`, also its
 folder in the workdir), the table it writes (`table`: columns, key and kinds, declared once), and
 
-- `check(section) -> plan`: the section's settings, checked without any work (ValueError naming
+- `check(config) -> plan`: its section's settings, checked without any work (ValueError naming
   the field); the plan is what the stage needs from them (parsed methods, ...);
 - `units()`: its resumable units of work (a grid cell, a study's method, a method's curves), each
   naming the table rows it will produce;
@@ -34,6 +34,7 @@ from absl import logging
 from saliency_jax import files, provenance
 from saliency_jax.evaluation import results
 from saliency_jax.progress import Progress
+from saliency_jax.training import parallel
 
 # Seconds JAX has spent tracing, lowering and compiling programs in this process (its monitoring
 # events), so a unit's row can say how much of its time was compilation: what is left is the time a
@@ -46,6 +47,11 @@ jax.monitoring.register_event_duration_secs_listener(
 # In a stage's folder while it has units left (written first, removed after the last): the row keys
 # it plans, so a report can tell a stage in progress from a finished one.
 RUNNING = "running.json"
+
+
+class DegenerateResult(ValueError):
+  """A unit whose result is no number (a curve that is NaN): the run stops, naming it, rather than
+  writing it as a result."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,9 +131,8 @@ def _read(stage: Stage, name: str, write: bool) -> list[dict]:
     # A unit that lost some of its rows is computed again whole (its other rows are dropped here).
     return [r for r in rows if stage.table.key_of(r) not in suspect]
   except results.DamagedTable as e:
-    if write:
-      path.replace(path.with_name(path.name + ".damaged"))
-    logging.warning("%s; set aside as %s.damaged, its units are computed again", e, name)
+    aside = files.set_aside(path) if write else path.with_name(f"{path.name}.damaged")
+    logging.warning("%s; set aside as %s, its units are computed again", e, aside.name)
     return []
 
 
@@ -135,10 +140,16 @@ def run_stage(stage: Stage) -> list[dict]:
   """Run `stage`'s missing units (see the module docstring); returns all its rows, computed or
   read back, in unit order."""
   units = stage.units()
+  keys = [(u.table, k) for u in units for k in u.keys]
+  repeated = sorted({k for k in keys if keys.count(k) > 1})
+  if repeated:  # the table would keep one unit's rows and the run count them twice
+    raise ValueError(f"{stage.name}: units share a key (a setting lists the same thing twice?): {repeated[:3]}")
   write = jax.process_index() == 0
   tables = {name: _read(stage, name, write) for name in dict.fromkeys(u.table for u in units)}
-  mine = lambda unit: [r for r in tables[unit.table] if stage.table.key_of(r) in set(unit.keys)]
-  todo = [u for u in units if not stage.complete(u, mine(u))]
+  mine = lambda unit: [stage.table.parse(r) for r in tables[unit.table] if stage.table.key_of(r) in set(unit.keys)]
+  # Process 0's files decide for every process: they must run the same units, or their collectives part.
+  todo_mask = parallel.agree_all([not stage.complete(u, mine(u)) for u in units])
+  todo = [u for u, missing in zip(units, todo_mask) if missing]
   pending = {id(u) for u in todo}
   running = stage.out_dir / RUNNING
   if todo and write:

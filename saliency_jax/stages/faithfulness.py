@@ -74,6 +74,8 @@ class Faithfulness(base.Stage):
       if not fc[field]:
         raise ValueError(f"faithfulness.{field} is empty; choose from: {', '.join(map(repr, allowed))}")
       require_subset(f"faithfulness.{field}", fc[field], allowed)
+      if len(set(fc[field])) != len(fc[field]):
+        raise ValueError(f"faithfulness.{field} lists an entry twice: {tuple(fc[field])}")
     require_positive("faithfulness.steps", fc.steps, integer=True)
     require_positive("faithfulness.blur_sigma", fc.blur_sigma)
     for field in ("num_images", "step_chunk", "batch_size", "chunk_size"):  # sizes 0: for the device (backend.py)
@@ -234,7 +236,7 @@ def _rows(fc, ident: dict, out: dict, hw: int) -> list[dict]:
       correct = np.asarray(out[name + "|correct"], np.float64)
       row.update(accuracy_mean=float(correct.mean()), accuracy_curve=json.dumps(correct.mean(0).round(6).tolist()))
     if not all(math.isfinite(v) for v in (row["area_mean"], row["area_std"])):
-      raise ValueError(f"faithfulness {ident['method']}: the {curve} curve is not finite (the model's scores are "
+      raise base.DegenerateResult(f"faithfulness {ident['method']}: the {curve} curve is not finite (the model's scores are "
                        "NaN or infinite on these images)")
     rows.append(row)
   return rows

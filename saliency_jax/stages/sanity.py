@@ -76,6 +76,10 @@ class Sanity(base.Stage):
     sc = config.sanity
     studies = studies_of(sc)
     methods = registry.parse_all(sc.methods, "sanity.methods")
+    labels = [m.label for m in methods]
+    if len(set(labels)) != len(labels):  # the studies compare whole maps: a reduction does not make another method
+      raise ValueError(f"sanity.methods names a method twice (reduce= does not apply to the sanity studies): "
+                       f"{list(sc.methods)}")
     require_choice("sanity.target", sc.target, core.TARGETS)
     require_choice("sanity.output", sc.output, core.OUTPUTS)
     require_choice("sanity.distribution", sc.distribution, randomization.DISTRIBUTIONS)

@@ -97,6 +97,10 @@ class SinglePixel(base.Stage):
     methods = registry.parse_all(sp.methods, "single_pixel.methods")
     if not sp.targets or not sp.outputs or not sp.test_jitter:
       raise ValueError("single_pixel.targets, single_pixel.outputs and single_pixel.test_jitter must not be empty")
+    for field in ("targets", "outputs", "test_jitter"):
+      values = [tuple(v) if not isinstance(v, str) else v for v in sp[field]]
+      if len(set(values)) != len(values):
+        raise ValueError(f"single_pixel.{field} lists an entry twice: {tuple(sp[field])}")
     for t in sp.targets:
       require_choice("single_pixel.targets", t, core.TARGETS)
     for o in sp.outputs:

@@ -60,6 +60,13 @@ def agree(value: int) -> int:
   return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
 
 
+def agree_all(flags) -> list[bool]:
+  """Process 0's list of flags on every process (`agree` for a list of decisions)."""
+  if jax.process_count() == 1:
+    return [bool(f) for f in flags]
+  return [bool(f) for f in multihost_utils.broadcast_one_to_all(np.asarray(flags, np.int32))]
+
+
 def everywhere(flag: bool) -> bool:
   """Whether `flag` holds on every process (e.g. a file read back on each of them)."""
   if jax.process_count() == 1:
