@@ -1,7 +1,7 @@
 """The binary: `python -m saliency_jax.main --config=configs/resnet.py --workdir=DIR`.
 
-Trains, then runs the single-pixel grid and the sanity studies of `sanity.studies`
-(`saliency_jax.pipeline`); add `--config.train.enabled=False` to evaluate a trained workdir,
+Trains, then runs the single-pixel grid, the sanity studies of `sanity.studies` and, when
+`faithfulness.enabled`, the faithfulness curves (`saliency_jax.pipeline`); add `--config.train.enabled=False` to evaluate a trained workdir,
 `--config.single_pixel.enabled=False` to only train; `--config=configs/sanity.py:resnet` runs only
 the sanity checks. Any config field can be overridden, e.g. `--config.train.epochs=5`; your own attribution
 methods join every stage through `--config.imports=my_methods` (docs/extending.md). What a user can fix (a
@@ -91,12 +91,19 @@ def config_help() -> str:
   source = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
   if not source.exists():
     return "config fields: see configs/default.py in the repository"
+  import importlib.util  # pylint: disable=g-import-not-at-top
+
+  spec = importlib.util.spec_from_file_location("_default_config", source)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  defaults = module.get_config()
   fields = []
   for line in source.read_text().splitlines():
     match = re.match(r"\s*config\.([\w.]+) = (.+?)(?:\s+#\s*(.*))?$", line)
     if match and not match.group(2).startswith("ml_collections.ConfigDict"):
       name, value, comment = match.groups()
-      value = value + " ...)" if value.endswith("(") else value  # a tuple written over several lines
+      if value.endswith("("):  # a tuple written over several lines: its value, on one
+        value = repr(tuple(defaults[name.split(".")[0]][name.split(".")[1]] if "." in name else defaults[name]))
       fields.append(f"  --config.{name}={value}" + (f"\n      {comment}" if comment else ""))
   return "config fields (defaults of configs/default.py; variants override a few):\n" + "\n".join(fields)
 
