@@ -648,12 +648,13 @@ def cpu_reproduction(runs: list[Run]) -> bool:
                             and r.config.get("single_pixel", {}).get("max_images") == 1000 for r in runs)
 
 
-def built_from(path: pathlib.Path) -> set[str]:
-  """The runs (model seed labels) an existing results.md says it was built from."""
+def built_from(path: pathlib.Path) -> set[str] | None:
+  """The runs (model seed labels) an existing results.md says it was built from; None for one that
+  does not say (an earlier report's, or a hand-written file)."""
   if not path.exists():
     return set()
   match = _BUILT_FROM.search(path.read_text(errors="replace"))
-  return set(filter(None, match.group(1).split(", "))) if match else set()
+  return set(filter(None, match.group(1).split(", "))) if match else None
 
 
 def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", force: bool = False) -> pathlib.Path:
@@ -662,7 +663,11 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", forc
   check_runs(runs)
   done, left_out = trained_runs(runs)
   path = out / "results.md"
-  lost = built_from(path) - {r.label for r in done}
+  before = built_from(path)
+  if before is None and not force:
+    raise ReportError(f"{path} does not say which runs it was built from (an earlier report's, or written by hand); "
+                      "--force replaces it")
+  lost = (before or set()) - {r.label for r in done}
   if lost and not force:
     raise ReportError(f"{path} was built from runs this build lacks ({', '.join(sorted(lost))}); pass them in "
                       "--workdirs, or --force to replace it anyway")

@@ -1,0 +1,35 @@
+"""The report rebuilt from committed run data alone (a small copy of runs/cpu: resnet18 seed 0's
+training, its paper grid, the first cells of its leaderboard grid, still running): no workdir needed."""
+
+import pathlib
+
+import pandas as pd
+
+from saliency_jax import report
+from saliency_jax.stages import single_pixel as grid
+
+RUNDATA = pathlib.Path(__file__).parent / "data" / "rundata"
+
+
+def test_the_report_is_rebuilt_from_run_data_and_quotes_its_numbers(tmp_path):
+  runs = sorted(RUNDATA.glob("*_seed*"))
+  text = report.build(runs, tmp_path / "docs").read_text()
+  assert "on a 2-core CPU" in text and "## What differs from the paper" in text  # the CPU reproduction's runs
+  assert "Runs started at `19fed20`: resnet18_seed0 (stages also at `df66b54`)" in text
+  rows = pd.DataFrame(grid.TABLE.read(runs[0] / "single_pixel" / "results.csv"))
+  pick = lambda method, target, output: float(rows[(rows["method"] == method) & (rows["target"] == target)
+                                                    & (rows["output"] == output)]["overall.attribution_correct_accuracy"]
+                                               .iloc[0])
+  # The paper's table: every target and output, its leaderboard cells (predicted only) not in it.
+  table = text.split("## Pointing accuracy\n")[1].split("## Importance")[0]
+  line = next(l for l in table.splitlines() if l.startswith("| gradient_x_input |"))
+  assert [c.strip() for c in line.split("|")[2:6]] == [f"{100 * pick('gradient_x_input', t, o):.1f}" for t, o in
+                                                      report.HUES]
+  assert "| gradient |" not in table
+  # The leaderboard: the paper's methods and the first leaderboard cells, sorted by pointing (logit).
+  board = text.split("## Leaderboard")[1].split("## Sanity")[0]
+  methods = [l.split("|")[1].strip() for l in board.splitlines() if l.startswith("| ") and "---" not in l][1:]
+  assert methods[:2] == ["abs_gradient_x_abs_input", "absolute_gradient"] and "gradient_x_input" in methods
+  assert "| abs_gradient_x_abs_input | 99.7 | 97.7 |" in board
+  # The per-class table comes from the run data's per-class summary (no per-image files here).
+  assert "## Pointing accuracy per class" in text
