@@ -269,6 +269,10 @@ def test_bad_arguments_and_conflicts_are_one_line_and_write_nothing(tmp_path):
   assert "small_cnn seed 1" in _one_line(_report(f"--workdirs={tmp_path}/small_cnn_seed0", f"--out={tmp_path / 'docs'}"))
   assert (tmp_path / "docs" / "results.md").read_text() == built
   assert _report(f"--workdirs={tmp_path}/small_cnn_seed0", f"--out={tmp_path / 'docs'}", "--force").returncode == 0
+  # One that does not say which runs built it (an earlier report's, or hand-written) is kept too.
+  (tmp_path / "legacy").mkdir()
+  (tmp_path / "legacy" / "results.md").write_text("# Results\n")
+  assert "does not say which runs it was built from" in _one_line(_report(runs, f"--out={tmp_path / 'legacy'}"))
   # Two workdirs of one seed: one line, nothing written.
   shutil.copytree(tmp_path / "small_cnn_seed0", tmp_path / "again_seed0")
   stored = json.loads((tmp_path / "small_cnn_seed0" / "config.json").read_text())
