@@ -39,13 +39,7 @@ def main():
 
   torch.manual_seed(0)
   net, source = torch_reference.build_model("resnet18", num_classes=1000, arch_source="auto", stem="7x7")
-  with torch.no_grad():
-    for m in net.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        m.weight.uniform_(0.5, 1.5)
-        m.bias.normal_(0, 0.1)
-        m.running_mean.normal_(0, 0.1)
-        m.running_var.uniform_(0.5, 2.0)
+  torch_reference.randomize_batchnorm(net)
   net.eval()
   state = {k: v.clone() for k, v in net.state_dict().items()}
   target = np.array([3, 7])

@@ -181,6 +181,21 @@ def build_model(name: str, num_classes: int = 10, arch_source: str = "auto", ste
   return model.eval(), source
 
 
+def randomize_batchnorm(net, biases: bool = False) -> None:
+  """BatchNorm scales, biases and running statistics drawn at random (and with `biases` every other
+  layer's bias), so every tensor an import maps matters to the outputs."""
+  import torch  # pylint: disable=g-import-not-at-top
+  with torch.no_grad():
+    for module in net.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.normal_(0, 0.1)
+        module.running_mean.normal_(0, 0.1)
+        module.running_var.uniform_(0.5, 2.0)
+      elif biases and getattr(module, "bias", None) is not None:
+        module.bias.normal_(0, 0.1)
+
+
 def gradient(model, x, target):
   """d logits[b, target[b]] / d x[b]: one forward and backward of the batch."""
   x = x.detach().clone().requires_grad_(True)

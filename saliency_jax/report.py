@@ -224,10 +224,7 @@ def read_grids(runs: list[Run]) -> pd.DataFrame | None:
   was computed from), with `workdir` and `method_label` columns."""
   frames = []
   for run in runs:
-    path = run.path / "single_pixel" / "results.csv"
-    if not path.exists():
-      continue
-    df = _stage_frame(grid_stage.TABLE, path)
+    df = _stage_frame(grid_stage.TABLE, run.path / "single_pixel" / "results.csv")
     if df.empty:
       continue
     frames.append(df.assign(workdir=str(run.path), model=run.model, model_seed=run.seed,
@@ -400,7 +397,8 @@ def importance_tables(rows: pd.DataFrame) -> str:
 
 
 def _stage_frame(table: results.Table, path: pathlib.Path) -> pd.DataFrame:
-  """A run's stage table, its rows about the model as it is now (`results.current`)."""
+  """A run's stage table, its rows about the model as it is now (`results.current`); empty without
+  the file."""
   try:
     return results.current(table.frame(path))
   except results.DamagedTable as e:
@@ -534,10 +532,7 @@ def faithfulness_tables(runs: list[Run]) -> tuple[str, list[pathlib.Path]]:
   replacement; returns the markdown and the curve figures found."""
   parts, found = [], []
   for run in runs:
-    path = run.path / "faithfulness" / "results.csv"
-    if not path.exists():
-      continue
-    df = _stage_frame(faithfulness_stage.TABLE, path)
+    df = _stage_frame(faithfulness_stage.TABLE, run.path / "faithfulness" / "results.csv")
     if df.empty:
       continue
     df["column"] = df["order"].str.upper() + ", " + df["replacement"]

@@ -159,15 +159,7 @@ def _torch_model(name):
     net = faithfulness_throughput.torch_small_cnn()
   else:
     net, _ = torch_reference.build_model(name, arch_source="torch.nn")
-  with torch.no_grad():  # random biases and BatchNorm statistics, so every mapped tensor matters
-    for module in net.modules():
-      if isinstance(module, torch.nn.BatchNorm2d):
-        module.weight.uniform_(0.5, 1.5)
-        module.bias.normal_(0, 0.1)
-        module.running_mean.normal_(0, 0.1)
-        module.running_var.uniform_(0.5, 2.0)
-      elif getattr(module, "bias", None) is not None:
-        module.bias.normal_(0, 0.1)
+  torch_reference.randomize_batchnorm(net, biases=True)  # so every mapped tensor matters
   return torch, net.eval()
 
 
