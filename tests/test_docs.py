@@ -17,7 +17,7 @@ LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 # docs/page.md, optionally followed by its section: docs/page.md, "Section title" (the title may wrap
 # onto the next line of a comment).
 CITATION = re.compile(r"docs/([\w.-]+\.md)(?:,\s*(?:#\s*)?\"([^\"]+)\")?")
-OUTSIDE = re.compile(r"\.\./shared|SPEC\.md|SPEC section|shared folder|/work/|/root/")
+OUTSIDE = re.compile(r"\.\./shared|SPEC\.md|SPEC section|shared folder|/w[o]rk/|/r[o]ot/")  # [o]: not itself a path
 
 
 def _strip_code_blocks(text: str) -> str:
