@@ -79,7 +79,7 @@ def _run_flags(size: dict, workdir: pathlib.Path, cache: pathlib.Path, epochs: i
   return [
       sys.executable, "-m", "saliency_jax.main", "--config=configs/resnet.py", f"--workdir={workdir}",
       f"--config.compilation_cache={cache}", f"--config.model.name={size['model']}",
-      *([f"--config.data.source=folder", f"--config.data.path={data}"] if data else
+      *(["--config.data.source=folder", f"--config.data.path={data}"] if data else
         ["--config.data.source=synthetic", f"--config.data.synthetic_train_per_class={size['train_per_class']}",
          f"--config.data.synthetic_test_per_class={size['test_per_class']}"]),
       f"--config.train.batch_size={size['train_batch']}", f"--config.train.epochs={epochs}",

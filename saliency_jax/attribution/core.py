@@ -261,7 +261,7 @@ class ModelForward:
 
   def _run_at(self, x_BHWC, layer: Layer, layers: dict[str, Layer], delta):
     """(logits, the layer's value) with `delta` added to the layer's value."""
-    variables, interceptor, capture = self.variables, None, False
+    variables, intercepting, capture = self.variables, contextlib.nullcontext(), False
     if layer.kind == "tap":  # a tap adds its 'perturbations' entry (models.common.tap); all must be there
       taps = {l.key: jnp.zeros(l.shape.shape, l.shape.dtype) for l in layers.values() if l.kind == "tap"}
       variables = {**variables, "perturbations": traverse_util.unflatten_dict({**taps, layer.key: delta})}
@@ -273,7 +273,8 @@ class ModelForward:
         y = next_fun(*args, **kwargs)
         return y + delta if context.method_name == _CALL and context.module.path == path else y
 
-    with nn.intercept_methods(interceptor) if interceptor else contextlib.nullcontext():
+      intercepting = nn.intercept_methods(interceptor)
+    with intercepting:
       logits, state = self.apply(x_BHWC, variables, capture_intermediates=capture, mutable=[_INTERMEDIATES])
     return logits, traverse_util.flatten_dict(dict(state[_INTERMEDIATES]))[layer.key][0]
 

@@ -21,6 +21,7 @@ workdir's provenance. A killed run loses at most the unit in progress; a rerun c
 from __future__ import annotations
 
 import abc
+import collections
 import dataclasses
 import json
 import pathlib
@@ -140,8 +141,7 @@ def run_stage(stage: Stage) -> list[dict]:
   """Run `stage`'s missing units (see the module docstring); returns all its rows, computed or
   read back, in unit order."""
   units = stage.units()
-  keys = [(u.table, k) for u in units for k in u.keys]
-  repeated = sorted({k for k in keys if keys.count(k) > 1})
+  repeated = sorted(k for k, n in collections.Counter((u.table, k) for u in units for k in u.keys).items() if n > 1)
   if repeated:  # the table would keep one unit's rows and the run count them twice
     raise ValueError(f"{stage.name}: units share a key (a setting lists the same thing twice?): {repeated[:3]}")
   write = jax.process_index() == 0
@@ -171,8 +171,7 @@ def run_stage(stage: Stage) -> list[dict]:
       for name, arrays in out.arrays.items():
         with files.atomic_open(stage.out_dir / name, "wb") as f:
           np.savez(f, **arrays)
-      keys = set(unit.keys)
-      tables[unit.table] = [r for r in tables[unit.table] if stage.table.key_of(r) not in keys] + out.rows
+      tables[unit.table] = [r for r in tables[unit.table] if stage.table.key_of(r) not in set(unit.keys)] + out.rows
       stage.table.write(stage.out_dir / unit.table, tables[unit.table])
     rows += out.rows
     done = sum(1 for u in units[:i + 1] if id(u) in pending)
