@@ -38,7 +38,7 @@ from ml_collections import ConfigDict
 from saliency_jax import files, provenance
 from saliency_jax.config_checks import ConfigError
 from saliency_jax.data import pixel
-from saliency_jax.evaluation import aggregate, figures, results
+from saliency_jax.evaluation import aggregate, figures, results, timing
 from saliency_jax.files import read_csv
 from saliency_jax.progress import duration
 from saliency_jax.stages import base, faithfulness as faithfulness_stage, sanity as sanity_stage
@@ -63,7 +63,8 @@ BOARD_CURVES = {("deletion", "morf", "black"): "deletion MoRF (black) ↓",
 # The line results.md carries, read back before it is replaced: which runs it was built from.
 _BUILT_FROM = re.compile(r"<!-- built from: (.*?) -->")
 # What `--export` copies of a workdir (relative paths or globs); the per-image files become a summary.
-EXPORT = ("config.json", "metrics.csv", "provenance.json", "COMMIT", f"*/{base.RUNNING}", "single_pixel/results.csv",
+EXPORT = ("config.json", "metrics.csv", "provenance.json", "COMMIT", f"*/{base.RUNNING}", timing.FILE,
+          "single_pixel/results.csv",
           "single_pixel/examples.png", "sanity/*.csv", "sanity/*_curves.png", "sanity/*_bars.png",
           "sanity/*_strip0.png", "faithfulness/results.csv", "faithfulness/curves.png")
 PER_CLASS = "single_pixel/per_class.csv"
@@ -414,12 +415,13 @@ def leaderboard(runs: list[Run], grids: pd.DataFrame | None) -> pd.DataFrame:
     return pd.DataFrame()
   cells = grids[(grids["target"] == "predicted") & (grids["test_position_sd"] == BOARD_JITTER[0])
                 & (grids["test_colour_sd"] == BOARD_JITTER[1])]
-  rows, images = [], {"faithfulness": set(), "cascading": set()}
+  rows, images, timings = [], {"faithfulness": set(), "cascading": set()}, {}
   for model, block in cells.groupby("model", sort=False):
     mine = [r for r in runs if r.model == model]
     first = min(mine, key=lambda r: r.seed)
     faith = _stage_frame(faithfulness_stage.TABLE, first.path / "faithfulness" / "results.csv")
     cascade = _stage_frame(sanity_stage.TABLE, first.path / "sanity" / "cascading.csv")
+    timed, timed_from = _timing(mine)
     images["faithfulness"] |= set(faith["num_images"]) if not faith.empty else set()
     images["cascading"] |= set(cascade["num_images"]) if not cascade.empty else set()
     for method, sub in block.groupby("method_label", sort=False):
@@ -432,8 +434,12 @@ def leaderboard(runs: list[Run], grids: pd.DataFrame | None) -> pd.DataFrame:
         if output == "logit" and len(out):
           row["rank median"] = out["localisation.rank_median"].mean()
           row["mass"] = out["localisation.mass_mean"].mean()
-          warm = (out["seconds"] - out["compile_seconds"].fillna(0)) / out["num_images"]
-          row["seconds per image"] = warm.median()
+          if timed is None:
+            warm = (out["seconds"] - out["compile_seconds"].fillna(0)) / out["num_images"]
+            row["seconds per image"] = warm.median()
+          else:
+            hit = timed[(timed["method_label"] == method) & (timed["output"] == "logit")]["seconds_per_image"]
+            row["seconds per image"] = hit.iloc[-1] if len(hit) else np.nan
           row["degenerate"] = out["degenerate_share"].mean()
       f = faith[faith["method_label"] == method] if not faith.empty else faith
       for (curve, order, replacement), name in BOARD_CURVES.items():
@@ -443,9 +449,11 @@ def leaderboard(runs: list[Run], grids: pd.DataFrame | None) -> pd.DataFrame:
           if not cascade.empty else cascade
       row["cascading |rank corr.|"] = c.sort_values("step")["spearman_abs_mean"].iloc[-1] if len(c) else np.nan
       rows.append(row)
+    timings[model] = timed_from
   board = pd.DataFrame(rows)
   if board.empty:
     return board
+  board.attrs["timing"] = timings
   order = {m: i for i, m in enumerate(dict.fromkeys(board["model"]))}
   board = board.assign(_model=board["model"].map(order)).sort_values(
       ["_model", "pointing logit", "pointing softmax"], ascending=[True, False, False], kind="stable",
@@ -455,6 +463,25 @@ def leaderboard(runs: list[Run], grids: pd.DataFrame | None) -> pd.DataFrame:
   return board
 
 
+def _timing(runs: list[Run]) -> tuple[pd.DataFrame | None, str]:
+  """A model's idle seconds per method (`timing.FILE` of its lowest-seed run that has one) and what
+  they are, for the table's head; (None, how the runs timed themselves) without one."""
+  for run in sorted(runs, key=lambda r: r.seed):
+    path = run.path / timing.FILE
+    if path.exists():
+      try:
+        df = timing.TABLE.frame(path)
+      except results.DamagedTable as e:
+        raise ReportError(str(e)) from None
+      if not df.empty:
+        last = df.iloc[-1]
+        return df, (f"ms / image: the maps alone, timed apart on an idle machine ({last['machine']}, "
+                    f"{last['date'][:10]}, {int(last['images'])} images per call, median of {int(last['rounds'])} "
+                    "calls; benchmarks/method_seconds.py)")
+  return None, ("ms / image: as the run timed its cells (maps and scoring, compilation excluded), beside whatever "
+                "else the machine ran then")
+
+
 def leaderboard_markdown(board: pd.DataFrame, runs: list[Run]) -> str:
   parts = []
   for model, block in board.groupby("model", sort=False):
@@ -462,9 +489,10 @@ def leaderboard_markdown(board: pd.DataFrame, runs: list[Run]) -> str:
     first = min(seeds)
     head = (f"**{model}**, test jitter (0, 0), target predicted; pointing: mean (std) over the seeds that have the "
             f"cell (seeds {' '.join(map(str, seeds))}; `[n]` when fewer); rank, mass and time: output logit; "
-            f"faithfulness and cascading randomisation: seed {first}")
+            f"faithfulness and cascading randomisation: seed {first}; "
+            + board.attrs.get("timing", {}).get(model, ""))
     columns = ["pointing softmax", "pointing logit", "rank median", "mass %", *BOARD_CURVES.values(),
-               "cascading \\|rank corr.\\|", "s / image"]
+               "cascading \\|rank corr.\\|", "ms / image"]
     lines = [head, "", "| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for _, r in block.iterrows():
       cells = []
@@ -477,7 +505,7 @@ def leaderboard_markdown(board: pd.DataFrame, runs: list[Run]) -> str:
       cells.append("–" if pd.isna(r.get("mass")) else f"{100 * r['mass']:.1f}")
       cells += ["not run" if pd.isna(r[name]) else f"{r[name]:.3f}" for name in BOARD_CURVES.values()]
       cells.append("not run" if pd.isna(r["cascading |rank corr.|"]) else f"{r['cascading |rank corr.|']:.2f}")
-      cells.append("–" if pd.isna(r.get("seconds per image")) else f"{r['seconds per image']:.3f}")
+      cells.append("–" if pd.isna(r.get("seconds per image")) else f"{1000 * r['seconds per image']:.3g}")
       lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
     parts.append("\n".join(lines))
   return "\n\n".join(parts)
@@ -743,8 +771,8 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", forc
            "higher is better), and ROAD's accuracy after imputing the 10-90% most (MoRF, lower is better) or least "
            "(LeRF, higher is better) relevant pixels. Cascading: the rank correlation of |map| with the trained "
            f"model's once every layer is re-initialised, {cascade_n} images (near 0: the map depends on the weights, as it "
-           "should; near 1: it does not). s / image: a warm run's seconds per image on this machine's 2 CPU cores "
-           "(compilation excluded), as the run timed it, beside whatever else the machine ran then. `not run`: that stage has not run for the method; `n/a`: the method does not "
+           "should; near 1: it does not). ms / image: a method's milliseconds per image at output logit; each model's "
+           "head says how they were timed. `not run`: that stage has not run for the method; `n/a`: the method does not "
            "apply.", "", leaderboard_markdown(board, done), "", f"![leaderboard](results/{fig.name})", ""]
   for run in done:
     src = run.path / "single_pixel" / "examples.png"

@@ -2,10 +2,13 @@
 training, its paper grid, the first cells of its leaderboard grid, still running): no workdir needed."""
 
 import pathlib
+import shutil
 
 import pandas as pd
+import pytest
 
 from saliency_jax import report
+from saliency_jax.evaluation import timing
 from saliency_jax.stages import single_pixel as grid
 
 RUNDATA = pathlib.Path(__file__).parent / "data" / "rundata"
@@ -33,3 +36,22 @@ def test_the_report_is_rebuilt_from_run_data_and_quotes_its_numbers(tmp_path):
   assert "| abs_gradient_x_abs_input | 99.7 | 97.7 |" in board
   # The per-class table comes from the run data's per-class summary (no per-image files here).
   assert "## Pointing accuracy per class" in text
+
+
+def test_the_leaderboard_takes_its_times_from_an_idle_timing_and_export_keeps_it(tmp_path):
+  run = tmp_path / "runs" / "resnet18_seed0"
+  shutil.copytree(RUNDATA / "resnet18_seed0", run)
+  row = {"model": "resnet18", "method": "absolute_gradient", "method_options": "", "output": "logit", "images": 32,
+         "rounds": 3, "seconds_per_image": 0.0123, "seconds_min": 0.012, "seconds_max": 0.013,
+         "machine": "Some CPU, 2 cores", "jax": "0", "date": "2026-12-07T00:00:00+00:00", "commit": "abc"}
+  timing.TABLE.write(run / timing.FILE, [row, {**row, "output": "softmax", "seconds_per_image": 9.0}])
+  board = report.build([run], tmp_path / "docs").read_text().split("## Leaderboard")[1].split("## Sanity")[0]
+  assert "timed apart on an idle machine (Some CPU, 2 cores, 2026-12-07, 32 images per call" in board
+  line = next(l for l in board.splitlines() if l.startswith("| absolute_gradient |"))
+  assert line.rstrip(" |").endswith("| 12.3")  # ms, the logit row's
+  assert next(l for l in board.splitlines() if l.startswith("| gradient_x_input |")).rstrip(" |").endswith("| –")
+  (out,) = report.export([run], tmp_path / "export")
+  assert (out / timing.FILE).read_text() == (run / timing.FILE).read_text()
+  (run / timing.FILE).write_text("not,a\ntiming,table\n")
+  with pytest.raises(report.ReportError, match="seconds.csv lacks the columns"):
+    report.build([run], tmp_path / "docs2")
