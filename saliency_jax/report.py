@@ -424,10 +424,14 @@ def leaderboard(runs: list[Run], grids: pd.DataFrame | None) -> pd.DataFrame:
     timed, timed_from = _timing(mine)
     images["faithfulness"] |= set(faith["num_images"]) if not faith.empty else set()
     images["cascading"] |= set(cascade["num_images"]) if not cascade.empty else set()
-    for method, sub in block.groupby("method_label", sort=False):
+    # Cells a grid still running plans: their methods are listed, their pointing marked as running.
+    running = {(m, o) for r in mine for m, t, o in _planned_cells(r, *BOARD_JITTER) if t == "predicted"}
+    pending = pd.DataFrame({"method_label": sorted({m for m, _ in running} - set(block["method_label"]))})
+    for method, sub in pd.concat([block, pending], ignore_index=True).groupby("method_label", sort=False):
       row = {"model": model, "method": method}
       for output in ("softmax", "logit"):
         out = sub[sub["output"] == output]
+        row[f"running {output}"] = (method, output) in running
         row[f"pointing {output}"] = out[POINTING].mean() if len(out) else np.nan
         row[f"std {output}"] = out[POINTING].std(ddof=1) if len(out) > 1 else np.nan
         row[f"seeds {output}"] = len(out)
@@ -498,8 +502,10 @@ def leaderboard_markdown(board: pd.DataFrame, runs: list[Run]) -> str:
       cells = []
       for output in ("softmax", "logit"):
         n = r[f"seeds {output}"]
-        cells.append("n/a" if n == 0 else _pct(r[f"pointing {output}"], r[f"std {output}"],
-                                               n=None if n == len(seeds) else int(n))
+        if n == 0:
+          cells.append("running" if r[f"running {output}"] else "n/a")
+          continue
+        cells.append(_pct(r[f"pointing {output}"], r[f"std {output}"], n=None if n == len(seeds) else int(n))
                      + (" †" if output == "logit" and r.get("degenerate", 0) > grid_stage.DEGENERATE_SHARE else ""))
       cells.append("–" if pd.isna(r.get("rank median")) else f"{r['rank median']:.0f}")
       cells.append("–" if pd.isna(r.get("mass")) else f"{100 * r['mass']:.1f}")
@@ -772,7 +778,8 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", forc
            "(LeRF, higher is better) relevant pixels. Cascading: the rank correlation of |map| with the trained "
            f"model's once every layer is re-initialised, {cascade_n} images (near 0: the map depends on the weights, as it "
            "should; near 1: it does not). ms / image: a method's milliseconds per image at output logit; each model's "
-           "head says how they were timed. `not run`: that stage has not run for the method; `n/a`: the method does not "
+           "head says how they were timed. `running`: the cell's grid is still running; `not run`: that stage has not run "
+           "for the method; `n/a`: the method does not "
            "apply.", "", leaderboard_markdown(board, done), "", f"![leaderboard](results/{fig.name})", ""]
   for run in done:
     src = run.path / "single_pixel" / "examples.png"
