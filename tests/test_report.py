@@ -311,3 +311,13 @@ def test_stage_tables_with_rows_of_an_older_checkpoint_report_the_newest(tmp_pat
   faithfulness_stage.TABLE.write(w / "faithfulness" / "results.csv", rows)
   text, _ = report.faithfulness_tables([report.load_run(w)])
   assert "| gradient | 0.700 (0.000) |" in text and "0.100" not in text
+
+
+def test_the_leaderboard_figure_names_a_methods_entries_by_what_tells_them_apart():
+  from saliency_jax.evaluation import figures  # pylint: disable=g-import-not-at-top
+
+  labels = ["integrated_gradients(baseline='black', rule='original', steps=100)",
+            "integrated_gradients(baseline='white', rule='original', steps=100)", "gradcam(layer='layer4')",
+            "smoothgrad(samples=10)", "smoothgrad(samples=50)", "gradient"]
+  assert figures._short_labels(labels) == ["integrated_gradients(black)", "integrated_gradients(white)", "gradcam",
+                                           "smoothgrad(10)", "smoothgrad(50)", "gradient"]

@@ -4,6 +4,7 @@ sanity checks' strips of maps, similarity-versus-layer curves and similarity bar
 from __future__ import annotations
 
 import pathlib
+import re
 
 import matplotlib
 
@@ -213,6 +214,22 @@ def faithfulness_curves(path, rows: list[dict], title: str = "") -> None:
   plt.close(fig)
 
 
+def _short_labels(labels) -> list[str]:
+  """'name(k=v, ...)' with only the options that tell a name's entries apart, by value:
+  integrated_gradients(baseline='black', rule='original', steps=100) -> integrated_gradients(black)."""
+  parsed = []
+  for label in labels:
+    name, _, options = label.partition("(")
+    parsed.append((name, dict(re.findall(r"(\w+)=('[^']*'|[^,]+)", options.rstrip(")")))))
+  out = []
+  for name, options in parsed:
+    others = [o for n, o in parsed if n == name]
+    varying = [k for k in options if len({o.get(k) for o in others}) > 1]
+    values = [options[k].strip("'") for k in varying]
+    out.append(f"{name}({', '.join(values)})" if values else name)
+  return out
+
+
 def leaderboard(path, board) -> None:
   """A panel per model: every method's pointing accuracy (mean over seeds, std as error bars), the
   logit output's bar over the softmax one's, sorted as the leaderboard table; the planted pixel's
@@ -229,7 +246,7 @@ def leaderboard(path, board) -> None:
               error_kw={"lw": 0.6})
     ax.set_yticks(y)
     ax.set_yticklabels([f"{m}  (rank {r:.0f})" if np.isfinite(r) else m
-                        for m, r in zip(block["method"], block["rank median"])], fontsize=6)
+                        for m, r in zip(_short_labels(block["method"]), block["rank median"])], fontsize=6)
     ax.set_xlim(0, 100)
     ax.set_xlabel("pointing accuracy %", fontsize=7)
     ax.set_title(model, fontsize=9)
