@@ -467,6 +467,15 @@ def leaderboard(runs: list[Run], grids: pd.DataFrame | None) -> pd.DataFrame:
   return board
 
 
+def leaderboard_cells(board: pd.DataFrame, grids: pd.DataFrame, output: str) -> pd.DataFrame:
+  """The grid rows behind the leaderboard's methods at `output`, in the leaderboard's order."""
+  cells = grids[(grids["target"] == "predicted") & (grids["output"] == output)
+                & (grids["test_position_sd"] == BOARD_JITTER[0]) & (grids["test_colour_sd"] == BOARD_JITTER[1])]
+  order = {(m, method): i for i, (m, method) in enumerate(zip(board["model"], board["method"]))}
+  key = [order.get((m, method), len(order)) for m, method in zip(cells["model"], cells["method_label"])]
+  return cells.iloc[np.argsort(key, kind="stable")]
+
+
 def _timing(runs: list[Run]) -> tuple[pd.DataFrame | None, str]:
   """A model's idle seconds per method (`timing.FILE` of its lowest-seed run that has one) and what
   they are, for the table's head; (None, how the runs timed themselves) without one."""
@@ -780,7 +789,10 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", forc
            "should; near 1: it does not). ms / image: a method's milliseconds per image at output logit; each model's "
            "head says how they were timed. `running`: the cell's grid is still running; `not run`: that stage has not run "
            "for the method; `n/a`: the method does not "
-           "apply.", "", leaderboard_markdown(board, done), "", f"![leaderboard](results/{fig.name})", ""]
+           "apply.", "", leaderboard_markdown(board, done), "", f"![leaderboard](results/{fig.name})", "",
+           "**On the misses** of every method (target predicted, output logit, test jitter (0, 0)): the columns of "
+           "[the importance table](#importance-of-the-pixel-a-method-chose-instead-on-its-misses), in the "
+           "leaderboard's order.", "", importance_tables(leaderboard_cells(board, grids, "logit")), ""]
   for run in done:
     src = run.path / "single_pixel" / "examples.png"
     if src.exists() and run.seed == min(r.seed for r in done if r.model == run.model):

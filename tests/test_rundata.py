@@ -30,12 +30,19 @@ def test_the_report_is_rebuilt_from_run_data_and_quotes_its_numbers(tmp_path):
                                                       report.HUES]
   assert "| gradient |" not in table
   # The leaderboard: the paper's methods and the first leaderboard cells, sorted by pointing (logit).
-  board = text.split("## Leaderboard")[1].split("## Sanity")[0]
+  board = text.split("## Leaderboard")[1].split("**On the misses**")[0]
   methods = [l.split("|")[1].strip() for l in board.splitlines() if l.startswith("| ") and "---" not in l][1:]
   assert methods[:2] == ["abs_gradient_x_abs_input", "absolute_gradient"] and "gradient_x_input" in methods
   assert "| abs_gradient_x_abs_input | 99.7 | 97.7 |" in board
   # The methods whose cells the running grid still plans are listed, marked as running.
   assert methods[-1] == "vargrad" and "| vargrad | running | running | – |" in board
+  # Its misses: the importance columns of every method with a cell, in the leaderboard's order.
+  misses = text.split("**On the misses**")[1].split("## Sanity")[0]
+  listed = [l.split("|")[1].strip() for l in misses.splitlines() if l.startswith("| ") and "---" not in l][1:]
+  logit = {l.split("|")[1].strip(): l.split("|")[3].strip() for l in board.splitlines() if l.startswith("| ")}
+  assert logit["gradient"] == "running" and listed == [m for m in methods if logit[m] != "running"]
+  cell = rows[(rows["method"] == "gradient_x_input") & (rows["target"] == "predicted") & (rows["output"] == "logit")]
+  assert f"| gradient_x_input | predicted / logit | {int(cell['num_missed'].iloc[0])}.0 |" in misses
   # The per-class table comes from the run data's per-class summary (no per-image files here).
   assert "## Pointing accuracy per class" in text
 
