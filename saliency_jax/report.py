@@ -442,7 +442,8 @@ def leaderboard(runs: list[Run], grids: pd.DataFrame | None) -> pd.DataFrame:
             warm = (out["seconds"] - out["compile_seconds"].fillna(0)) / out["num_images"]
             row["seconds per image"] = warm.median()
           else:
-            hit = timed[(timed["method_label"] == method) & (timed["output"] == "logit")]["seconds_per_image"]
+            hit = timed[(timed["model"] == model) & (timed["method_label"] == method)
+                        & (timed["output"] == "logit")]["seconds_per_image"]
             row["seconds per image"] = hit.iloc[-1] if len(hit) else np.nan
           row["degenerate"] = out["degenerate_share"].mean()
       f = faith[faith["method_label"] == method] if not faith.empty else faith
