@@ -434,6 +434,19 @@ def test_explainer_runs_sharded_over_the_batch(small_cnn):
   np.testing.assert_array_equal(four.targets(x), target)
 
 
+def test_explainer_takes_a_method_in_the_configs_spelling(small_cnn):
+  forward, x, _ = small_cnn
+  explain = A.Explainer(forward.model, forward.variables, normalization="unit", devices=jax.devices()[:1])
+  np.testing.assert_array_equal(explain("lrp_gamma(gamma=0.5)", x), explain("lrp_gamma", x, gamma=0.5))
+  assert not np.allclose(explain("lrp_gamma(gamma=0.5)", x), explain("lrp_gamma", x))  # the option reached it
+  with pytest.raises(ValueError, match="both set gamma"):
+    explain("lrp_gamma(gamma=0.5)", x, gamma=0.1)
+  with pytest.raises(ValueError, match="reduce= is the stages' channel reduction"):
+    explain("gradient(reduce='abs_max')", x)
+  with pytest.raises(ValueError, match="option 'gama' is not known"):
+    explain("lrp_gamma(gama=0.5)", x)
+
+
 # ---------------------------------------------------------------- registry, helpers
 
 

@@ -2,6 +2,7 @@
 
     explain = Explainer(model, variables, normalization=prepared.normalization)
     maps_BHWC = explain("integrated_gradients", x_BHWC, steps=100, baseline="black")
+    maps_BHWC = explain("integrated_gradients(steps=100, baseline='black')", x_BHWC)   # the same
 
 Each (method, output, options) compiles once. Options holding arrays (random keys, baseline
 images) are traced arguments; the rest are compile-time constants. The batch goes through a
@@ -47,8 +48,18 @@ class Explainer:
                **options) -> jax.Array:
     """The map of `method` (a registered name or a function) for `target`: 'predicted', 'label'
     (with `labels_B`), a class index for every image, or an array of class indices (checked here:
-    one ValueError for one out of range or of the wrong shape, before anything is compiled)."""
+    one ValueError for one out of range or of the wrong shape, before anything is compiled). A name
+    may carry its options in the one spelling of the configs, "lrp_gamma(gamma=0.1)"."""
     check_images(x_BHWC)
+    if isinstance(method, str) and "(" in method:
+      spec = registry.parse(method, "method")
+      if spec.reduction != "mean":
+        raise ValueError(f"method {method!r}: reduce= is the stages' channel reduction; the Explainer returns "
+                         "every channel (reduce the map yourself)")
+      twice = sorted(set(dict(spec.options)) & set(options))
+      if twice:
+        raise ValueError(f"method {method!r} and the keyword arguments both set {', '.join(twice)}; set each once")
+      method, options = spec.name, {**dict(spec.options), **options}
     if isinstance(method, str):
       options = registry.supply(method, registry.check_options(method, options), normalization=self.normalization)
       fn = registry.get(method)
