@@ -189,7 +189,7 @@ def test_guided_backprop_is_the_gradient_when_every_signal_is_positive():
   assert not np.allclose(A.guided_backprop(mixed, x, target), A.gradient(mixed, x, target))
 
 
-def _lrp_by_hand(x, rule, eps=0.0):
+def _lrp_by_hand(x, rule, eps=0.0, gamma=0.0):
   """Textbook LRP on the two-layer dense net above, numpy: R_j = sum_k z_jk / (z_k + stab) R_k."""
   x = np.asarray(x).ravel()
   w1, w2 = np.asarray(W1).T, np.asarray(W2)  # (in, out)
@@ -198,6 +198,11 @@ def _lrp_by_hand(x, rule, eps=0.0):
 
   def step(a, w, r):
     z_jk = a[:, None] * w
+    if rule == "gamma":  # the generalized rule (zennit's Gamma): a unit's contributions of its own sign boosted
+      z_k = z_jk.sum(0)
+      boosted = z_jk + gamma * np.where(z_jk * z_k[None] > 0, z_jk, 0)
+      z_b = boosted.sum(0)
+      return (boosted * np.where(z_k != 0, r / np.where(z_b != 0, z_b, 1), 0)).sum(1)
     if rule == "alpha1beta0":
       z_jk = np.maximum(z_jk, 0)
     z_k = z_jk.sum(0)
@@ -216,12 +221,34 @@ class _TwoLayer(nn.Module):
     return nn.Dense(1, use_bias=False, name="d2")(h)
 
 
-@pytest.mark.parametrize("rule,eps", [("zero", 0.0), ("epsilon", 0.5), ("alpha1beta0", 0.0)])
-def test_lrp_rules_by_hand(rule, eps):
+@pytest.mark.parametrize("rule,eps,gamma", [("zero", 0.0, 0.0), ("epsilon", 0.5, 0.0), ("alpha1beta0", 0.0, 0.0),
+                                            ("gamma", 0.0, 0.25), ("gamma", 0.0, 3.0)])
+def test_lrp_rules_by_hand(rule, eps, gamma):
   forward = A.ModelForward(_TwoLayer(), {"params": {"d1": {"kernel": W1.T}, "d2": {"kernel": W2}}})
   x = jnp.array([1.0, -2.0]).reshape(1, 1, 1, 2)  # a negative input, where z+ must split (a w)+ properly
-  got = A.lrp(forward, x, T0, rule=rule, epsilon=eps).ravel()
-  np.testing.assert_allclose(got, _lrp_by_hand(x, rule, eps), rtol=1e-6)
+  got = A.lrp(forward, x, T0, rule=rule, epsilon=eps, gamma=gamma).ravel()
+  np.testing.assert_allclose(got, _lrp_by_hand(x, rule, eps, gamma), rtol=1e-6)
+
+
+class _OneDense(nn.Module):
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    return nn.Dense(1, use_bias=False, name="d")(x.reshape(x.shape[0], -1))
+
+
+def test_lrp_gamma_on_signed_inputs_stays_bounded_and_conserves():
+  # z = 1*1 + (-2)*1 + (-1.25)*(-1) = 0.25. The rule as first written boosts w+ whatever the input's
+  # sign: its denominator 1.25 - 2.5 + 1.25 = 0 at gamma = 0.25 (and 0.01 at gamma = 0.24: every value
+  # x25). The generalized rule boosts the contributions of z's sign, 1 and 1.25: 0.25 + 0.25 * 2.25.
+  forward = A.ModelForward(_OneDense(), {"params": {"d": {"kernel": jnp.array([[1.0], [1.0], [-1.0]])}}})
+  x = jnp.array([1.0, -2.0, -1.25]).reshape(1, 1, 1, 3)
+  for gamma in (0.24, 0.25):
+    got = np.asarray(A.lrp_gamma(forward, x, T0, gamma=gamma)).ravel()
+    # a_j w_j, boosted where of z's sign, over the boosted sum.
+    expected = np.array([1.0 * (1 + gamma), -2.0, 1.25 * (1 + gamma)]) * 0.25 / (0.25 + gamma * 2.25)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    np.testing.assert_allclose(got.sum(), 0.25, rtol=1e-6)  # no bias: relevance conserved
 
 
 def test_lrp_0_is_gradient_x_input_on_a_bias_free_relu_network(bias_free):
@@ -247,8 +274,11 @@ def test_lrp_alpha1beta0_conserves_relevance(bias_free):
 
 def test_lrp_gamma_limits(bias_free):
   forward, x, target = bias_free
-  np.testing.assert_allclose(A.lrp_gamma(forward, x, target, gamma=0.0), A.lrp_0(forward, x, target), rtol=1e-5,
-                             atol=1e-7)
+  lrp0 = A.lrp_0(forward, x, target)
+  # gamma=0 recomputes z as the sum of its positive and negative inputs' parts: float32 summation in
+  # another order, so equal to rounding relative to the map's scale (values near 0 differ relatively).
+  np.testing.assert_allclose(A.lrp_gamma(forward, x, target, gamma=0.0), lrp0, rtol=1e-5,
+                             atol=1e-5 * float(jnp.abs(lrp0).max()))
   near_inf = A.lrp_gamma(forward, x, target, gamma=1e6)
   np.testing.assert_allclose(A.lrp_gamma(forward, x, target, gamma=float("inf")), near_inf, rtol=1e-3, atol=1e-6)
 

@@ -52,20 +52,45 @@ def _weights(module):
   return params["kernel"], params.get("bias", 0.0)
 
 
-def _relevance_denominator(rule, module, a, z, gamma):
+def _pos(v):
+  return jax.nn.relu(v)
+
+
+def _neg(v):
+  return -jax.nn.relu(-v)
+
+
+def _relevance_denominator(rule, module, a, z):
   """z_rho: the layer's output under the rule's weights (its own output for LRP-0 / epsilon)."""
   if rule in ("zero", "epsilon"):
     return z
-  w, b = _weights(module)
-  pos = jax.nn.relu
-  if rule == "gamma":
-    if gamma == float("inf"):  # the limit: only the positive weights (z / z_rho -> 0 is rescaled away)
-      return _apply_linear(module, a, pos(w), pos(b))
-    return _apply_linear(module, a, w + gamma * pos(w), b + gamma * pos(b))
   # alpha1beta0: only the positive contributions (a_j w_jk)^+, which is a+ w+ + a- w-; no bias,
   # so relevance is conserved exactly.
+  w, b = _weights(module)
   zero_b = jnp.zeros_like(b)
-  return (_apply_linear(module, pos(a), pos(w), zero_b) + _apply_linear(module, -pos(-a), -pos(-w), zero_b))
+  return _apply_linear(module, _pos(a), _pos(w), zero_b) + _apply_linear(module, _neg(a), _neg(w), zero_b)
+
+
+def _gamma_denominators(module, a, gamma):
+  """(z_up, z_down): the layer recomputed by the generalized gamma rule (Andeol et al. 2021; zennit's
+  `Gamma`) for the units whose output is positive and for those whose output is negative. z_up
+  boosts the positive contributions (a+ w+, a- w-, b+) by gamma, so z_up >= z > 0; z_down the
+  negative ones (a+ w-, a- w+, b-), so z_down <= z < 0; with inputs >= 0 z_up is Montavon et al.'s
+  sum_j a_j (w_jk + gamma w_jk+) + b + gamma b+. The rule as first written boosts w+ whatever the
+  input's sign: on signed inputs (normalised pixels, a BatchNorm's input) its denominator can pass
+  through 0 while z does not, and relevance explodes. gamma=inf is the limit: only the boosted
+  contributions (the ratio z / z_rho -> 0 is rescaled away)."""
+  w, b = _weights(module)
+  if gamma == float("inf"):
+    boost = lambda v, part: part(v)
+  else:
+    boost = lambda v, part: v + gamma * part(v)
+  no_b = jnp.zeros_like(b)
+  up = (_apply_linear(module, _pos(a), boost(w, _pos), boost(b, _pos))
+        + _apply_linear(module, _neg(a), boost(w, _neg), no_b))
+  down = (_apply_linear(module, _pos(a), boost(w, _neg), boost(b, _neg))
+          + _apply_linear(module, _neg(a), boost(w, _pos), no_b))
+  return up, down
 
 
 def lrp_forward(forward, rule: str = "epsilon", epsilon: float = 0.01, gamma: float = 0.25):
@@ -76,14 +101,19 @@ def lrp_forward(forward, rule: str = "epsilon", epsilon: float = 0.01, gamma: fl
   eps = epsilon if rule == "epsilon" else 0.0
   sg = jax.lax.stop_gradient
 
+  def ratio(numerator, denominator):
+    # A unit with zero denominator carries no relevance (for z+ it has z <= 0, so none arrives).
+    return sg(jnp.where(denominator != 0, numerator / jnp.where(denominator != 0, denominator, 1.0), 0.0))
+
   def rewrite(module, a, z):
     if not _is_linear(module):
       return z
-    z_rho = _relevance_denominator(rule, module, a, z, gamma)
-    denominator = z_rho + eps * jnp.where(z_rho >= 0, 1.0, -1.0)
-    # A unit with zero denominator carries no relevance (for z+ it has z <= 0, so none arrives).
-    ratio = sg(jnp.where(denominator != 0, z / jnp.where(denominator != 0, denominator, 1.0), 0.0))
-    h = z_rho * ratio
+    if rule == "gamma":
+      up, down = _gamma_denominators(module, a, gamma)
+      h = up * ratio(jnp.where(z > 0, z, 0.0), up) + down * ratio(jnp.where(z < 0, z, 0.0), down)
+    else:
+      z_rho = _relevance_denominator(rule, module, a, z)
+      h = z_rho * ratio(z, z_rho + eps * jnp.where(z_rho >= 0, 1.0, -1.0))
     return sg(z) + (h - sg(h))
 
   return forward.intercepted(module_interceptor(_LINEAR, rewrite))
@@ -91,8 +121,9 @@ def lrp_forward(forward, rule: str = "epsilon", epsilon: float = 0.01, gamma: fl
 
 def _lrp(forward, x_BHWC, target_B, *, output: str = "logit", rule: str = "epsilon", epsilon: float = 0.01,
          gamma: float = 0.25):
-  """Relevance of every input value. `epsilon`: the stabiliser of LRP-epsilon; `gamma`: the
-  positive-weight boost of LRP-gamma (0 is LRP-0, float('inf') the positive-weights-only limit)."""
+  """Relevance of every input value. `epsilon`: the stabiliser of LRP-epsilon; `gamma`: the boost of
+  LRP-gamma's positive contributions (generalized to signed inputs; 0 is LRP-0, float('inf') the
+  limit with only the positive contributions)."""
   forward = lrp_forward(require_model_forward(forward, f"lrp ({rule})"), rule, epsilon, gamma)
   return x_BHWC * input_gradient(forward, x_BHWC, target_B, output)
 
