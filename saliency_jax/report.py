@@ -826,8 +826,15 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", forc
            "```", ""]
   if notes:
     md += ["## Reading", "", notes.strip(), ""]
+  text = "\n".join(md)
   with files.atomic_open(path, "w") as f:
-    f.write("\n".join(md))
+    f.write(text)
+  # The figures folder is the report's: a figure an earlier build wrote that this one does not link
+  # (a run left out, a figure now too large) would sit beside the document and no longer be its.
+  linked = set(re.findall(r"\(results/([^)/]+\.png)\)", text))
+  for stale in sorted(fig_dir.glob("*.png")) if fig_dir.is_dir() else []:
+    if stale.name not in linked:
+      stale.unlink()
   return path
 
 

@@ -64,3 +64,14 @@ def test_the_leaderboard_takes_its_times_from_an_idle_timing_and_export_keeps_it
   (run / timing.FILE).write_text("not,a\ntiming,table\n")
   with pytest.raises(report.ReportError, match="seconds.csv lacks the columns"):
     report.build([run], tmp_path / "docs2")
+
+
+def test_a_rebuild_removes_the_figures_it_no_longer_links(tmp_path):
+  runs = sorted(RUNDATA.glob("*_seed*"))
+  figures = tmp_path / "docs" / "results"
+  figures.mkdir(parents=True)
+  (figures / "pointing_accuracy_vgg16.png").write_bytes(b"an earlier build's figure of a run left out")
+  (figures / "notes.txt").write_text("not a figure: kept")
+  text = report.build(runs, tmp_path / "docs").read_text()
+  assert not (figures / "pointing_accuracy_vgg16.png").exists() and (figures / "notes.txt").exists()
+  assert (figures / "leaderboard.png").exists() and "(results/leaderboard.png)" in text
