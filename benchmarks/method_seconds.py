@@ -1,4 +1,4 @@
-"""The leaderboard's `s / image`: every method of a config, timed on this machine while nothing else runs.
+"""The leaderboard's `ms / image`: every method of a config, timed on this machine while nothing else runs.
 
   python benchmarks/method_seconds.py --config=configs/leaderboard.py:resnet_cpu \\
       --out=workdirs/cpu/resnet18_seed0/timing/seconds.csv

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import fnmatch
 import glob
 import json
 import pathlib
@@ -68,6 +69,9 @@ EXPORT = ("config.json", "metrics.csv", "provenance.json", "COMMIT", f"*/{base.R
           "single_pixel/examples.png", "sanity/*.csv", "sanity/*_curves.png", "sanity/*_bars.png",
           "sanity/*_strip0.png", "faithfulness/results.csv", "faithfulness/curves.png")
 PER_CLASS = "single_pixel/per_class.csv"
+# The names of the figures the report writes into `out/results/` (a rebuild removes those it no
+# longer links).
+REPORT_FIGURES = ("leaderboard.png", "pointing_accuracy_*.png", "examples_*.png", "*_seed*_*.png")
 
 
 class ReportError(ConfigError):
@@ -487,11 +491,13 @@ def _timing(runs: list[Run]) -> tuple[pd.DataFrame | None, str]:
         df = timing.TABLE.frame(path)
       except results.DamagedTable as e:
         raise ReportError(str(e)) from None
+      df = df[df["model"] == run.model]
       if not df.empty:
-        last = df.iloc[-1]
-        return df, (f"ms / image: the maps alone, timed apart on an idle machine ({last['machine']}, "
-                    f"{last['date'][:10]}, {int(last['images'])} images per call, median of {int(last['rounds'])} "
-                    "calls; benchmarks/method_seconds.py)")
+        # Rows timed in separate sessions are comparable only if the head says so: every date and setting.
+        where = lambda c: ", ".join(dict.fromkeys(str(v) for v in df[c]))  # noqa: E731
+        return df, (f"ms / image: the maps alone, timed apart on an idle machine ({where('machine')}; "
+                    f"{', '.join(dict.fromkeys(d[:10] for d in df['date']))}; {where('images')} images per call, "
+                    f"median of {where('rounds')} calls; benchmarks/method_seconds.py)")
   return None, ("ms / image: as the run timed its cells (maps and scoring, compilation excluded), beside whatever "
                 "else the machine ran then")
 
@@ -521,7 +527,8 @@ def leaderboard_markdown(board: pd.DataFrame, runs: list[Run]) -> str:
       cells.append("–" if pd.isna(r.get("mass")) else f"{100 * r['mass']:.1f}")
       cells += ["not run" if pd.isna(r[name]) else f"{r[name]:.3f}" for name in BOARD_CURVES.values()]
       cells.append("not run" if pd.isna(r["cascading |rank corr.|"]) else f"{r['cascading |rank corr.|']:.2f}")
-      cells.append("–" if pd.isna(r.get("seconds per image")) else f"{1000 * r['seconds per image']:.3g}")
+      ms = 1000 * r.get("seconds per image", np.nan)
+      cells.append("–" if pd.isna(ms) else f"{ms:.0f}" if ms >= 100 else f"{ms:.3g}")
       lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
     parts.append("\n".join(lines))
   return "\n\n".join(parts)
@@ -787,10 +794,9 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", forc
            "higher is better), and ROAD's accuracy after imputing the 10-90% most (MoRF, lower is better) or least "
            "(LeRF, higher is better) relevant pixels. Cascading: the rank correlation of |map| with the trained "
            f"model's once every layer is re-initialised, {cascade_n} images (near 0: the map depends on the weights, as it "
-           "should; near 1: it does not). ms / image: a method's milliseconds per image at output logit; each model's "
-           "head says how they were timed. `running`: the cell's grid is still running; `not run`: that stage has not run "
-           "for the method; `n/a`: the method does not "
-           "apply.", "", leaderboard_markdown(board, done), "", f"![leaderboard](results/{fig.name})", "",
+           "should; near 1: it does not). ms / image: a method's milliseconds per image at output logit; each "
+           "model's head says how they were timed. `running`: the cell's grid is still running; `not run`: that "
+           "stage has not run for the method; `n/a`: the method does not apply.", "", leaderboard_markdown(board, done), "", f"![leaderboard](results/{fig.name})", "",
            "**On the misses** of every method (target predicted, output logit, test jitter (0, 0)): the columns of "
            "[the importance table](#importance-of-the-pixel-a-method-chose-instead-on-its-misses), in the "
            "leaderboard's order.", "", importance_tables(leaderboard_cells(board, grids, "logit")), ""]
@@ -829,11 +835,11 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", forc
   text = "\n".join(md)
   with files.atomic_open(path, "w") as f:
     f.write(text)
-  # The figures folder is the report's: a figure an earlier build wrote that this one does not link
-  # (a run left out, a figure now too large) would sit beside the document and no longer be its.
+  # A figure an earlier build wrote that this one does not link (a run left out, a figure now too
+  # large) would sit beside the document and no longer be its; only names the report gives are removed.
   linked = set(re.findall(r"\(results/([^)/]+\.png)\)", text))
   for stale in sorted(fig_dir.glob("*.png")) if fig_dir.is_dir() else []:
-    if stale.name not in linked:
+    if stale.name not in linked and any(fnmatch.fnmatch(stale.name, p) for p in REPORT_FIGURES):
       stale.unlink()
   return path
 

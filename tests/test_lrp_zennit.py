@@ -1,7 +1,8 @@
 """The LRP rules against zennit 0.5.1 (chr5tphr/zennit), the reference PyTorch LRP library: the same
 weights in a tiny Flax network and its torch.nn twin, every Linear/Conv2d given one zennit rule, no
 canonizers and no BatchNorm (zennit merges BatchNorm into the convolution before; here it is a layer
-of its own: docs/methods.md, "Conventions against other libraries"). Skipped without torch or zennit (pip install -e '.[compare]').
+of its own: docs/methods.md, "Conventions against other libraries"). Skipped without torch or zennit
+(pip install -e '.[compare]').
 
 Convention differences, each tested as such:
 - zennit divides by z + stabilizer(z), 1e-6 by default for Gamma and ZPlus. Here a unit is divided by

@@ -81,10 +81,10 @@ def _gamma_denominators(module, a, gamma):
   through 0 while z does not, and relevance explodes. gamma=inf is the limit: only the boosted
   contributions (the ratio z / z_rho -> 0 is rescaled away)."""
   w, b = _weights(module)
-  if gamma == float("inf"):
-    boost = lambda v, part: part(v)
-  else:
-    boost = lambda v, part: v + gamma * part(v)
+
+  def boost(v, part):
+    return part(v) if gamma == float("inf") else v + gamma * part(v)
+
   no_b = jnp.zeros_like(b)
   up = (_apply_linear(module, _pos(a), boost(w, _pos), boost(b, _pos))
         + _apply_linear(module, _neg(a), boost(w, _neg), no_b))
