@@ -55,7 +55,7 @@ def test_the_leaderboard_takes_its_times_from_an_idle_timing_and_export_keeps_it
          "machine": "Some CPU, 2 cores", "jax": "0", "date": "2026-12-07T00:00:00+00:00", "commit": "abc"}
   timing.TABLE.write(run / timing.FILE, [row, {**row, "output": "softmax", "seconds_per_image": 9.0}])
   board = report.build([run], tmp_path / "docs").read_text().split("## Leaderboard")[1].split("## Sanity")[0]
-  assert "timed apart on an idle machine (Some CPU, 2 cores, 2026-12-07, 32 images per call" in board
+  assert "timed apart on an idle machine (Some CPU, 2 cores; 2026-12-07; 32 images per call" in board
   line = next(l for l in board.splitlines() if l.startswith("| absolute_gradient |"))
   assert line.rstrip(" |").endswith("| 12.3")  # ms, the logit row's
   assert next(l for l in board.splitlines() if l.startswith("| gradient_x_input |")).rstrip(" |").endswith("| –")
