@@ -17,6 +17,7 @@ compiled and called once, then timed one call per method per round, round-robin 
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 
@@ -45,6 +46,9 @@ flags.mark_flags_as_required(["config", "out"])
 def main(argv):
   del argv
   config = _CONFIG.value
+  busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+  if busy > 0.5:  # the column says idle; this script cannot pause what else runs
+    print(f"warning: load average {busy:.1f} before timing: the seconds will include other work (pause it)")
   backend.start(config)
   specs = registry.parse_all(config.single_pixel.methods, "single_pixel.methods")
   if _METHODS.value:

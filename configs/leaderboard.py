@@ -12,8 +12,10 @@ method, options, target, output, jitter and images) is read back, not computed a
 `launch/reproduce_cpu.sh` runs it on every seed and switches the sanity and faithfulness stages off
 for seeds other than 0 (`--config.sanity.studies= --config.faithfulness.enabled=False`).
 
-Expected (resnet18 at CPU scale, 1,000 images): the gradient family and integrated gradients point at
-the pixel on ~95-99% of images; see docs/results.md for every method.
+Expected (resnet18 at CPU scale, 1,000 images): SmoothGrad², VarGrad, |gradient|, |gradient| x |input|,
+the LRP alpha1beta0 and gamma rules and integrated gradients point at the pixel on ~86-99.8% of images,
+the signed gradient maps on ~35-57%, the GradCAM family and FullGrad almost never; docs/results.md has
+every method.
 """
 
 from configs import default, sanity
