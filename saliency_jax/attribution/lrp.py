@@ -121,9 +121,9 @@ def lrp_forward(forward, rule: str = "epsilon", epsilon: float = 0.01, gamma: fl
 
 def _lrp(forward, x_BHWC, target_B, *, output: str = "logit", rule: str = "epsilon", epsilon: float = 0.01,
          gamma: float = 0.25):
-  """Relevance of every input value. `epsilon`: the stabiliser of LRP-epsilon; `gamma`: the boost of
-  LRP-gamma's positive contributions (generalized to signed inputs; 0 is LRP-0, float('inf') the
-  limit with only the positive contributions)."""
+  """Relevance of every input value. `epsilon`: the stabiliser of LRP-epsilon; `gamma`: LRP-gamma's boost
+  of the contributions of each unit's own sign (the generalized rule; 0 is LRP-0, float('inf') the
+  limit with only those contributions)."""
   forward = lrp_forward(require_model_forward(forward, f"lrp ({rule})"), rule, epsilon, gamma)
   return x_BHWC * input_gradient(forward, x_BHWC, target_B, output)
 
