@@ -387,7 +387,7 @@ def importance_tables(rows: pd.DataFrame) -> str:
   parts = []
   for (model, pos, col), block in rows.groupby(["model", "test_position_sd", "test_colour_sd"], sort=False):
     lines = [f"**{model}, test jitter ({pos:g}, {col:g})**", "",
-             "| method | target / output | missed (mean) | " + " | ".join(IMPORTANCE.values()) + " |",
+             "| method | target / output | images missed (mean over seeds) | " + " | ".join(IMPORTANCE.values()) + " |",
              "|---" * (3 + len(IMPORTANCE)) + "|"]
     for (method, target, output), sub in _in_table_order(block).groupby(["method_label", "target", "output"],
                                                                          sort=False):
@@ -405,7 +405,7 @@ def _stage_frame(table: results.Table, path: pathlib.Path) -> pd.DataFrame:
   """A run's stage table, its rows about the model as it is now (`results.current`); empty without
   the file."""
   try:
-    return results.current(table.frame(path))
+    return results.current(table.frame(path), path)
   except results.DamagedTable as e:
     raise ReportError(str(e)) from None
 
@@ -488,7 +488,7 @@ def _timing(runs: list[Run]) -> tuple[pd.DataFrame | None, str]:
     path = run.path / timing.FILE
     if path.exists():
       try:
-        df = timing.TABLE.frame(path)
+        df = results.fresh(timing.TABLE.frame(path), path)
       except results.DamagedTable as e:
         raise ReportError(str(e)) from None
       df = df[df["model"] == run.model]

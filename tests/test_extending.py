@@ -1,6 +1,8 @@
 """docs/extending.md: its three worked examples run as the page shows them, and a method from a
-file outside the package runs by name in every stage."""
+file outside the package runs by name in every stage; docs/methods.md's table of methods is the
+registry's."""
 
+import inspect
 import re
 import runpy
 
@@ -24,6 +26,23 @@ def test_the_page_shows_each_example_file_as_it_is():
   assert sorted(shown) == sorted(f"docs/examples/{p.name}" for p in EXAMPLES.glob("*.py"))
   for path, code in shown.items():
     assert code == (REPO / path).read_text(), f"{path} differs from what docs/extending.md shows"
+
+
+def test_the_methods_page_lists_every_method_with_its_defaults_and_needs():
+  table = (REPO / "docs" / "methods.md").read_text().split("## The methods")[1].split("\n\n")[1]
+  documented = set()
+  for line in table.splitlines()[2:]:
+    names, options, needs = line.strip("|").strip().split(" | ")
+    for name in re.findall(r"`(\w+)`", names):
+      documented.add(name)
+      method = registry.get(name)
+      params = inspect.signature(inspect.unwrap(method)).parameters
+      presets = getattr(method.__wrapped__, "defaults", {})  # a name that presets options of a shared function
+      for option, default in re.findall(r"`(\w+)=([^`]+)`", options):
+        assert repr(presets.get(option, params[option].default)) == default, (name, option)
+      assert set(re.findall(r"\w+", needs)) & set(registry.NEEDS) == registry.needs(name), name
+  ours = {n for n, m in registry.METHODS.items() if inspect.unwrap(m).__module__.startswith("saliency_jax.")}
+  assert documented == ours
 
 
 def _occlusion():
@@ -91,6 +110,10 @@ def test_imports_that_fail_are_one_line_naming_the_field(tmp_path, monkeypatch):
   forward = lambda x: x.reshape(x.shape[0], -1)[:, :3] * 2.0
   x = jnp.ones((1, 2, 2, 1))
   np.testing.assert_allclose(A.get("lab_gradient_twice")(forward, x, 1).ravel(), [0.0, 4.0, 0.0, 0.0])
+  assert registry.revision("lab_gradient_twice") == 1 and registry.revision("not_registered") is None
+  for bad in (0, 1.5, True):
+    with pytest.raises(ValueError, match=f"method 'lab_changed': revision={bad!r} is not allowed"):
+      registry.register("lab_changed", revision=bad)
 
 
 def test_own_flax_cnn_example():

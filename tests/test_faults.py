@@ -12,7 +12,9 @@ import pytest
 
 from saliency_jax import data as data_lib
 from saliency_jax import models, pipeline, report
+from saliency_jax.attribution import registry
 from saliency_jax.config_checks import ConfigError, check_config
+from saliency_jax.evaluation import results
 from saliency_jax.stages import faithfulness as faithfulness_stage
 from saliency_jax.stages import single_pixel as grid
 from tests.test_torch_import import _hand_made_state_dict
@@ -143,10 +145,28 @@ def test_a_grid_of_a_workdir_without_metrics_stays_out_of_the_means(tmp_path):
   # A workdir with a grid but no metrics.csv (and no imported weights): not trained there, named.
   w = tmp_path / "small_cnn_seed0"
   (w / "single_pixel").mkdir(parents=True)
-  row = {c: "0" for c in grid.TABLE.columns}
+  row = {**{c: "0" for c in grid.TABLE.columns}, "method_revision": "1"}
   row.update(model="small_cnn", method="gradient", method_options="", reduction="mean", target="predicted",
              output="logit", weights="", num_images=10)
   grid.TABLE.write(w / "single_pixel" / "results.csv", [row, {**row, "target": "label"}])
   (w / "config.json").write_text(json.dumps({"config": {"seed": 0, "model": {"name": "small_cnn"}}}))
   text = report.build([w], tmp_path / "docs").read_text()
   assert "small_cnn seed 0 (small_cnn_seed0): no metrics.csv" in text and "No complete single-pixel grid yet" in text
+
+
+def test_rows_of_a_changed_method_are_left_out_and_named_and_old_tables_read_as_revision_1(tmp_path, monkeypatch,
+                                                                                         caplog):
+  path = tmp_path / "results.csv"
+  row = {**{c: "0" for c in grid.TABLE.columns}, "weights": "", "method_options": "", "target": "predicted"}
+  old = [c for c in grid.TABLE.columns if c != results.REVISION]  # as written before the column existed
+  rows = [{**row, "method": m} for m in ("gradient", "integrated_gradients", "someone_elses_method")]
+  path.write_text(",".join(old) + "\n" + "".join(",".join(str(r[c]) for c in old) + "\n" for r in rows))
+  assert [r[results.REVISION] for r in grid.TABLE.read(path)] == ["1"] * 3
+  assert len(results.current(grid.TABLE.frame(path), path)) == 3
+  monkeypatch.setitem(registry._REVISIONS, "integrated_gradients", 2)  # pylint: disable=protected-access
+  caplog.set_level(logging.WARNING, logger="absl")
+  now = results.current(grid.TABLE.frame(path), path)
+  # A method this process does not know cannot be judged: kept.
+  assert list(now["method"]) == ["gradient", "someone_elses_method"]
+  assert any(str(path) in r.getMessage() and "integrated_gradients (revision 1, now 2)" in r.getMessage()
+             for r in caplog.records)

@@ -109,7 +109,7 @@ def test_a_run_stopped_at_the_shortcut_is_finished(tmp_path):
 
 def test_sanity_table_tells_not_applicable_from_undefined(tmp_path):
   base_row = {"model": "resnet18", "model_seed": 0, "data_seed": 0, "checkpoint_epoch": 5, "study": "input_invariance",
-              "method_options": "", "output": "logit", "target": "predicted", "num_images": 4, "step": "",
+              "method_options": "", "method_revision": 1, "output": "logit", "target": "predicted", "num_images": 4, "step": "",
               "layer": "", "seconds": 1.0, **{f"{m}_{s}": 0 for m in similarity.METRICS for s in ("std", "undefined")}}
   metrics = lambda v: {f"{m}_mean": v for m in similarity.METRICS}
   rows = [{**base_row, "method": "gradient", "comparison": "twin", **metrics(1.0)},
@@ -169,7 +169,7 @@ def test_an_incomplete_or_running_grid_is_left_out_of_the_means_and_listed(tmp_p
 def grid_stage_key(method, target):
   return grid.TABLE.key_of({"checkpoint_epoch": 5, "weights": "", "test_position_sd": 0.0, "test_colour_sd": 0.0,
                             "method": method, "method_options": "", "reduction": "mean", "target": target,
-                            "output": "logit", "num_images": 10})
+                            "output": "logit", "num_images": 10, "method_revision": 1})
 
 
 def test_a_stage_says_it_is_running_until_its_last_unit(trained_tmp_path, tiny_config, monkeypatch):
@@ -214,7 +214,7 @@ def test_importance_rows_follow_the_methods_and_targets_not_the_order_cells_fini
 
 
 def _grid_row(seed, **changes):
-  row = {c: "0" for c in grid.TABLE.columns}
+  row = {**{c: "0" for c in grid.TABLE.columns}, "method_revision": "1"}
   row.update(model="small_cnn", model_seed=seed, method="gradient_x_input", method_options="", reduction="mean",
              target="predicted", output="logit", test_position_sd=0.0, test_colour_sd=0.0, checkpoint_epoch=5,
              num_images=6, weights="", degenerate=0, compile_seconds=0)
@@ -302,7 +302,7 @@ def test_stage_tables_with_rows_of_an_older_checkpoint_report_the_newest(tmp_pat
   from saliency_jax.stages import faithfulness as faithfulness_stage  # pylint: disable=g-import-not-at-top
 
   w = _metrics(tmp_path / "small_cnn_seed0", [0.5, 0.9], epochs=2)
-  row = {c: "0" for c in faithfulness_stage.TABLE.columns}
+  row = {**{c: "0" for c in faithfulness_stage.TABLE.columns}, "method_revision": "1"}
   row.update(model="small_cnn", method="gradient", method_options="", reduction="mean", curve="deletion",
              order="morf", replacement="black", weights="", x="[0, 1]", curve_mean="[1, 0]", accuracy_mean="",
              accuracy_curve="", settings="steps=1")

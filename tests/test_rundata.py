@@ -50,7 +50,8 @@ def test_the_report_is_rebuilt_from_run_data_and_quotes_its_numbers(tmp_path):
 def test_the_leaderboard_takes_its_times_from_an_idle_timing_and_export_keeps_it(tmp_path):
   run = tmp_path / "runs" / "resnet18_seed0"
   shutil.copytree(RUNDATA / "resnet18_seed0", run)
-  row = {"model": "resnet18", "method": "absolute_gradient", "method_options": "", "output": "logit", "images": 32,
+  row = {"model": "resnet18", "method": "absolute_gradient", "method_options": "", "method_revision": 1, "output": "logit",
+         "images": 32,
          "rounds": 3, "seconds_per_image": 0.0123, "seconds_min": 0.012, "seconds_max": 0.013,
          "machine": "Some CPU, 2 cores", "jax": "0", "date": "2026-12-07T00:00:00+00:00", "commit": "abc"}
   timing.TABLE.write(run / timing.FILE, [row, {**row, "output": "softmax", "seconds_per_image": 9.0}])

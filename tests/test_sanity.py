@@ -302,8 +302,8 @@ def test_summary_reads_back_undefined_similarities_from_the_csv(tmp_path):
   from saliency_jax.evaluation import similarity  # pylint: disable=g-import-not-at-top
 
   row = {"model": "small_cnn", "model_seed": 0, "data_seed": 0, "checkpoint_epoch": 1, "study": "cascading",
-         "method": "gradient", "method_options": "", "output": "logit", "target": "predicted", "num_images": 2,
-         "comparison": "randomized", "step": 1, "layer": "fc", "max_relative_difference": "", "seconds": 1.0}
+         "method": "gradient", "method_options": "", "method_revision": 1, "output": "logit", "target": "predicted",
+         "num_images": 2, "comparison": "randomized", "step": 1, "layer": "fc", "max_relative_difference": "", "seconds": 1.0}
   row.update({f"{m}_{s}": v for m in similarity.METRICS for s, v in (("mean", 0.25), ("std", 0.0), ("undefined", 0))})
   undefined = {**row, "method": "deconvnet", "spearman_mean": float("nan")}
   path = tmp_path / "cascading.csv"

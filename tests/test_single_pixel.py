@@ -1,6 +1,7 @@
 """Single-pixel evaluation on hand-built models whose answers are known (docs/evaluation.md,
 "Single-pixel metrics")."""
 
+import hashlib
 import logging
 
 import jax
@@ -13,7 +14,7 @@ from saliency_jax import data as data_lib
 from saliency_jax import pipeline
 from saliency_jax.attribution import display, gradients, registry
 from saliency_jax.config_checks import ConfigError
-from saliency_jax.evaluation import aggregate, single_pixel
+from saliency_jax.evaluation import aggregate, results, single_pixel
 from saliency_jax.stages import single_pixel as grid
 from saliency_jax.stages.runner import ModelRunner
 
@@ -194,6 +195,26 @@ def test_grid_resumes_computing_only_missing_cells_and_evaluates_a_trained_workd
         "overall.attribution_correct_accuracy"]
   assert len(again) == 4
 
+  # A change to a method (its revision raised) recomputes its cells, keeps the older rows and their
+  # per-image files beside them, and only the new rows count. A first revision's per-image file keeps
+  # the name it had before keys held a revision: sha1 of the key without it (and without weights='').
+  old_files = {grid.per_image_file(tmp_path, r) for r in again_saved}
+  for r in again_saved:
+    before = [str(r[k]) for k in grid.CELL_KEY if k not in ("weights", "method_revision")]
+    assert grid.per_image_file(tmp_path, r).name == hashlib.sha1("|".join(before).encode()).hexdigest()[:16] + ".npz"
+  calls.clear()
+  monkeypatch.setitem(registry._REVISIONS, "absolute_gradient", 2)  # pylint: disable=protected-access
+  changed = pipeline.run(config, tmp_path)["single_pixel"]
+  assert calls == [("absolute_gradient", "predicted", 40), ("absolute_gradient", "label", wrong)]
+  assert sorted((r["method"], r["method_revision"]) for r in changed) == [
+      ("absolute_gradient", 2)] * 2 + [("gradient_x_input", 1)] * 2
+  kept = grid.TABLE.read(path)
+  assert len(kept) == 6 and all(f.exists() for f in old_files)
+  assert len({grid.per_image_file(tmp_path, r) for r in kept}) == 6
+  now = results.current(grid.TABLE.frame(path), path)
+  assert sorted(zip(now["method"], now["method_revision"])) == sorted((r["method"], r["method_revision"])
+                                                                        for r in changed)
+
 
 def test_four_devices_count_as_one(trained_tmp_path, tiny_config):
   tmp_path = trained_tmp_path  # the tiny run, trained
@@ -216,8 +237,8 @@ def _fake_results(workdir, seed, pointing):
     row = {c: 0.5 for c in grid.METRIC_COLUMNS + grid.LOCALISATION_COLUMNS}
     row.update(model="small_cnn", model_seed=seed, data_seed=0, checkpoint_epoch=6, train_position_sd=0.0,
                train_colour_sd=0.0, test_position_sd=0.0, test_colour_sd=0.0, method=method, method_options="",
-               reduction="mean", target="predicted", output="logit", num_images=100, num_missed=10,
-               seconds=1.0)
+               method_revision=1, reduction="mean", target="predicted", output="logit", num_images=100,
+               num_missed=10, seconds=1.0)
     row["overall.attribution_correct_accuracy"] = p
     row["overall.attribution_incorrect"] = 10 * (seed + 1)
     rows.append(row)

@@ -49,7 +49,8 @@ class Explainer:
     """The map of `method` (a registered name or a function) for `target`: 'predicted', 'label'
     (with `labels_B`), a class index for every image, or an array of class indices (checked here:
     one ValueError for one out of range or of the wrong shape, before anything is compiled). A name
-    may carry its options in the one spelling of the configs, "lrp_gamma(gamma=0.1)"."""
+    may carry its options in the one spelling of the configs, "lrp_gamma(gamma=0.1)". Options left
+    out take the method's defaults (every method's, in one table: docs/methods.md, "The methods")."""
     check_images(x_BHWC)
     if isinstance(method, str) and "(" in method:
       spec = registry.parse(method, "method")

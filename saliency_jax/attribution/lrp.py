@@ -71,26 +71,30 @@ def _relevance_denominator(rule, module, a, z):
   return _apply_linear(module, _pos(a), _pos(w), zero_b) + _apply_linear(module, _neg(a), _neg(w), zero_b)
 
 
-def _gamma_denominators(module, a, gamma):
-  """(z_up, z_down): the layer recomputed by the generalized gamma rule (Andeol et al. 2021; zennit's
-  `Gamma`) for the units whose output is positive and for those whose output is negative. z_up
-  boosts the positive contributions (a+ w+, a- w-, b+) by gamma, so z_up >= z > 0; z_down the
-  negative ones (a+ w-, a- w+, b-), so z_down <= z < 0; with inputs >= 0 z_up is Montavon et al.'s
-  sum_j a_j (w_jk + gamma w_jk+) + b + gamma b+. The rule as first written boosts w+ whatever the
-  input's sign: on signed inputs (normalised pixels, a BatchNorm's input) its denominator can pass
-  through 0 while z does not, and relevance explodes. gamma=inf is the limit: only the boosted
-  contributions (the ratio z / z_rho -> 0 is rescaled away)."""
+def _own_sign_parts(module, a):
+  """P, the layer's contributions that are positive (a+ w+, a- w-, and b+), recomputed: with the layer's
+  output z = P + N, the generalized gamma rule's denominators are z + gamma P and z + gamma N."""
   w, b = _weights(module)
+  return _apply_linear(module, _pos(a), _pos(w), _pos(b)) + _apply_linear(module, _neg(a), _neg(w), jnp.zeros_like(b))
 
-  def boost(v, part):
-    return part(v) if gamma == float("inf") else v + gamma * part(v)
 
-  no_b = jnp.zeros_like(b)
-  up = (_apply_linear(module, _pos(a), boost(w, _pos), boost(b, _pos))
-        + _apply_linear(module, _neg(a), boost(w, _neg), no_b))
-  down = (_apply_linear(module, _pos(a), boost(w, _neg), boost(b, _neg))
-          + _apply_linear(module, _neg(a), boost(w, _pos), no_b))
-  return up, down
+def _gamma(z, p, gamma, ratio):
+  """The generalized gamma rule (Andeol et al. 2021; zennit's `Gamma`) as h, whose gradient is the
+  rule's backward pass: a unit with z > 0 divides its relevance by z_up = z + gamma P, boosting the
+  positive contributions P by gamma (z_up >= z > 0); one with z < 0 by z_down = z + gamma N, N = z - P,
+  boosting the negative ones. With inputs >= 0, z_up is Montavon et al.'s sum_j a_j (w_jk + gamma
+  w_jk+) + b + gamma b+. The rule as first written boosts w+ whatever the input's sign: on signed
+  inputs (normalised pixels, a BatchNorm's input) its denominator can pass through 0 while z does
+  not, and relevance explodes. gamma=inf is the limit: only the boosted contributions (z_up -> P,
+  z_down -> N; the ratio z / z_rho -> 0 is rescaled away). Written over z and P alone, the rule costs
+  two recomputed layers, as alpha1beta0 does, not four."""
+  n = z - p
+  up, down = (p, n) if gamma == float("inf") else (z + gamma * p, z + gamma * n)
+  r_up, r_down = ratio(jnp.where(z > 0, z, 0.0), up), ratio(jnp.where(z < 0, z, 0.0), down)
+  # up * r_up + down * r_down, grouped by what carries a gradient: z and P.
+  if gamma == float("inf"):
+    return z * r_down + p * (r_up - r_down)
+  return z * (r_up + r_down) + gamma * (p * (r_up - r_down) + z * r_down)
 
 
 def lrp_forward(forward, rule: str = "epsilon", epsilon: float = 0.01, gamma: float = 0.25):
@@ -109,8 +113,7 @@ def lrp_forward(forward, rule: str = "epsilon", epsilon: float = 0.01, gamma: fl
     if not _is_linear(module):
       return z
     if rule == "gamma":
-      up, down = _gamma_denominators(module, a, gamma)
-      h = up * ratio(jnp.where(z > 0, z, 0.0), up) + down * ratio(jnp.where(z < 0, z, 0.0), down)
+      h = _gamma(z, _own_sign_parts(module, a), gamma, ratio)
     else:
       z_rho = _relevance_denominator(rule, module, a, z)
       h = z_rho * ratio(z, z_rho + eps * jnp.where(z_rho >= 0, 1.0, -1.0))

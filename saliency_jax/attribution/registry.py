@@ -34,6 +34,10 @@ from saliency_jax import checks, lowering
 from saliency_jax.attribution import core, display
 
 METHODS: dict[str, Callable] = {}
+# A method's revision: 1 for its definition as first registered, raised by hand whenever a change to it
+# changes the maps it computes. It is part of every result row's key, so a run recomputes a method's
+# cells after a change and the report leaves out rows of an older revision instead of mixing them in.
+_REVISIONS: dict[str, int] = {}
 # What a method can need beyond (forward, images, targets); the runners supply the first three.
 NEEDS = {
     "key": "a random key (`key=`: one, or one per image)",
@@ -47,17 +51,21 @@ NEEDS = {
 _NEEDS: dict[str, frozenset[str]] = {}
 
 
-def register(name: str, *, needs=(), **defaults):
-  """Register a method under `name`, declaring what it `needs` (keys of `NEEDS`). `defaults`
+def register(name: str, *, needs=(), revision: int = 1, **defaults):
+  """Register a method under `name`, declaring what it `needs` (keys of `NEEDS`) and its `revision`
+  (raise it when a change alters the maps: runs then recompute the method's cells). `defaults`
   pre-set options, so one function serves several names (LRP rules, RectGrad and RectGrad_Mod)."""
   unknown = set(needs) - set(NEEDS)
   if unknown:
     raise ValueError(f"method {name!r} declares unknown needs {sorted(unknown)}; known: {', '.join(NEEDS)}")
+  if isinstance(revision, bool) or not isinstance(revision, int) or revision < 1:
+    raise ValueError(f"method {name!r}: revision={revision!r} is not allowed; give a whole number from 1")
 
   def wrap(fn):
     if name in METHODS:
       raise ValueError(f"attribution method {name!r} is registered twice")
     _NEEDS[name] = frozenset(needs)
+    _REVISIONS[name] = revision
     METHODS[name] = _boundary(name, _with_defaults(fn, name, defaults) if defaults else fn)
     return METHODS[name]
 
@@ -129,6 +137,12 @@ def needs(name: str) -> frozenset[str]:
   """What method `name` declared it needs (see `NEEDS`)."""
   get(name)
   return _NEEDS[name]
+
+
+def revision(name: str) -> int | None:
+  """The revision method `name` was registered with; None for a name not registered in this process
+  (a row about it cannot be judged, and is kept)."""
+  return _REVISIONS.get(name)
 
 
 def supply(name: str, options: Mapping[str, Any], *, normalization=None, key=None, chunk_size=None) -> dict:
@@ -207,6 +221,10 @@ class MethodSpec:
   def options_text(self) -> str:
     """The options as written in results.csv: sorted `key=value`, without execution options."""
     return ", ".join(f"{k}={v!r}" for k, v in self.options if k not in EXECUTION_OPTIONS)
+
+  @property
+  def revision(self) -> int:
+    return _REVISIONS[self.name]
 
   @property
   def label(self) -> str:

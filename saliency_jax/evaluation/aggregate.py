@@ -42,7 +42,7 @@ def read_runs(patterns: list[str]) -> pd.DataFrame:
     if not path.exists():
       logging.warning("no results in %s; skipped", path)
       continue
-    df = results.current(TABLE.frame(path)).drop(columns=["method_label"])
+    df = results.current(TABLE.frame(path), path).drop(columns=["method_label"])
     frames.append(df.assign(workdir=w, degenerate_share=df["degenerate"] / df["num_images"]))
   if not frames:
     raise ValueError(f"--workdirs={patterns} matched no <workdir>/single_pixel/results.csv")

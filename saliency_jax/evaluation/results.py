@@ -26,6 +26,10 @@ from saliency_jax import files
 # `weights`: the digest of imported weights (`model.torch_weights`), '' for the workdir's own training.
 RUN_COLUMNS = ("model", "model_seed", "data_seed", "checkpoint_epoch", "weights")
 METHOD_COLUMNS = ("method", "method_options")
+# The method's revision (`registry.revision`) its row was computed with: a column of every table that
+# has methods, the last of its key, so a run recomputes a method's units after a change and keeps
+# the older rows beside them; `fresh` leaves those out. Tables written before it existed read as 1.
+REVISION = "method_revision"
 # Column kinds: `text` anything (also ''), `number` a float (NaN allowed: an undefined value),
 # `finite` a finite float, `count` a non-negative integer, `json` a JSON list of numbers.
 KINDS = ("text", "number", "finite", "count", "json")
@@ -38,12 +42,32 @@ def run_columns(config, trained) -> dict:
 
 
 def method_columns(spec) -> dict:
-  return {"method": spec.name, "method_options": spec.options_text}
+  return {"method": spec.name, "method_options": spec.options_text, REVISION: spec.revision}
 
 
-def current(frame):
-  """The rows of a run's table about its model as it is now: the newest checkpoint, and with imported
-  weights those of the newest rows' file (a table keeps older rows: their keys differ)."""
+def fresh(frame, source=""):
+  """`frame` without the rows of a method's older revision than this process registers (computed
+  before a change to it), with a warning naming `source`; rows of methods not registered here are
+  kept, since nothing can judge them."""
+  if frame.empty or REVISION not in frame:
+    return frame
+  from saliency_jax.attribution import registry  # pylint: disable=g-import-not-at-top
+
+  now = frame["method"].map(lambda m: registry.revision(m) or 0)
+  stale = (now > 0) & (frame[REVISION].astype(int) != now)
+  if stale.any():
+    old = sorted({f"{m} (revision {r}, now {registry.revision(m)})"
+                  for m, r in zip(frame["method"][stale], frame[REVISION][stale])})
+    logging.warning("%s: left out %d row(s) computed before a change to their method: %s; rerun the stage to "
+                    "compute them again", source or "a table", int(stale.sum()), ", ".join(old))
+  return frame[~stale]
+
+
+def current(frame, source=""):
+  """The rows of a run's table about its model and methods as they are now: the newest checkpoint,
+  with imported weights those of the newest rows' file (a table keeps older rows: their keys differ),
+  and each method's current revision (`fresh`)."""
+  frame = fresh(frame, source)
   if frame.empty:
     return frame
   frame = frame[frame["checkpoint_epoch"] == frame["checkpoint_epoch"].max()]
@@ -86,11 +110,13 @@ class Table:
   # Columns a row may leave empty (a metric that does not apply to it, e.g. ROAD's accuracy on a
   # deletion row); every other column must be there.
   optional: tuple[str, ...] = ()
+  # Columns added after files were written: what such a file's rows hold in them (REVISION: 1).
+  former: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     if len(set(self.columns)) != len(self.columns):
       raise ValueError(f"table declares a column twice: {self.columns}")
-    unknown = set(self.key) - set(self.columns) | set(self.kinds) - set(self.columns)
+    unknown = (set(self.key) | set(self.kinds) | set(self.former)) - set(self.columns)
     if unknown or set(self.kinds.values()) - set(KINDS):
       raise ValueError(f"table declares columns it does not have or unknown kinds: {sorted(unknown)}")
 
@@ -130,13 +156,14 @@ class Table:
       return []
     lines = text.splitlines(keepends=True)
     header = next(csv.reader(lines[:1]))
-    missing = [c for c in self.columns if c not in header and c not in self.optional]
+    missing = [c for c in self.columns if c not in header and c not in self.optional and c not in self.former]
     if missing:
       raise DamagedTable(f"{path} lacks the columns {', '.join(missing)}; it is not this stage's table "
                          "(or it was cut inside its header)")
     rows, dropped = [], []
     records = list(csv.DictReader(lines))
-    absent = {c: "" for c in self.optional if c not in header}  # written before the column existed
+    # Written before the column existed.
+    absent = {c: self.former.get(c, "") for c in (*self.optional, *self.former) if c not in header}
     for i, row in enumerate(records):
       row = {**row, **absent}
       problem = self.problem(row)

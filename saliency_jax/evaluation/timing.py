@@ -24,11 +24,12 @@ from saliency_jax.evaluation import results
 
 FILE = "timing/seconds.csv"  # in a run's workdir (and its exported run data)
 TABLE = results.Table(
-    columns=("model", *results.METHOD_COLUMNS, "output", "images", "rounds", "seconds_per_image", "seconds_min",
-             "seconds_max", "machine", "jax", "date", "commit"),
-    key=("model", *results.METHOD_COLUMNS, "output"),
-    kinds={"images": "count", "rounds": "count", "seconds_per_image": "finite", "seconds_min": "finite",
-           "seconds_max": "finite"})
+    columns=("model", *results.METHOD_COLUMNS, results.REVISION, "output", "images", "rounds", "seconds_per_image",
+             "seconds_min", "seconds_max", "machine", "jax", "date", "commit"),
+    key=("model", *results.METHOD_COLUMNS, "output", results.REVISION),
+    kinds={results.REVISION: "count", "images": "count", "rounds": "count", "seconds_per_image": "finite",
+           "seconds_min": "finite", "seconds_max": "finite"},
+    former={results.REVISION: "1"})
 
 
 def machine() -> str:

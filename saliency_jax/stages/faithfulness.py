@@ -37,7 +37,8 @@ from saliency_jax.stages.runner import ModelRunner
 
 CURVES = ("deletion", "insertion", "road")
 ROAD_REPLACEMENT = "noisy_linear"
-ID_COLUMNS = (*results.RUN_COLUMNS, "condition", "position_sd", "colour_sd", *results.METHOD_COLUMNS, "reduction",
+ID_COLUMNS = (*results.RUN_COLUMNS, "condition", "position_sd", "colour_sd", *results.METHOD_COLUMNS, results.REVISION,
+              "reduction",
               "target", "output", "score", "num_images", "curve", "order", "replacement", "settings")
 # x: the curve's points (fractions of pixels, or ROAD's percentages / 100), as JSON lists like the curves.
 METRIC_COLUMNS = ("area_mean", "area_std", "x", "curve_mean", "accuracy_mean", "accuracy_curve", "seconds")
@@ -45,12 +46,12 @@ METRIC_COLUMNS = ("area_mean", "area_std", "x", "curve_mean", "accuracy_mean", "
 TABLE = results.Table(
     columns=(*ID_COLUMNS, *METRIC_COLUMNS, "compile_seconds"),
     key=("checkpoint_epoch", "weights", "condition", "position_sd", "colour_sd", *results.METHOD_COLUMNS, "reduction", "target",
-         "output", "score", "num_images", "curve", "order", "replacement", "settings"),
-    kinds={**{c: "count" for c in ("model_seed", "data_seed", "checkpoint_epoch", "num_images")},
+         "output", "score", "num_images", "curve", "order", "replacement", "settings", results.REVISION),
+    kinds={**{c: "count" for c in ("model_seed", "data_seed", "checkpoint_epoch", results.REVISION, "num_images")},
            **{c: "finite" for c in ("position_sd", "colour_sd", "area_mean", "area_std", "accuracy_mean", "seconds",
                                     "compile_seconds")},
            **{c: "json" for c in ("x", "curve_mean", "accuracy_curve")}},
-    optional=("weights", "accuracy_mean", "accuracy_curve", "compile_seconds"))
+    optional=("weights", "accuracy_mean", "accuracy_curve", "compile_seconds"), former={results.REVISION: "1"})
 # This stage's salt in the methods' random keys: the grid's, so a method's maps are the grid's maps.
 KEY_SALT = 4
 

@@ -35,17 +35,18 @@ from saliency_jax.stages import base
 from saliency_jax.stages.runner import ModelRunner
 
 STUDIES = ("cascading", "independent", "class_sensitivity", "input_invariance", "label_randomization")
-ID_COLUMNS = (*results.RUN_COLUMNS, "study", *results.METHOD_COLUMNS, "output", "target", "num_images", "comparison",
+ID_COLUMNS = (*results.RUN_COLUMNS, "study", *results.METHOD_COLUMNS, results.REVISION, "output", "target", "num_images", "comparison",
               "step", "layer")
 _STATS = tuple(f"{m}_{s}" for m in similarity.METRICS for s in ("mean", "std", "undefined"))
 # A study's rows of one method are done together (its unit of work); the calibration rows come last.
 TABLE = results.Table(
     columns=(*ID_COLUMNS, *_STATS, "max_relative_difference", "seconds", "compile_seconds"),
-    key=("checkpoint_epoch", "weights", "study", "method", "method_options", "output", "target", "num_images"),
-    kinds={**{c: "count" for c in ("model_seed", "data_seed", "checkpoint_epoch", "num_images")},
+    key=("checkpoint_epoch", "weights", "study", "method", "method_options", "output", "target", "num_images",
+         results.REVISION),
+    kinds={**{c: "count" for c in ("model_seed", "data_seed", "checkpoint_epoch", results.REVISION, "num_images")},
            **{c: ("count" if c.endswith("undefined") else "number") for c in _STATS},
            "step": "count", "max_relative_difference": "number", "seconds": "finite", "compile_seconds": "finite"},
-    optional=("weights", "step", "max_relative_difference", "compile_seconds"))
+    optional=("weights", "step", "max_relative_difference", "compile_seconds"), former={results.REVISION: "1"})
 CALIBRATION = ("random_map", "edge_map")
 # This stage's salt in the methods' random keys (`binding.method_key`).
 KEY_SALT = 2

@@ -32,10 +32,10 @@ METRIC_COLUMNS = single_pixel.METRIC_COLUMNS
 POINTING = "overall.attribution_correct_accuracy"
 # Which run and which cell a row is.
 ID_COLUMNS = (*results.RUN_COLUMNS, "train_position_sd", "train_colour_sd", "test_position_sd", "test_colour_sd",
-              *results.METHOD_COLUMNS, "reduction", "target", "output", "num_images", "num_missed")
+              *results.METHOD_COLUMNS, results.REVISION, "reduction", "target", "output", "num_images", "num_missed")
 # A cell is done when a row with these values exists (the rest are its results).
 CELL_KEY = ("checkpoint_epoch", "weights", "test_position_sd", "test_colour_sd", "method", "method_options", "reduction",
-            "target", "output", "num_images")
+            "target", "output", "num_images", results.REVISION)
 # Graded localisation (`single_pixel.localisation_metrics`), after the original's columns.
 LOCALISATION_COLUMNS = single_pixel.LOCALISATION_COLUMNS
 # Maps that are constant or not finite on an image (counted, never silently scored: docs/evaluation.md);
@@ -43,15 +43,15 @@ LOCALISATION_COLUMNS = single_pixel.LOCALISATION_COLUMNS
 EXTRA_COLUMNS = ("degenerate", "compile_seconds")
 TABLE = results.Table(
     columns=(*ID_COLUMNS, *METRIC_COLUMNS, "seconds", *LOCALISATION_COLUMNS, *EXTRA_COLUMNS), key=CELL_KEY,
-    kinds={**{c: "count" for c in ("model_seed", "data_seed", "checkpoint_epoch", "num_images", "num_missed",
-                                   "overall.attribution_incorrect", "degenerate")},
+    kinds={**{c: "count" for c in ("model_seed", "data_seed", "checkpoint_epoch", results.REVISION, "num_images",
+                                   "num_missed", "overall.attribution_incorrect", "degenerate")},
            **{c: "finite" for c in ("train_position_sd", "train_colour_sd", "test_position_sd", "test_colour_sd",
                                     "seconds", "compile_seconds", "localisation.rank_mean",
                                     "localisation.rank_median", "localisation.top1", "localisation.top5",
                                     "localisation.top10")},
            **{c: "finite" for c in METRIC_COLUMNS[:4]},
            **{c: "number" for c in (*METRIC_COLUMNS[5:], "localisation.mass_mean")}},
-    optional=("weights", *EXTRA_COLUMNS))
+    optional=("weights", *EXTRA_COLUMNS), former={results.REVISION: "1"})
 # A cell whose maps are degenerate on more than this share of images is flagged in the log and the report.
 DEGENERATE_SHARE = 0.5
 
@@ -63,9 +63,13 @@ def per_image_file(workdir, row: dict):
 
 
 def _per_image_name(key: tuple[str, ...]) -> str:
-  # A run's own training (no imported weights) keeps the name it had before the key held `weights`.
-  weights = CELL_KEY.index("weights")
-  named = key[:weights] + key[weights + 1:] if key[weights] == "" else key
+  # A run's own training (no imported weights) and a method's first revision keep the name they had
+  # before the key held `weights` and the revision (a key written before the revision lacks it).
+  named = list(key)
+  if len(named) == len(CELL_KEY) and named[-1] == "1":
+    named.pop()
+  if named[CELL_KEY.index("weights")] == "":
+    del named[CELL_KEY.index("weights")]
   return f"per_image/{hashlib.sha1('|'.join(named).encode()).hexdigest()[:16]}.npz"
 
 
