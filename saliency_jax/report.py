@@ -234,7 +234,8 @@ def read_grids(runs: list[Run]) -> pd.DataFrame | None:
       continue
     frames.append(df.assign(workdir=str(run.path), model=run.model, model_seed=run.seed,
                             degenerate_share=df["degenerate"] / df["num_images"]))
-  return pd.concat(frames, ignore_index=True) if frames else None
+  # Across runs too: a method the runs imported and this process does not know counts its newest revision.
+  return results.fresh(pd.concat(frames, ignore_index=True), "the runs' grids") if frames else None
 
 
 def paper_grids(runs: list[Run], grids: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -353,11 +354,12 @@ def per_class_tables(runs: list[Run], rows: pd.DataFrame) -> str:
     mine = rows[rows["workdir"] == str(run.path)]
     if mine.empty:
       continue
-    cells = {(str(float(r["test_position_sd"])), str(float(r["test_colour_sd"])), r["method"], r["method_options"],
-              r["output"]) for _, r in mine[mine["target"] == "predicted"].iterrows()}
+    # A summary exported before rows held a revision holds revision 1's.
+    cell_of = lambda r: (str(float(r["test_position_sd"])), str(float(r["test_colour_sd"])), r["method"],  # noqa: E731
+                         r["method_options"], r["output"], int(r.get(results.REVISION) or 1))
+    cells = {cell_of(r) for _, r in mine[mine["target"] == "predicted"].iterrows()}
     for r in per_class_rows(run.path, mine):
-      cell = (str(float(r["test_position_sd"])), str(float(r["test_colour_sd"])), r["method"], r["method_options"],
-              r["output"])
+      cell = cell_of(r)
       if r["target"] != "predicted" or cell not in cells:
         continue
       found.append(dict(model=run.model, seed=run.seed, jitter=(float(cell[0]), float(cell[1])),

@@ -38,7 +38,10 @@ def test_the_methods_page_lists_every_method_with_its_defaults_and_needs():
       method = registry.get(name)
       params = inspect.signature(inspect.unwrap(method)).parameters
       presets = getattr(method.__wrapped__, "defaults", {})  # a name that presets options of a shared function
-      for option, default in re.findall(r"`(\w+)=([^`]+)`", options):
+      shown = dict(re.findall(r"`(\w+)=([^`]+)`", options))
+      # Every option a caller may set, with the default that name gives it.
+      assert set(shown) == {p.name for p in params.values() if p.kind == p.KEYWORD_ONLY} - {"output"}, name
+      for option, default in shown.items():
         assert repr(presets.get(option, params[option].default)) == default, (name, option)
       assert set(re.findall(r"\w+", needs)) & set(registry.NEEDS) == registry.needs(name), name
   ours = {n for n, m in registry.METHODS.items() if inspect.unwrap(m).__module__.startswith("saliency_jax.")}

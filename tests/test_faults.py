@@ -166,7 +166,11 @@ def test_rows_of_a_changed_method_are_left_out_and_named_and_old_tables_read_as_
   monkeypatch.setitem(registry._REVISIONS, "integrated_gradients", 2)  # pylint: disable=protected-access
   caplog.set_level(logging.WARNING, logger="absl")
   now = results.current(grid.TABLE.frame(path), path)
-  # A method this process does not know cannot be judged: kept.
   assert list(now["method"]) == ["gradient", "someone_elses_method"]
-  assert any(str(path) in r.getMessage() and "integrated_gradients (revision 1, now 2)" in r.getMessage()
+  assert any(str(path) in r.getMessage() and "integrated_gradients (revision 1; counted: 2)" in r.getMessage()
              for r in caplog.records)
+  # A method this process does not know (a run's own import) counts the newest revision the rows hold.
+  grid.TABLE.write(path, [{**rows[2], results.REVISION: 1, "target": t} for t in ("predicted", "label")]
+                   + [{**rows[2], results.REVISION: 2}])
+  now = results.current(grid.TABLE.frame(path), path)
+  assert list(zip(now["method"], now[results.REVISION], now["target"])) == [("someone_elses_method", 2, "predicted")]

@@ -46,7 +46,8 @@ def read_runs(patterns: list[str]) -> pd.DataFrame:
     frames.append(df.assign(workdir=w, degenerate_share=df["degenerate"] / df["num_images"]))
   if not frames:
     raise ValueError(f"--workdirs={patterns} matched no <workdir>/single_pixel/results.csv")
-  return pd.concat(frames, ignore_index=True)
+  # Across runs too: a method the runs imported and this process does not know counts its newest revision.
+  return results.fresh(pd.concat(frames, ignore_index=True), "the runs' grids")
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:

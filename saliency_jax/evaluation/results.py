@@ -46,20 +46,24 @@ def method_columns(spec) -> dict:
 
 
 def fresh(frame, source=""):
-  """`frame` without the rows of a method's older revision than this process registers (computed
-  before a change to it), with a warning naming `source`; rows of methods not registered here are
-  kept, since nothing can judge them."""
+  """`frame` without the rows of another revision of their method than this process registers (rows
+  computed before a change to it, or by newer code), with a warning naming `source`. A method not
+  registered here (a researcher's own, imported by the runs but not by this process) keeps the rows
+  of the newest revision `frame` holds; pass every run's rows at once so that holds across runs."""
   if frame.empty or REVISION not in frame:
     return frame
   from saliency_jax.attribution import registry  # pylint: disable=g-import-not-at-top
 
-  now = frame["method"].map(lambda m: registry.revision(m) or 0)
-  stale = (now > 0) & (frame[REVISION].astype(int) != now)
+  revision = frame[REVISION].astype(int)
+  wanted = frame["method"].map(lambda m: registry.revision(m) or 0)
+  wanted = wanted.where(wanted > 0, revision.groupby(frame["method"]).transform("max"))
+  stale = revision != wanted
   if stale.any():
-    old = sorted({f"{m} (revision {r}, now {registry.revision(m)})"
-                  for m, r in zip(frame["method"][stale], frame[REVISION][stale])})
-    logging.warning("%s: left out %d row(s) computed before a change to their method: %s; rerun the stage to "
-                    "compute them again", source or "a table", int(stale.sum()), ", ".join(old))
+    which = sorted({f"{m} (revision {r}; counted: {w})"
+                    for m, r, w in zip(frame["method"][stale], revision[stale], wanted[stale])})
+    logging.warning("%s: left out %d row(s) of another revision of their method than the one counted: %s; "
+                    "rerun the stage with the current code to compute them", source or "a table", int(stale.sum()),
+                    ", ".join(which))
   return frame[~stale]
 
 

@@ -64,9 +64,9 @@ def per_image_file(workdir, row: dict):
 
 def _per_image_name(key: tuple[str, ...]) -> str:
   # A run's own training (no imported weights) and a method's first revision keep the name they had
-  # before the key held `weights` and the revision (a key written before the revision lacks it).
+  # before the key held `weights` and the revision.
   named = list(key)
-  if len(named) == len(CELL_KEY) and named[-1] == "1":
+  if named[-1] == "1":
     named.pop()
   if named[CELL_KEY.index("weights")] == "":
     del named[CELL_KEY.index("weights")]
