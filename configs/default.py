@@ -26,6 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.activation = "relu"  # any flax.linen activation name
   config.model.maxpool = True  # resnet18 only: keep the 3x3/2 max-pool after the stem
   config.model.stem = "3x3"  # resnet18 only: 3x3 (the CIFAR stem) | 7x7 (torchvision's standard 7x7/2 stem)
+  config.model.channels = (32, 64)  # small_cnn only: the widths of its two conv blocks
+  config.model.hidden = (256, 128)  # mlp only: the widths of its hidden layers
   config.model.num_classes = 0  # the model's outputs; 0: the data's classes (any other value must equal them)
   # A PyTorch state_dict (.pt/.pth, or .npz) of this model (models.torch_import) to evaluate instead
   # of a checkpoint of the workdir; needs train.enabled=False. Empty: the workdir's own training.
@@ -163,4 +165,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.sanity.input_shift = (1.0,)  # c of the shifted twin, in model-input units: one, or one per channel
   config.sanity.reference_workdir = ""  # label_randomization: the same model trained on true labels
   config.sanity.strip_images = 2  # images with a strip figure of maps per study
+  # Every setting exists from here on: a variant (or the command line) that sets a field this file
+  # does not declare, a typo, fails where it is set, naming the field and the nearest one that exists.
+  config.lock()
   return config

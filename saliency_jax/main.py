@@ -16,6 +16,7 @@ import pathlib
 import re
 import sys
 import textwrap
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -77,6 +78,55 @@ def main(argv):
     sys.exit(130)
 
 
+def _parse_flags(argv):
+  """absl's flag parsing, where ml_collections loads the config file and applies the `--config.`
+  overrides: a field that does not exist (a typo, in the file or on the command line: configs/default.py
+  declares every setting and locks them) or a file whose code fails ends with one line naming the
+  file's line or the flag, and exit code 2, instead of a traceback."""
+  # The last --config= wins, as in absl.
+  config = ([a.split("=", 1)[1].split(":")[0] for a in argv[1:] if a.startswith("--config=")] or [None])[-1]
+  if config and not pathlib.Path(config).is_file():
+    print(f"error: --config={config}: no such file (read from the working directory, {os.getcwd()})",
+          file=sys.stderr)
+    sys.exit(2)
+  try:
+    argv = flags.FLAGS(argv)
+    _CONFIG.value.keys()  # a file that failed to load some other way raises here, not in the middle of main
+    return argv
+  except flags.Error as e:  # a flag's value that does not parse, or get_config's own error
+    text = str(e)
+    if "Traceback (most recent call last)" in text:  # ml_collections quotes get_config's traceback whole
+      lines = [line.strip() for line in text.splitlines() if line.strip()]
+      text = f"{text.split(': Error whilst parsing', 1)[0]}: {lines[-1]}"
+    message = " ".join(text.split())
+  except Exception as e:  # pylint: disable=broad-except
+    message = _config_load_error(e, argv)
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _config_load_error(e: Exception, argv) -> str:
+  # ml_collections raises KeyError(message), or AttributeError(KeyError(message)), for a field that
+  # does not exist.
+  inner = e if isinstance(e, KeyError) else e.args[0] if e.args and isinstance(e.args[0], KeyError) else None
+  text = str(inner.args[0] if inner is not None and inner.args else e)
+  config = ([a.split("=", 1)[1] for a in argv if a.startswith("--config=")] or ["the config file"])[-1]
+  path = pathlib.Path(config.split(":")[0]).resolve()
+  where = next((f"{config.split(':')[0]}, line {f.lineno} ({(f.line or '').strip()})"
+                for f in reversed(traceback.extract_tb(e.__traceback__)) if pathlib.Path(f.filename).resolve() == path),
+               None)
+  missing = re.search(r"""Key "(\w+)" does not exist|^'(\w+)'""", text)
+  if isinstance(e, (AttributeError, KeyError)) and missing:
+    key = missing.group(1) or missing.group(2)
+    guess = re.search(r'Did you mean "(\w+)"', text)
+    flag = next((a.split("=", 1)[0] for a in argv if a.startswith("--config.") and
+                 re.search(rf"\.{key}(\.|$)", a.split("=", 1)[0])), None)
+    return (f"{flag or where or config}: {key!r} is not a setting" + (f"; did you mean {guess.group(1)!r}?" if guess
+                                                                      else "") +
+            " (configs/default.py declares every setting: python -m saliency_jax.main --help lists them)")
+  return f"--config={config} failed to load: {type(e).__name__}: {text}" + (f" ({where})" if where else "")
+
+
 def _resume_hint(workdir: pathlib.Path) -> str:
   """What a rerun of the same command will start from: the newest checkpoint in `workdir`."""
   epochs = [int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()]
@@ -124,4 +174,4 @@ if __name__ == "__main__":
     print(__doc__.strip() + "\n\nflags:\n  --config: a config file, e.g. configs/resnet.py (or configs/sanity.py:resnet)\n"
           "  --workdir: where checkpoints, metrics and results go\n\n" + names_help() + "\n\n" + config_help())
     sys.exit(0)
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -36,7 +36,7 @@ import pandas as pd
 from absl import app, flags, logging
 from ml_collections import ConfigDict
 
-from saliency_jax import files, provenance
+from saliency_jax import files, pipeline, provenance
 from saliency_jax.config_checks import ConfigError
 from saliency_jax.data import pixel
 from saliency_jax.evaluation import aggregate, figures, results, timing
@@ -122,7 +122,9 @@ def load_run(path: pathlib.Path) -> Run:
     metrics = read_csv(path / "metrics.csv")
   except (UnicodeDecodeError, csv.Error) as e:
     raise ReportError(f"{path / 'metrics.csv'} is not a readable table ({e})") from None
-  return Run(path, model, seed, config, stored.get("model_settings", {}), metrics, provenance.read(path))
+  # A field added to the settings after the run stored them held its default there (pipeline's list).
+  settings = {**pipeline.ADDED_MODEL_FIELDS, **stored["model_settings"]} if "model_settings" in stored else {}
+  return Run(path, model, seed, config, settings, metrics, provenance.read(path))
 
 
 def check_runs(runs: list[Run]) -> None:

@@ -93,6 +93,26 @@ def test_binary_reports_one_line_and_exits_non_zero(tmp_path, flag, field):
   assert "Traceback" not in result.stderr
 
 
+def test_a_setting_that_does_not_exist_or_a_config_that_fails_to_load_is_one_line(tmp_path):
+  (tmp_path / "typo.py").write_text("from configs import quickstart\n\n\ndef get_config():\n"
+                                    "  config = quickstart.get_config()\n  config.train.learnign_rate = 0.1\n"
+                                    "  return config\n")
+  for flags, expected in (
+      ((f"--config={tmp_path / 'typo.py'}",),
+       "typo.py, line 6 (config.train.learnign_rate = 0.1): 'learnign_rate' is not a setting; did you mean "
+       "'learning_rate'?"),
+      (("--config.train.learnign_rate=0.1",), "--config.train.learnign_rate: 'learnign_rate' is not a setting"),
+      (("--config.trian.epochs=1",), "--config.trian.epochs: 'trian' is not a setting; did you mean 'train'?"),
+      (("--config=configs/nothing_here.py",), "--config=configs/nothing_here.py: no such file"),
+      (("--config=configs/sanity.py:nosuch",), "ValueError: config argument 'nosuch' is not allowed")):
+    result = subprocess.run([sys.executable, "-m", "saliency_jax.main", "--config=configs/quickstart.py",
+                             f"--workdir={tmp_path / 'w'}", *flags], cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1 and expected in errors[0], result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "w").exists()
+
+
 def test_binary_trains_with_overrides(tmp_path):
   result = _run(tmp_path, "--config.train.epochs=1", "--config.data.synthetic_train_per_class=20",
                 "--config.data.synthetic_test_per_class=5", "--config.train.batch_size=32",

@@ -1,6 +1,7 @@
 """The report rebuilt from committed run data alone (a small copy of runs/cpu: resnet18 seed 0's
 training, its paper grid, the first cells of its leaderboard grid, still running): no workdir needed."""
 
+import json
 import pathlib
 import shutil
 
@@ -76,3 +77,27 @@ def test_a_rebuild_removes_the_figures_it_no_longer_links(tmp_path):
   text = report.build(runs, tmp_path / "docs").read_text()
   assert not (figures / "pointing_accuracy_vgg16.png").exists() and (figures / "notes.txt").exists()
   assert (figures / "leaderboard.png").exists() and "(results/leaderboard.png)" in text
+
+
+def test_a_run_stored_before_later_model_fields_resumes_and_reports_beside_a_new_one(tmp_path):
+  # resnet18 seed 0's config.json predates model.channels and model.hidden (fields of other models):
+  # its workdir resumes under today's config, and a run stored today counts as a seed of the same model.
+  from configs import resnet_cpu  # pylint: disable=g-import-not-at-top
+  from saliency_jax import pipeline  # pylint: disable=g-import-not-at-top
+
+  old = tmp_path / "resnet18_seed0"
+  shutil.copytree(RUNDATA / "resnet18_seed0", old)
+  assert "model.channels" not in json.loads((old / "config.json").read_text())["model_settings"]
+  config = resnet_cpu.get_config()
+  config.data.source = "folder"  # as launch/reproduce_cpu.sh runs it
+  assert pipeline.check_workdir_config(config, old)
+  new = tmp_path / "resnet18_seed1"
+  new.mkdir()
+  config.seed = 1
+  (new / "config.json").write_text(json.dumps({"model_settings": pipeline._model_settings(config),  # pylint: disable=protected-access
+                                               "config": json.loads(config.to_json_best_effort())}))
+  report.check_runs([report.load_run(old), report.load_run(new)])
+  config.train.learning_rate = 0.5
+  (new / "config.json").write_text(json.dumps({"model_settings": pipeline._model_settings(config)}))  # pylint: disable=protected-access
+  with pytest.raises(report.ReportError, match="train.learning_rate"):
+    report.check_runs([report.load_run(old), report.load_run(new)])

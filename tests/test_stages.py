@@ -63,7 +63,8 @@ class Twice(ClassAccuracy):
 
 def _with_stage(config, monkeypatch):
   monkeypatch.setitem(stages.STAGES, ClassAccuracy.name, ClassAccuracy)
-  config.class_accuracy = ml_collections.ConfigDict({"enabled": True, "conditions": ("pixel", "nopix")})
+  with config.unlocked():  # configs/default.py locks its settings; a new stage declares its section there
+    config.class_accuracy = ml_collections.ConfigDict({"enabled": True, "conditions": ("pixel", "nopix")})
   config.single_pixel.enabled = False
   return config
 
