@@ -26,7 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.activation = "relu"  # any flax.linen activation name
   config.model.maxpool = True  # resnet18 only: keep the 3x3/2 max-pool after the stem
   config.model.stem = "3x3"  # resnet18 only: 3x3 (the CIFAR stem) | 7x7 (torchvision's standard 7x7/2 stem)
-  config.model.channels = (32, 64)  # small_cnn only: the widths of its two conv blocks
+  config.model.channels = (32, 64)  # small_cnn only: the width of each conv block
+  config.model.dropout_rate = 0.5  # vgg16 only: dropout after each of its two hidden classifier layers, in training
   config.model.hidden = (256, 128)  # mlp only: the widths of its hidden layers
   config.model.num_classes = 0  # the model's outputs; 0: the data's classes (any other value must equal them)
   # A PyTorch state_dict (.pt/.pth, or .npz) of this model (models.torch_import) to evaluate instead

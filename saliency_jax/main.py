@@ -81,49 +81,56 @@ def main(argv):
 def _parse_flags(argv):
   """absl's flag parsing, where ml_collections loads the config file and applies the `--config.`
   overrides: a field that does not exist (a typo, in the file or on the command line: configs/default.py
-  declares every setting and locks them) or a file whose code fails ends with one line naming the
-  file's line or the flag, and exit code 2, instead of a traceback."""
-  # The last --config= wins, as in absl.
-  config = ([a.split("=", 1)[1].split(":")[0] for a in argv[1:] if a.startswith("--config=")] or [None])[-1]
-  if config and not pathlib.Path(config).is_file():
-    print(f"error: --config={config}: no such file (read from the working directory, {os.getcwd()})",
-          file=sys.stderr)
-    sys.exit(2)
+  declares every setting and locks them), a missing file or a file whose code fails ends with one
+  line naming the file's line or the flag, and exit code 2, instead of a traceback."""
   try:
-    argv = flags.FLAGS(argv)
-    _CONFIG.value.keys()  # a file that failed to load some other way raises here, not in the middle of main
-    return argv
+    rest = flags.FLAGS(argv)
+    _CONFIG.value.keys()  # a file that failed to load raises here (ml_collections defers it), not inside main
+    return rest
   except flags.Error as e:  # a flag's value that does not parse, or get_config's own error
     text = str(e)
     if "Traceback (most recent call last)" in text:  # ml_collections quotes get_config's traceback whole
       lines = [line.strip() for line in text.splitlines() if line.strip()]
       text = f"{text.split(': Error whilst parsing', 1)[0]}: {lines[-1]}"
-    message = " ".join(text.split())
+    message = text
   except Exception as e:  # pylint: disable=broad-except
     message = _config_load_error(e, argv)
-  print(f"error: {message}", file=sys.stderr)
+  print(f"error: {' '.join(message.split())}", file=sys.stderr)
   sys.exit(2)
 
 
 def _config_load_error(e: Exception, argv) -> str:
-  # ml_collections raises KeyError(message), or AttributeError(KeyError(message)), for a field that
-  # does not exist.
+  try:
+    config = config_flags.get_config_filename(flags.FLAGS["config"])
+  except config_flags.config_flags.UnparsedFlagError:  # it failed inside the flag's own parsing: read the command line
+    given = [b.split("=", 1)[1] if b.startswith("--config=") else c
+             for b, c in zip(argv, [*argv[1:], ""]) if b.startswith("--config=") or b == "--config"]
+    config = given[-1].split(":")[0] if given else "the config file"  # the last one wins, as in absl
+  if not pathlib.Path(config).is_file():
+    return f"--config={config}: no such file (read from the working directory, {os.getcwd()})"
+  # The innermost line of code outside the libraries: the config file's, or a config it imports.
+  ours = [f for f in traceback.extract_tb(e.__traceback__)
+          if f"{os.sep}site-packages{os.sep}" not in f.filename and not f.filename.startswith("<")
+          and pathlib.Path(f.filename).resolve() != pathlib.Path(__file__).resolve()]
+  where = None
+  if ours:
+    name = pathlib.Path(ours[-1].filename).resolve()
+    shown = name.relative_to(pathlib.Path.cwd()) if name.is_relative_to(pathlib.Path.cwd()) else name
+    where = f"{shown}, line {ours[-1].lineno} ({(ours[-1].line or '').strip()})"
+  # A ConfigDict raises KeyError(message), or AttributeError(KeyError(message)), for a field it lacks.
   inner = e if isinstance(e, KeyError) else e.args[0] if e.args and isinstance(e.args[0], KeyError) else None
   text = str(inner.args[0] if inner is not None and inner.args else e)
-  config = ([a.split("=", 1)[1] for a in argv if a.startswith("--config=")] or ["the config file"])[-1]
-  path = pathlib.Path(config.split(":")[0]).resolve()
-  where = next((f"{config.split(':')[0]}, line {f.lineno} ({(f.line or '').strip()})"
-                for f in reversed(traceback.extract_tb(e.__traceback__)) if pathlib.Path(f.filename).resolve() == path),
-               None)
-  missing = re.search(r"""Key "(\w+)" does not exist|^'(\w+)'""", text)
-  if isinstance(e, (AttributeError, KeyError)) and missing:
+  missing = inner is not None and re.match(r"""Key "(\w+)" does not exist|'(\w+)'""", text)
+  if missing:
     key = missing.group(1) or missing.group(2)
     guess = re.search(r'Did you mean "(\w+)"', text)
-    flag = next((a.split("=", 1)[0] for a in argv if a.startswith("--config.") and
-                 re.search(rf"\.{key}(\.|$)", a.split("=", 1)[0])), None)
-    return (f"{flag or where or config}: {key!r} is not a setting" + (f"; did you mean {guess.group(1)!r}?" if guess
-                                                                      else "") +
-            " (configs/default.py declares every setting: python -m saliency_jax.main --help lists them)")
+    # Only a field the file did not mention can come from a --config. flag (applied after the file).
+    flag = None if where else next((a.split("=", 1)[0] for a in argv if a.startswith("--config.")
+                                    and re.search(rf"\.{key}(\.|$)", a.split("=", 1)[0])), None)
+    return (f"{where or flag or config}: {key!r} is not a setting" + (f"; did you mean {guess.group(1)!r}?" if guess
+                                                                        else "")
+            + " (configs/default.py declares every setting, and a new one is added there: python -m "
+              "saliency_jax.main --help lists them)")
   return f"--config={config} failed to load: {type(e).__name__}: {text}" + (f" ({where})" if where else "")
 
 

@@ -72,7 +72,7 @@ MODEL_FIELDS = ("seed", "model", "data.source", "data.seed", "data.normalization
 # Fields added to the model's settings after workdirs began storing them: a stored config.json
 # without one was made with this value (as JSON holds it: tuples are lists).
 ADDED_MODEL_FIELDS = {"model.stem": "3x3", "model.torch_weights": "", "model.num_classes": 0,
-                      "model.channels": [32, 64], "model.hidden": [256, 128]}
+                      "model.channels": [32, 64], "model.hidden": [256, 128], "model.dropout_rate": 0.5}
 
 
 def _model_settings(config) -> dict:

@@ -123,7 +123,10 @@ def load_run(path: pathlib.Path) -> Run:
   except (UnicodeDecodeError, csv.Error) as e:
     raise ReportError(f"{path / 'metrics.csv'} is not a readable table ({e})") from None
   # A field added to the settings after the run stored them held its default there (pipeline's list).
-  settings = {**pipeline.ADDED_MODEL_FIELDS, **stored["model_settings"]} if "model_settings" in stored else {}
+  settings = stored.get("model_settings", {})
+  if not isinstance(settings, dict):
+    raise ReportError(f"{path / 'config.json'}: its model_settings are not a JSON object; restore the file")
+  settings = {**pipeline.ADDED_MODEL_FIELDS, **settings} if settings else {}
   return Run(path, model, seed, config, settings, metrics, provenance.read(path))
 
 

@@ -97,17 +97,20 @@ def test_a_setting_that_does_not_exist_or_a_config_that_fails_to_load_is_one_lin
   (tmp_path / "typo.py").write_text("from configs import quickstart\n\n\ndef get_config():\n"
                                     "  config = quickstart.get_config()\n  config.train.learnign_rate = 0.1\n"
                                     "  return config\n")
+  typo, quickstart = str(tmp_path / "typo.py"), "--config=configs/quickstart.py"
   for flags, expected in (
-      ((f"--config={tmp_path / 'typo.py'}",),
+      ((f"--config={typo}",),
        "typo.py, line 6 (config.train.learnign_rate = 0.1): 'learnign_rate' is not a setting; did you mean "
        "'learning_rate'?"),
-      (("--config.train.learnign_rate=0.1",), "--config.train.learnign_rate: 'learnign_rate' is not a setting"),
-      (("--config.trian.epochs=1",), "--config.trian.epochs: 'trian' is not a setting; did you mean 'train'?"),
+      # The file's own typo is named even when a flag of the same name follows; `--config FILE` too.
+      (("--config", typo, "--config.train.learnign_rate=1"), "typo.py, line 6 (config.train.learnign_rate = 0.1)"),
+      ((quickstart, "--config.train.learnign_rate=0.1"),
+       "--config.train.learnign_rate: 'learnign_rate' is not a setting"),
+      ((quickstart, "--config.trian.epochs=1"), "--config.trian.epochs: 'trian' is not a setting; did you mean 'train'?"),
       (("--config=configs/nothing_here.py",), "--config=configs/nothing_here.py: no such file"),
       (("--config=configs/sanity.py:nosuch",), "ValueError: config argument 'nosuch' is not allowed")):
-    result = subprocess.run([sys.executable, "-m", "saliency_jax.main", "--config=configs/quickstart.py",
-                             f"--workdir={tmp_path / 'w'}", *flags], cwd=REPO, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run([sys.executable, "-m", "saliency_jax.main", *flags, f"--workdir={tmp_path / 'w'}"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2 and len(errors) == 1 and expected in errors[0], result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "w").exists()

@@ -101,3 +101,6 @@ def test_a_run_stored_before_later_model_fields_resumes_and_reports_beside_a_new
   (new / "config.json").write_text(json.dumps({"model_settings": pipeline._model_settings(config)}))  # pylint: disable=protected-access
   with pytest.raises(report.ReportError, match="train.learning_rate"):
     report.check_runs([report.load_run(old), report.load_run(new)])
+  (new / "config.json").write_text(json.dumps({"model_settings": None}))
+  with pytest.raises(report.ReportError, match="model_settings are not a JSON object"):
+    report.load_run(new)
