@@ -91,12 +91,25 @@ def _parse_flags(argv):
     text = str(e)
     if "Traceback (most recent call last)" in text:  # ml_collections quotes get_config's traceback whole
       lines = [line.strip() for line in text.splitlines() if line.strip()]
-      text = f"{text.split(': Error whilst parsing', 1)[0]}: {lines[-1]}"
+      frames = [m for m in re.finditer(r'File "([^"]+)", line (\d+), in \S+\n\s*(.*)', text)
+                if f"{os.sep}site-packages{os.sep}" not in m.group(1)]
+      where = (_at(frames[-1].group(1), frames[-1].group(2), frames[-1].group(3)) if frames
+               else text.split(": Error whilst parsing", 1)[0])
+      text = f"{where}: {lines[-1]}"
     message = text
   except Exception as e:  # pylint: disable=broad-except
     message = _config_load_error(e, argv)
   print(f"error: {' '.join(message.split())}", file=sys.stderr)
   sys.exit(2)
+
+
+def _at(filename: str, lineno, line: str | None) -> str:
+  """'file, line N (code)': the file relative to the working directory when inside it; the code left
+  out when it is the `raise` whose message follows anyway."""
+  path = pathlib.Path(filename).resolve()
+  shown = path.relative_to(pathlib.Path.cwd()) if path.is_relative_to(pathlib.Path.cwd()) else path
+  code = (line or "").strip()
+  return f"{shown}, line {lineno}" + (f" ({code})" if code and not code.startswith("raise ") else "")
 
 
 def _config_load_error(e: Exception, argv) -> str:
@@ -112,11 +125,7 @@ def _config_load_error(e: Exception, argv) -> str:
   ours = [f for f in traceback.extract_tb(e.__traceback__)
           if f"{os.sep}site-packages{os.sep}" not in f.filename and not f.filename.startswith("<")
           and pathlib.Path(f.filename).resolve() != pathlib.Path(__file__).resolve()]
-  where = None
-  if ours:
-    name = pathlib.Path(ours[-1].filename).resolve()
-    shown = name.relative_to(pathlib.Path.cwd()) if name.is_relative_to(pathlib.Path.cwd()) else name
-    where = f"{shown}, line {ours[-1].lineno} ({(ours[-1].line or '').strip()})"
+  where = _at(ours[-1].filename, ours[-1].lineno, ours[-1].line) if ours else None
   # A ConfigDict raises KeyError(message), or AttributeError(KeyError(message)), for a field it lacks.
   inner = e if isinstance(e, KeyError) else e.args[0] if e.args and isinstance(e.args[0], KeyError) else None
   text = str(inner.args[0] if inner is not None and inner.args else e)

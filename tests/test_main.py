@@ -97,6 +97,8 @@ def test_a_setting_that_does_not_exist_or_a_config_that_fails_to_load_is_one_lin
   (tmp_path / "typo.py").write_text("from configs import quickstart\n\n\ndef get_config():\n"
                                     "  config = quickstart.get_config()\n  config.train.learnign_rate = 0.1\n"
                                     "  return config\n")
+  (tmp_path / "wrong_type.py").write_text((tmp_path / "typo.py").read_text().replace("train.learnign_rate = 0.1",
+                                                                                    "train.epochs = 'five'"))
   typo, quickstart = str(tmp_path / "typo.py"), "--config=configs/quickstart.py"
   for flags, expected in (
       ((f"--config={typo}",),
@@ -108,6 +110,7 @@ def test_a_setting_that_does_not_exist_or_a_config_that_fails_to_load_is_one_lin
        "--config.train.learnign_rate: 'learnign_rate' is not a setting"),
       ((quickstart, "--config.trian.epochs=1"), "--config.trian.epochs: 'trian' is not a setting; did you mean 'train'?"),
       (("--config=configs/nothing_here.py",), "--config=configs/nothing_here.py: no such file"),
+      ((f"--config={tmp_path / 'wrong_type.py'}",), "wrong_type.py, line 6 (config.train.epochs = 'five'): TypeError"),
       (("--config=configs/sanity.py:nosuch",), "ValueError: config argument 'nosuch' is not allowed")):
     result = subprocess.run([sys.executable, "-m", "saliency_jax.main", *flags, f"--workdir={tmp_path / 'w'}"],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
