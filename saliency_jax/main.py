@@ -86,7 +86,12 @@ def _parse_flags(argv):
   try:
     rest = flags.FLAGS(argv)
     _CONFIG.value.keys()  # a file that failed to load raises here (ml_collections defers it), not inside main
-    return rest
+    declared = _declared()
+    extra = _undeclared(_CONFIG.value, declared) if declared is not None else []
+    if not extra:
+      return rest
+    message = (f"--config={config_flags.get_config_filename(flags.FLAGS['config'])} sets {', '.join(extra)}, which "
+               "configs/default.py does not declare (set under config.unlocked()?); a typo, or a setting to add there")
   except flags.Error as e:  # a flag's value that does not parse, or get_config's own error
     text = str(e)
     if "Traceback (most recent call last)" in text:  # ml_collections quotes get_config's traceback whole
@@ -152,17 +157,38 @@ def _resume_hint(workdir: pathlib.Path) -> str:
           "from it (finished grid cells and sanity methods are kept)")
 
 
-def config_help() -> str:
-  """Every config field with its default and comment, as configs/default.py declares them."""
-  source = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
-  if not source.exists():
-    return "config fields: see configs/default.py in the repository"
+_DEFAULT = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
+
+
+def _declared():
+  """configs/default.py's config (None outside a checkout of the repository)."""
+  if not _DEFAULT.exists():
+    return None
   import importlib.util  # pylint: disable=g-import-not-at-top
 
-  spec = importlib.util.spec_from_file_location("_default_config", source)
+  spec = importlib.util.spec_from_file_location("_default_config", _DEFAULT)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  defaults = module.get_config()
+  return module.get_config()
+
+
+def _undeclared(config, declared, prefix="") -> list[str]:
+  """Fields of `config` that `declared` lacks: set under `config.unlocked()`, which the lock cannot see."""
+  out = []
+  for key, value in config.items():
+    if key not in declared:
+      out.append(f"{prefix}{key}")
+    elif hasattr(value, "items") and hasattr(declared[key], "items"):
+      out += _undeclared(value, declared[key], f"{prefix}{key}.")
+  return out
+
+
+def config_help() -> str:
+  """Every config field with its default and comment, as configs/default.py declares them."""
+  defaults = _declared()
+  if defaults is None:
+    return "config fields: see configs/default.py in the repository"
+  source = _DEFAULT
   fields = []
   for line in source.read_text().splitlines():
     match = re.match(r"\s*config\.([\w.]+) = (.+?)(?:\s+#\s*(.*))?$", line)

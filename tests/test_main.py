@@ -99,6 +99,8 @@ def test_a_setting_that_does_not_exist_or_a_config_that_fails_to_load_is_one_lin
                                     "  return config\n")
   (tmp_path / "wrong_type.py").write_text((tmp_path / "typo.py").read_text().replace("train.learnign_rate = 0.1",
                                                                                     "train.epochs = 'five'"))
+  (tmp_path / "unlocked.py").write_text((tmp_path / "typo.py").read_text().replace(
+      "  config.train.learnign_rate = 0.1", "  with config.unlocked():\n    config.train.learnign_rate = 0.1"))
   typo, quickstart = str(tmp_path / "typo.py"), "--config=configs/quickstart.py"
   for flags, expected in (
       ((f"--config={typo}",),
@@ -111,6 +113,8 @@ def test_a_setting_that_does_not_exist_or_a_config_that_fails_to_load_is_one_lin
       ((quickstart, "--config.trian.epochs=1"), "--config.trian.epochs: 'trian' is not a setting; did you mean 'train'?"),
       (("--config=configs/nothing_here.py",), "--config=configs/nothing_here.py: no such file"),
       ((f"--config={tmp_path / 'wrong_type.py'}",), "wrong_type.py, line 6 (config.train.epochs = 'five'): TypeError"),
+      # The lock turned off by hand: the binary still compares the config with default.py's fields.
+      ((f"--config={tmp_path / 'unlocked.py'}",), "sets train.learnign_rate, which configs/default.py does not declare"),
       (("--config=configs/sanity.py:nosuch",), "ValueError: config argument 'nosuch' is not allowed")):
     result = subprocess.run([sys.executable, "-m", "saliency_jax.main", *flags, f"--workdir={tmp_path / 'w'}"],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
