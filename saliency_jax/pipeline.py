@@ -163,7 +163,8 @@ def _run(config, plan: config_checks.Plan, workdir: pathlib.Path, data, trained)
     out["train"] = train.train_and_evaluate(config, workdir, data=data)
     trained = out["train"].trained
     logging.info("stage train: %.1f s", time.perf_counter() - t0)
-    provenance.record(workdir, "train", started, epochs=out["train"].epoch)
+    if out["train"].epoch > out["train"].resumed_from:  # a resume with nothing to train computed nothing
+      provenance.record(workdir, "train", started, epochs=out["train"].epoch)
   if not plan.stages:
     return out
   if trained is None:

@@ -65,6 +65,19 @@ def read(workdir: str | pathlib.Path) -> list[dict]:
   return []
 
 
+def computed(entries: list[dict]) -> list[dict]:
+  """The entries that computed something: without a training entry that trained no epoch (a resume of
+  a finished run; code before 2026-12-07 recorded those too)."""
+  kept, trained = [], 0
+  for e in entries:
+    epochs = e.get("epochs") if e.get("stage") == "train" else None
+    if isinstance(epochs, int) and epochs <= trained:
+      continue
+    trained = max(trained, epochs) if isinstance(epochs, int) else trained
+    kept.append(e)
+  return kept
+
+
 def _readable(path: pathlib.Path) -> list[dict]:
   """`read`, with a file that does not parse set aside (`files.set_aside`) before it is replaced."""
   entries = read(path.parent)

@@ -127,7 +127,7 @@ def load_run(path: pathlib.Path) -> Run:
   if not isinstance(settings, dict):
     raise ReportError(f"{path / 'config.json'}: its model_settings are not a JSON object; restore the file")
   settings = {**pipeline.ADDED_MODEL_FIELDS, **settings} if settings else {}
-  return Run(path, model, seed, config, settings, metrics, provenance.read(path))
+  return Run(path, model, seed, config, settings, metrics, provenance.computed(provenance.read(path)))
 
 
 def check_runs(runs: list[Run]) -> None:

@@ -2,6 +2,7 @@
 completeness and conservation identities, and batch / chunk / device invariances."""
 
 import inspect
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -676,3 +677,104 @@ def test_images_output_and_option_names_are_checked_once_at_the_boundary(user_cn
   # A captum-style call takes the default baseline, a pixel colour: the error says exactly what to pass.
   with pytest.raises(ValueError, match="pass normalization= .* or pass baseline='zero'"):
     A.integrated_gradients(forward, x, target)
+
+
+def _moded_body(x, eval_mode: bool):
+  x = nn.relu(nn.Conv(4, (3, 3), name="conv1")(x))
+  x = nn.BatchNorm(use_running_average=eval_mode, name="bn")(x)
+  x = nn.Dropout(0.5, deterministic=eval_mode)(x)
+  return nn.Dense(3, name="head")(x.mean(axis=(1, 2)))
+
+
+class _Training(nn.Module):  # as a researcher first writes it: the mode is required
+  @nn.compact
+  def __call__(self, x, training: bool):
+    return _moded_body(x, not training)
+
+
+class _IsTraining(nn.Module):
+  @nn.compact
+  def __call__(self, x, is_training: bool):
+    return _moded_body(x, not is_training)
+
+
+class _RunningAverage(nn.Module):
+  @nn.compact
+  def __call__(self, x, use_running_average: bool):
+    return _moded_body(x, use_running_average)
+
+
+@pytest.mark.parametrize("cls,mode", [(_Training, {"training": False}), (_IsTraining, {"is_training": False}),
+                                      (_RunningAverage, {"use_running_average": True})])
+def test_the_other_spellings_of_eval_mode_are_set(cls, mode):
+  model, x = cls(), jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  variables = model.init({"params": jax.random.key(1), "dropout": jax.random.key(2)}, x, **mode)
+  variables = {**variables, "batch_stats": jax.tree.map(lambda v: v + 0.5, variables["batch_stats"])}
+  forward = A.ModelForward(model, variables)
+  # Eval mode: no dropout key needed, the stored statistics used, the same logits every call.
+  np.testing.assert_array_equal(forward(x), model.apply(variables, x, **mode))
+  assert A.gradcam(forward, x, 1, layer="conv1").shape == x.shape
+
+
+def test_modified_relu_methods_refuse_a_network_that_is_not_relu():
+  class Net(nn.Module):
+    activation: Callable = nn.relu
+
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(3)(self.activation(nn.Conv(4, (3, 3))(x)).mean(axis=(1, 2)))
+
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  variables = Net().init(jax.random.key(1), x)
+  for activation in (nn.gelu, jnp.tanh, nn.leaky_relu, nn.silu):
+    forward = A.ModelForward(Net(activation=activation), variables)
+    for method in (A.guided_backprop, A.deconvnet, A.rectgrad, A.guided_gradcam):
+      with pytest.raises(ValueError, match="Net.activation is .*, not a ReLU: Guided Backprop, Deconvnet and RectGrad"):
+        method(forward, x, 1)
+  # Any ReLU passes, however it is written, also while jax.jit traces; and the map is the guided one.
+  for activation in (nn.relu, lambda v: jnp.maximum(v, 0.0)):
+    forward = A.ModelForward(Net(activation=activation), variables)
+    got = jax.jit(A.guided_backprop)(forward, x, 1)
+    want = A.gradient(A.ModelForward(Net(activation=A.guided_relu), variables), x, 1)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("norm", [nn.LayerNorm, lambda **kw: nn.GroupNorm(num_groups=2, **kw), nn.RMSNorm])
+def test_lrp_refuses_normalisation_by_the_input_s_own_statistics(norm):
+  class Normed(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.relu(norm(name="norm")(nn.Conv(4, (3, 3), use_bias=False, name="conv")(x)))
+      return nn.Dense(3, use_bias=False)(x.mean(axis=(1, 2)))
+
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  forward = A.ModelForward(Normed(), Normed().init(jax.random.key(1), x))
+  # Across a LayerNorm, input x gradient sums to 0 (the output is unchanged when the input is scaled):
+  # passed through, relevance would vanish without a word.
+  for method in (A.lrp_0, A.lrp_epsilon, A.lrp_gamma, A.lrp_alpha1beta0):
+    with pytest.raises(ValueError, match=r"LRP has no rule for (LayerNorm|GroupNorm|RMSNorm) \(at norm\)"):
+      method(forward, x, 1)
+
+
+def test_keys_as_jax_makes_them_old_and_new():
+  f = lambda x: x.reshape(x.shape[0], -1)[:, :3] ** 2
+  for batch in (2, 4):  # 2: PRNGKey(0)'s own shape, (2,), once read as two per-image keys
+    x = jax.random.normal(jax.random.key(0), (batch, 4, 4, 1))
+    new = A.smoothgrad(f, x, 0, key=jax.random.key(7), samples=3)
+    np.testing.assert_array_equal(A.smoothgrad(f, x, 0, key=jax.random.PRNGKey(7), samples=3), new)
+    keys = jax.random.split(jax.random.key(7), batch)
+    np.testing.assert_array_equal(A.smoothgrad(f, x, 0, key=jax.random.key_data(keys), samples=3),
+                                  A.smoothgrad(f, x, 0, key=keys, samples=3))
+  with pytest.raises(ValueError, match=r"key=0 is a seed, not a random key; pass key=jax.random.key\(0\)"):
+    A.smoothgrad(f, x, 0, key=0)
+  with pytest.raises(ValueError, match=r"smoothgrad/vargrad: key has shape \(3,\); give one key .* shape \(4,\)"):
+    A.smoothgrad(f, x, 0, key=jax.random.split(jax.random.key(0), 3))
+  # IG's uniform baseline takes the same keys, one per image too: batched equals one by one.
+  keys = jax.random.split(jax.random.key(3), 4)
+  ig = lambda x, k: A.integrated_gradients(f, x, 0, baseline="uniform", normalization="unit", steps=4, key=k)
+  np.testing.assert_allclose(ig(x, keys)[1:2], ig(x[1:2], keys[1:2]), rtol=1e-6)
+  np.testing.assert_array_equal(ig(x, jax.random.PRNGKey(3)), ig(x, jax.random.key(3)))
+  with pytest.raises(ValueError, match=r"baseline has shape \(8, 8, 1\); give one shaped like the images \(4, 4, 4, 1\)"):
+    A.integrated_gradients(f, x, 0, baseline=jnp.zeros((8, 8, 1)), steps=4)
+  np.testing.assert_array_equal(A.integrated_gradients(f, x, 0, baseline=jnp.zeros((4, 4, 1)), steps=4),
+                                A.integrated_gradients(f, x, 0, baseline="zero", steps=4))

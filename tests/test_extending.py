@@ -131,6 +131,19 @@ def test_own_flax_cnn_example():
                              atol=0.05 * float(jnp.abs(maps["gap"]).max()))
 
 
+def test_own_model_planted_pixel_example():
+  example = runpy.run_path(str(EXAMPLES / "own_model_planted_pixel.py"), run_name="example")
+  # Pointing, by hand: image 0's map peaks at its planted pixel (and ties elsewhere: ties all count),
+  # image 1's peaks one pixel away.
+  map_BHWC = jnp.zeros((2, 4, 4, 3)).at[0, 1, 2].set(1.0).at[0, 3, 3].set(1.0).at[1, 2, 0].set(1.0)
+  assert example["pointing"](map_BHWC, jnp.array([[1, 2], [2, 1]])) == 0.5
+  # The whole example, small: 20 training and 5 test images per class, 1 epoch (nothing need be learnt).
+  accuracy, scores = example["main"](per_class=20, epochs=1, test_per_class=5)
+  assert set(accuracy) == {"pixel", "nopix"} and set(scores) == {"absolute_gradient", "gradient_x_input",
+                                                                   "integrated_gradients", "gradcam"}
+  assert all(0.0 <= v <= 1.0 for v in [*accuracy.values(), *scores.values()])
+
+
 def test_torch_resnet18_example_both_stems_and_class_counts(tmp_path):
   torch = pytest.importorskip("torch")
   example = runpy.run_path(str(EXAMPLES / "torch_resnet18.py"), run_name="example")
@@ -148,3 +161,59 @@ def test_torch_resnet18_example_both_stems_and_class_counts(tmp_path):
     want = xt.grad.numpy().transpose(0, 2, 3, 1)
     # float32 in two summation orders: ~1e-6 of the largest value at these sizes (docs/extending.md).
     np.testing.assert_allclose(maps["gradient"], want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+  """The registry's tables as copies: what a test registers leaves with it."""
+  for table in ("METHODS", "_NEEDS", "_REVISIONS", "_ORIGINS"):
+    monkeypatch.setattr(registry, table, dict(getattr(registry, table)))
+
+
+def test_registration_refuses_what_no_runner_could_call(scratch_registry):
+  with pytest.raises(ValueError, match="method 'lab_no_output': lab_no_output takes no output= option"):
+    @registry.register("lab_no_output")
+    def lab_no_output(forward, x_BHWC, target_B):
+      return x_BHWC
+  # A key that no runner would supply: the grid would call it with key=None on every image.
+  with pytest.raises(ValueError, match=r"takes key= but does not declare needs=\('key',\)"):
+    @registry.register("lab_noisy")
+    def lab_noisy(forward, x_BHWC, target_B, *, output="logit", key=None):
+      return x_BHWC
+  with pytest.raises(ValueError, match="method .lab_preset. presets steps, which <lambda> does not take"):
+    registry.register("lab_preset", steps=3)(lambda forward, x, t, *, output="logit": x)
+
+
+def test_a_method_runs_again_in_a_notebook_but_a_name_is_not_taken_twice(scratch_registry):
+  source = ("from saliency_jax.attribution import registry, gradient\n"
+            "@registry.register('lab_twice')\n"
+            "def lab_twice(forward, x_BHWC, target_B, *, output='logit'):\n"
+            "  return {factor} * gradient(forward, x_BHWC, target_B, output=output)\n")
+  namespace = {"__name__": "__main__"}
+  forward = lambda x: x.reshape(x.shape[0], -1)[:, :3] * 2.0
+  x = jnp.ones((1, 2, 2, 1))
+  for factor in (2, 3):  # the cell run twice, edited in between: the newer definition counts
+    exec(source.format(factor=factor), namespace)  # pylint: disable=exec-used
+    assert float(A.get("lab_twice")(forward, x, 1).max()) == 2.0 * factor
+  with pytest.raises(ValueError, match=r"'lab_twice' is registered twice: by __main__.lab_twice and by "):
+    registry.register("lab_twice")(lambda forward, x, t, *, output="logit": x)
+
+
+def test_a_map_not_shaped_like_the_input_is_named_before_any_work(scratch_registry, tiny_config, tmp_path):
+  @registry.register("lab_reduced")
+  def lab_reduced(forward, x_BHWC, target_B, *, output="logit"):
+    return A.gradient(forward, x_BHWC, target_B, output=output).mean(-1)  # (B, H, W): reduced too early
+
+  x = jnp.ones((2, 4, 4, 3))
+  forward = lambda x: x.reshape(x.shape[0], -1)[:, :3]
+  message = r"method 'lab_reduced' returned shape \(2, 4, 4\); a method returns a map shaped like its input, \(2, 4, 4, 3\)"
+  with pytest.raises(ValueError, match=message):
+    A.get("lab_reduced")(forward, x, 1)
+  with pytest.raises(ValueError, match=message):
+    jax.jit(lambda x: A.get("lab_reduced")(forward, x, 1))(x)
+  # In a run it is the one line of the method check, before training.
+  tiny_config.single_pixel.methods = ("gradient", "lab_reduced")
+  with pytest.raises(ValueError, match=r"single_pixel.methods entry 'lab_reduced' does not build for this model: "
+                     r"method 'lab_reduced' returned shape \(\d+, 32, 32\);"):
+    pipeline.run(tiny_config, tmp_path / "run")
+  assert not (tmp_path / "run" / "checkpoints").exists()

@@ -141,6 +141,21 @@ def test_commits_line_names_each_runs_commit_from_its_data(tmp_path):
                                        "`ccc3333`); `bbb2222`: vgg16_seed0. Devices: cpu x1 (cpu).")
 
 
+def test_a_resume_that_trained_nothing_is_not_a_commit_that_computed(tmp_path):
+  w = tmp_path / "resnet18_seed0"
+  w.mkdir()
+  (w / "COMMIT").write_text("aaa1111\n")
+  entries = [("train", "aaa1111", {"epochs": 3}), ("train", "bbb2222", {"epochs": 5}),  # stopped, resumed
+             ("train", "ccc3333", {"epochs": 5}),  # finished already: the resume trained nothing
+             ("single_pixel", "ccc3333", {"units": 2})]
+  (w / "provenance.json").write_text(json.dumps([{"stage": s, "commit": c, **what} for s, c, what in entries]))
+  assert report.commits_line([report.load_run(w)]).startswith(
+      "Runs started at `aaa1111`: resnet18_seed0 (stages also at `bbb2222`, `ccc3333`).")
+  entries[-1] = ("train", "ddd4444", {"epochs": 5})
+  (w / "provenance.json").write_text(json.dumps([{"stage": s, "commit": c, **what} for s, c, what in entries]))
+  assert "`ccc3333`" not in report.commits_line([report.load_run(w)])
+
+
 def test_an_incomplete_or_running_grid_is_left_out_of_the_means_and_listed(tmp_path):
   # Seeds 1 and 2 have 1 of the 2 paper methods at (0, 0): averaging them in would give one row 3 seeds
   # and the other 1. Seed 1's grid still plans the missing method's label cell. Seed 0's third method

@@ -82,8 +82,11 @@ def test_a_new_stage_is_one_class_and_the_loop_runs_it_resumably(trained_tmp_pat
   assert entries[-1]["units"] == 2 and entries[-1]["commit"] == provenance.commit()
   assert not (trained_tmp_path / "class_accuracy" / base.RUNNING).exists()
   # A rerun reads both back; with a condition's rows cut short, only that one is computed again.
+  # Provenance records what was computed: the rerun, which computes nothing, adds no entry.
   calls.clear()
+  before = provenance.read(trained_tmp_path)
   assert len(pipeline.run(config, trained_tmp_path)["class_accuracy"]) == 20 and calls == []
+  assert provenance.read(trained_tmp_path) == before and config.train.enabled
   lines = path.read_text().splitlines(keepends=True)
   path.write_text("".join(lines[:-1]) + lines[-1][:-8])
   assert len(pipeline.run(config, trained_tmp_path)["class_accuracy"]) == 20 and calls == ["nopix"]

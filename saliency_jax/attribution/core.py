@@ -142,21 +142,30 @@ def check_targets(target, batch: int, classes: int) -> tuple[jax.Array, jax.Arra
 # ---------------------------------------------------------------- a flax model bound to its variables
 
 
+# The spellings of eval mode a model's `__call__` may take, the first one it takes being set: flax's
+# examples' `train`, `training` and `is_training` (Keras's and Haiku's), flax's `deterministic` (Dropout)
+# and `use_running_average` (BatchNorm).
+EVAL_MODES = (("train", False), ("training", False), ("is_training", False), ("deterministic", True),
+              ("use_running_average", True))
+
+
 @functools.cache
 def _eval_mode(model_type: type) -> tuple[tuple[str, bool], ...]:
-  """The keyword that puts a model of this type in eval mode, if its `__call__` takes one:
-  train=False, or deterministic=True (flax's spelling); none for a module without modes. A
-  required argument beyond the input is an error: a forward takes the images alone."""
+  """The keyword that puts a model of this type in eval mode, if its `__call__` takes one (`EVAL_MODES`);
+  none for a module without modes. A required argument beyond the input is an error: a forward
+  takes the images alone."""
   params = list(inspect.signature(model_type.__call__).parameters.values())[1:]  # after self
   names = {p.name for p in params}
-  mode = (("train", False),) if "train" in names else (("deterministic", True),) if "deterministic" in names else ()
+  mode = next(((m,) for m in EVAL_MODES if m[0] in names), ())
   positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
   required = [p.name for p in params[1:] if p.default is p.empty and p.name not in dict(mode)
               and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
   if not positional or required:
     raise ValueError(f"{model_type.__name__}.__call__{inspect.signature(model_type.__call__)} does not take the "
-                     "images alone: a forward is model(x) (plus train= or deterministic= at most); wrap the other "
-                     "arguments in a function, e.g. lambda x: model.apply(variables, x, ...)")
+                     f"images alone: a forward is model(x), plus at most one of {', '.join(m for m, _ in EVAL_MODES)}, "
+                     f"which is set to eval mode; give {', '.join(map(repr, required)) or 'the other arguments'} a "
+                     "default. (A plain function, lambda x: model.apply(variables, x, ...), serves the gradient "
+                     "family, IG and SmoothGrad, not the methods that look inside the network.)")
   return mode
 
 
@@ -223,11 +232,17 @@ class ModelForward:
     return self.replace(transform=transform)
 
   def with_activation(self, activation: Callable) -> "ModelForward":
-    """The same network with every activation replaced (Guided Backprop, Deconvnet, RectGrad)."""
+    """The same network with every activation replaced (Guided Backprop, Deconvnet, RectGrad): its
+    `activation` field, which must be a ReLU, or the rebuilt network would compute other logits."""
     if not hasattr(self.model, "activation"):
       raise ValueError(f"{type(self.model).__name__} has no 'activation' option to replace; Guided Backprop, "
                        "Deconvnet and RectGrad rebuild the model with their own ReLU: give the module an "
                        "`activation` field and call it where it applies its ReLUs")
+    if not _is_relu(self.model.activation):
+      raise ValueError(f"{type(self.model).__name__}.activation is {getattr(self.model.activation, '__name__', self.model.activation)!r}, "
+                       "not a ReLU: Guided Backprop, Deconvnet and RectGrad are defined on ReLU networks (they change "
+                       "how the gradient crosses each ReLU), and swapping in their ReLU would explain another "
+                       "network; use a method of the gradient family, IG or SmoothGrad")
     return self.replace(model=self.model.clone(activation=activation))
 
   def layers(self, x_BHWC) -> dict[str, Layer]:
@@ -312,6 +327,41 @@ class ModelForward:
         return self.apply(x_BHWC)
 
     return forward
+
+
+_RELU_PROBE = np.array([-2.0, -0.5, -1e-3, 0.0, 1e-3, 0.5, 2.0], np.float32)
+
+
+def _is_relu(activation) -> bool:
+  """Whether `activation` computes max(x, 0): tried on a few values (so `jax.nn.relu`, a lambda of
+  it and the methods' own modified ReLUs pass; GELU, SiLU, tanh, leaky ReLU do not)."""
+  if activation is jax.nn.relu:
+    return True
+  try:
+    with jax.ensure_compile_time_eval():  # evaluated now, also while a caller's jax.jit traces
+      y = np.asarray(activation(jnp.asarray(_RELU_PROBE)))
+  except Exception:  # pylint: disable=broad-except
+    return False
+  return y.shape == _RELU_PROBE.shape and bool(np.array_equal(y, np.maximum(_RELU_PROBE, 0)))
+
+
+def check_key(key, batch: int, who: str) -> jax.Array:
+  """`key` as a typed key of shape () (one for the batch) or (batch,) (one per image), or one ValueError.
+  Raw uint32 keys (`jax.random.PRNGKey`'s, last axis 2) are taken as the keys they hold."""
+  if key is None:
+    raise ValueError(f"{who} needs an explicit random key; pass key=jax.random.key(0) (one for the batch, or "
+                     "one per image)")
+  if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+    raise ValueError(f"key={key!r} is a seed, not a random key; pass key=jax.random.key({key})")
+  dtype = getattr(key, "dtype", None)
+  if dtype is not None and not jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    if dtype == jnp.uint32 and key.ndim in (1, 2) and key.shape[-1] == 2:
+      key = jax.random.wrap_key_data(key)
+  if getattr(key, "dtype", None) is None or not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    raise ValueError(f"key={key!r} is not a random key; pass key=jax.random.key(0)")
+  if key.shape not in ((), (batch,)):
+    raise ValueError(f"{who}: key has shape {key.shape}; give one key (shape ()) or one per image, shape ({batch},)")
+  return key
 
 
 def require_model_forward(forward, method: str) -> ModelForward:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from saliency_jax.attribution import affine_head, chunks
+from saliency_jax.attribution import affine_head, chunks, core
 from saliency_jax.attribution.core import input_gradient
 from saliency_jax.attribution.registry import register
 from saliency_jax.checks import require_choice, require_positive
@@ -81,6 +81,10 @@ def make_baseline(baseline, x_BHWC, *, normalization=None, key=None, blur_sigma:
   `blur_sigma` pixels; neither needs a normalization.
   """
   if not isinstance(baseline, str):
+    shape = jnp.shape(baseline)
+    if len(shape) > 4 or any(b not in (1, x) for b, x in zip(shape[::-1], x_BHWC.shape[::-1])):
+      raise ValueError(f"baseline has shape {shape}; give one shaped like the images {x_BHWC.shape}, one image "
+                       f"{x_BHWC.shape[1:]}, or any shape that broadcasts to them")
     return jnp.broadcast_to(jnp.asarray(baseline, x_BHWC.dtype), x_BHWC.shape)
   require_choice("baseline", baseline, BASELINES)
   if baseline in PIXEL_BASELINES and normalization is None:
@@ -96,9 +100,12 @@ def make_baseline(baseline, x_BHWC, *, normalization=None, key=None, blur_sigma:
   if baseline == "white":
     return jnp.broadcast_to(to_input(jnp.full(x_BHWC.shape, 255.0)), x_BHWC.shape)
   if baseline == "uniform":
-    if key is None:
-      raise ValueError("baseline='uniform' needs an explicit random key; pass key=jax.random.key(...)")
-    return to_input(jax.random.uniform(key, x_BHWC.shape, jnp.float32, 0.0, 255.0)).astype(x_BHWC.dtype)
+    key = core.check_key(key, x_BHWC.shape[0], "baseline='uniform'")
+    if key.ndim == 0:
+      pixels = jax.random.uniform(key, x_BHWC.shape, jnp.float32, 0.0, 255.0)
+    else:  # one key per image: an image's baseline does not depend on its batch
+      pixels = jax.vmap(lambda k: jax.random.uniform(k, x_BHWC.shape[1:], jnp.float32, 0.0, 255.0))(key)
+    return to_input(pixels).astype(x_BHWC.dtype)
   require_positive("blur_sigma", blur_sigma)
   return gaussian_blur(x_BHWC, blur_sigma)
 

@@ -1,7 +1,8 @@
 """Layer-wise relevance propagation: LRP-0, LRP-epsilon, LRP-gamma, LRP-alpha1beta0 (z+).
 
 Implemented as a gradient with a rewritten backward pass through every linear layer (Dense,
-Conv, eval-mode BatchNorm as a per-channel affine map), so it works on any flax model:
+Conv, eval-mode BatchNorm as a per-channel affine map), so it works on any flax model built
+of those, ReLUs and pooling, without touching its code:
 
     y = z  (forward unchanged),   backward:  g_in = d/da [z_rho(a)] applied to g_out * z / z_rho
 
@@ -9,7 +10,12 @@ where z_rho is the layer recomputed with the rule's weights. Relevance is then i
 gradient: by induction R = a * g at every layer, which is the rule's
 R_j = sum_k a_j rho(w_jk) R_k / z_rho_k (Montavon et al. 2019). ReLU, max-pooling and
 average pooling keep their ordinary gradients, the usual LRP treatment; a residual sum
-splits relevance in proportion to its summands.
+splits relevance in proportion to its summands. A layer that normalises by statistics of its own
+input (LayerNorm, GroupNorm, RMSNorm, InstanceNorm) or attends has no rule here, as in captum and
+zennit's composites: its gradient does not carry relevance (LayerNorm's output does not change when
+its input is scaled, so input x gradient sums to 0 across it), and such a model is refused with the
+layer named. (Ali et al. 2022 propagate through LayerNorm and attention by holding the normalisation
+and the attention weights constant; that is not implemented.)
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ RULES = ("zero", "epsilon", "gamma", "alpha1beta0")
 # Conv, Dense, BatchNorm, and layers whose only parameter is a bias (`core.bias_only`: the input
 # invariance twin's extra bias), affine with weight 1; every other module passes through.
 _LINEAR = (nn.Module,)
+
+
+# Modules whose gradient is not a relevance rule (see the module docstring): refused, never passed through.
+_NO_RULE = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.InstanceNorm, nn.MultiHeadDotProductAttention)
 
 
 def _is_linear(module) -> bool:
@@ -110,6 +120,10 @@ def lrp_forward(forward, rule: str = "epsilon", epsilon: float = 0.01, gamma: fl
     return sg(jnp.where(denominator != 0, numerator / jnp.where(denominator != 0, denominator, 1.0), 0.0))
 
   def rewrite(module, a, z):
+    if isinstance(module, _NO_RULE):
+      raise ValueError(f"LRP has no rule for {type(module).__name__} (at {'/'.join(module.path) or 'the top'}): it "
+                       "normalises by its own input's statistics, so its gradient does not carry relevance; LRP "
+                       "here takes networks of Conv, Dense, eval-mode BatchNorm, ReLU and pooling")
     if not _is_linear(module):
       return z
     if rule == "gamma":

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from saliency_jax.attribution import chunks, registry
+from saliency_jax.attribution import chunks, core, registry
 from saliency_jax.checks import require_choice, require_non_negative, require_positive
 
 SIGMA_MODES = ("fraction", "absolute")
@@ -20,12 +20,9 @@ def noise_samples(key, x_BHWC, samples: int) -> jax.Array:
   `key` is one key for the batch, or a (B,) array of keys, one per image: then an image's
   noise does not depend on the batch it came in, so batched maps equal one-by-one maps.
   """
-  if key is None:
-    raise ValueError("smoothgrad/vargrad need an explicit random key; pass key=jax.random.key(...)")
-  if jnp.ndim(key) == 0:
+  key = core.check_key(key, x_BHWC.shape[0], "smoothgrad/vargrad")
+  if key.ndim == 0:
     return jax.random.normal(key, (samples, *x_BHWC.shape), x_BHWC.dtype)
-  if key.shape != x_BHWC.shape[:1]:
-    raise ValueError(f"key has shape {key.shape}; give one key or one per image, shape {x_BHWC.shape[:1]}")
   per_image = jax.vmap(lambda k: jax.random.normal(k, (samples, *x_BHWC.shape[1:]), x_BHWC.dtype))(key)
   return jnp.swapaxes(per_image, 0, 1)
 

@@ -10,8 +10,8 @@ and nothing else infers it from parameter names.
 
 `register` puts one boundary around every method, called by name or directly: it checks what the
 caller passes (option names, `output`, the images, the targets: `core.check_targets`) once, so
-method code can take them as given, and binds the forward for running (`lowering.bind`: the CPU
-lowering where it is on), so method code never mentions it.
+method code can take them as given, and the map's shape on the way out; it binds the forward for
+running (`lowering.bind`: the CPU lowering where it is on), so method code never mentions it.
 """
 
 from __future__ import annotations
@@ -49,6 +49,11 @@ NEEDS = {
     "baseline": "a reference input (`baseline=`), which input invariance shifts along with the input",
 }
 _NEEDS: dict[str, frozenset[str]] = {}
+# Where each name's function was defined (module, qualified name): the same definition run again (a
+# notebook cell, importlib.reload) replaces it; another definition under a taken name is an error.
+_ORIGINS: dict[str, tuple[str, str]] = {}
+# The options a runner supplies, by the need that asks for them (`supply`).
+SUPPLIED = {"key": "key", "normalization": "normalization", "path": "chunk_size"}
 
 
 def register(name: str, *, needs=(), revision: int = 1, **defaults):
@@ -62,14 +67,39 @@ def register(name: str, *, needs=(), revision: int = 1, **defaults):
     raise ValueError(f"method {name!r}: revision={revision!r} is not allowed; give a whole number from 1")
 
   def wrap(fn):
-    if name in METHODS:
-      raise ValueError(f"attribution method {name!r} is registered twice")
+    origin = (getattr(fn, "__module__", "?"), getattr(fn, "__qualname__", repr(fn)))
+    if name in METHODS and _ORIGINS[name] != origin:
+      raise ValueError(f"attribution method {name!r} is registered twice: by {'.'.join(_ORIGINS[name])} and by "
+                       f"{'.'.join(origin)}; give one of them another name")
+    _check_signature(name, fn, needs, defaults)
+    _ORIGINS[name] = origin
     _NEEDS[name] = frozenset(needs)
     _REVISIONS[name] = revision
     METHODS[name] = _boundary(name, _with_defaults(fn, name, defaults) if defaults else fn)
     return METHODS[name]
 
   return wrap
+
+
+def _check_signature(name: str, fn: Callable, needs, defaults) -> None:
+  """What `register` can tell from the function alone: it takes `output=` and the options it sets, and
+  declares the needs for the options a runner supplies (a method taking `key=` without needs=('key',)
+  would be given None by every runner)."""
+  params = inspect.signature(fn).parameters.values()
+  if any(p.kind == p.VAR_KEYWORD for p in params):
+    return
+  keywords = {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+  if "output" not in keywords:
+    raise ValueError(f"method {name!r}: {fn.__name__} takes no output= option; a method explains the 'logit' or the "
+                     "'softmax' of its target: add `*, output: str = 'logit'` and pass it on to core.scores or "
+                     "core.input_gradient")
+  unknown = sorted(set(defaults) - keywords)
+  if unknown:
+    raise ValueError(f"method {name!r} presets {', '.join(unknown)}, which {fn.__name__} does not take")
+  for need, option in SUPPLIED.items():
+    if option in keywords and need not in needs:
+      raise ValueError(f"method {name!r} takes {option}= but does not declare needs=({need!r},), so no runner "
+                       f"would supply it: register({name!r}, needs=({need!r}, ...))")
 
 
 def _boundary(name: str, fn: Callable) -> Callable:
@@ -86,9 +116,13 @@ def _boundary(name: str, fn: Callable) -> Callable:
     classes = core.num_classes(lowering.plain(forward), x_BHWC)  # a shape: the forward as written traces fastest
     target_B, valid_B = core.check_targets(target_B, x_BHWC.shape[0], classes)
     maps = fn(lowering.bind(forward), x_BHWC, target_B, **options)
+    if getattr(maps, "shape", None) != tuple(x_BHWC.shape):
+      got = f"shape {maps.shape}" if hasattr(maps, "shape") else type(maps).__name__
+      raise ValueError(f"method {name!r} returned {got}; a method returns a map shaped like its input, "
+                       f"{tuple(x_BHWC.shape)} (every channel: the stages reduce channels themselves)")
     if valid_B is None:
       return maps
-    return jax.tree.map(lambda m: jnp.where(valid_B.reshape(-1, *[1] * (m.ndim - 1)), m, jnp.nan), maps)
+    return jnp.where(valid_B.reshape(-1, *[1] * (maps.ndim - 1)), maps, jnp.nan)
 
   return method
 

@@ -52,6 +52,7 @@ class TrainResult:
   data: data_lib.Prepared
   metrics: list[dict]  # one row per epoch, as in metrics.csv
   epoch: int  # epochs the state has been trained for
+  resumed_from: int = 0  # the epoch of the checkpoint it started from; == epoch when nothing was trained
 
   @property
   def trained(self) -> Trained:
@@ -227,7 +228,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, mesh: jax.shardin
     finally:
       checkpoints.close()
       writer.close()
-  return TrainResult(state=state, model=model, data=data, metrics=writer.rows, epoch=last)
+  return TrainResult(state=state, model=model, data=data, metrics=writer.rows, epoch=last, resumed_from=start)
 
 
 def restore(config, workdir: str | pathlib.Path, data: data_lib.Prepared | None = None,
