@@ -164,7 +164,7 @@ def _run(config, plan: config_checks.Plan, workdir: pathlib.Path, data, trained)
     trained = out["train"].trained
     logging.info("stage train: %.1f s", time.perf_counter() - t0)
     if out["train"].epoch > out["train"].resumed_from:  # a resume with nothing to train computed nothing
-      provenance.record(workdir, "train", started, epochs=out["train"].epoch)
+      provenance.record(workdir, "train", started, epochs=out["train"].epoch, from_epoch=out["train"].resumed_from)
   if not plan.stages:
     return out
   if trained is None:

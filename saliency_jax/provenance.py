@@ -67,11 +67,13 @@ def read(workdir: str | pathlib.Path) -> list[dict]:
 
 def computed(entries: list[dict]) -> list[dict]:
   """The entries that computed something: without a training entry that trained no epoch (a resume of
-  a finished run; code before 2026-12-07 recorded those too)."""
+  a finished run; code before 2026-12-07 recorded those too, without `from_epoch`, so for them no
+  more epochs than an earlier entry had means nothing trained)."""
   kept, trained = [], 0
   for e in entries:
     epochs = e.get("epochs") if e.get("stage") == "train" else None
-    if isinstance(epochs, int) and epochs <= trained:
+    start = e.get("from_epoch", trained)
+    if isinstance(epochs, int) and isinstance(start, int) and epochs <= start:
       continue
     trained = max(trained, epochs) if isinstance(epochs, int) else trained
     kept.append(e)

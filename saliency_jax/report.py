@@ -352,8 +352,10 @@ def per_class_rows(run_path: pathlib.Path, rows: pd.DataFrame) -> list[dict]:
   return found
 
 
-def per_class_tables(runs: list[Run], rows: pd.DataFrame) -> str:
-  """Pointing accuracy per class, target `predicted`, mean over seeds, of the cells in `rows`."""
+def per_class_tables(runs: list[Run], rows: pd.DataFrame, by_seed: bool = False) -> str:
+  """Pointing accuracy per class, target `predicted`, of the cells in `rows`: the mean over seeds, or
+  with `by_seed` one row per seed (where a mean would blur a class that one seed's maps find and
+  another's miss)."""
   found = []
   for run in runs:
     mine = rows[rows["workdir"] == str(run.path)]
@@ -376,14 +378,21 @@ def per_class_tables(runs: list[Run], rows: pd.DataFrame) -> str:
   parts = []
   for (model, jitter), block in frame.groupby(["model", "jitter"], sort=False):
     classes = sorted(block["cls"].unique())
-    table = block.pivot_table(index=["method_label", "target", "output"], columns="cls", values="hit", sort=False)
+    index = ["method_label", "target", "output"] + (["seed"] if by_seed else [])
+    table = block.pivot_table(index=index, columns="cls", values="hit", sort=False)
     table = _in_table_order(table.reset_index())
+    if by_seed:  # in the order of `rows` (the leaderboard's), each method's seeds in order
+      order = {m: i for i, m in enumerate(dict.fromkeys(rows["method_label"]))}
+      table = table.assign(_order=table["method_label"].map(order).fillna(len(order))).sort_values(
+          ["_order", "seed"], kind="stable").drop(columns="_order")
     seeds = " ".join(str(s) for s in sorted(block["seed"].unique(), key=int))
-    lines = [f"**{model}, test jitter ({jitter[0]:g}, {jitter[1]:g})**, target predicted, % mean over seeds {seeds}",
-             "", "| method | output | " + " | ".join(f"class {k}" for k in classes) + " |",
+    head = (f"**{model}, test jitter ({jitter[0]:g}, {jitter[1]:g})**, target predicted, "
+            + ("% per seed" if by_seed else f"% mean over seeds {seeds}"))
+    second = "seed" if by_seed else "output"
+    lines = [head, "", f"| method | {second} | " + " | ".join(f"class {k}" for k in classes) + " |",
              "|---" * (2 + len(classes)) + "|"]
     for _, r in table.iterrows():
-      lines.append(f"| {r['method_label']} | {r['output']} | "
+      lines.append(f"| {r['method_label']} | {r[second]} | "
                    + " | ".join("–" if pd.isna(r[k]) else f"{100 * r[k]:.0f}" for k in classes) + " |")
     parts.append("\n".join(lines))
   return "\n\n".join(parts)
@@ -807,6 +816,12 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", forc
            "**On the misses** of every method (target predicted, output logit, test jitter (0, 0)): the columns of "
            "[the importance table](#importance-of-the-pixel-a-method-chose-instead-on-its-misses), in the "
            "leaderboard's order.", "", importance_tables(leaderboard_cells(board, grids, "logit")), ""]
+    by_seed = per_class_tables(done, leaderboard_cells(board, grids, "logit"), by_seed=True)
+    if by_seed:
+      # Collapsed: long, and read only to see which classes a method's hits come from on each seed.
+      md += ["<details><summary><b>Per class and seed</b> (output logit): which classes' pixels each method finds "
+             "(the class sets the pixel's colour: <a href=\"#pointing-accuracy-per-class\">above</a>)</summary>", "",
+             by_seed, "", "</details>", ""]
   for run in done:
     src = run.path / "single_pixel" / "examples.png"
     if src.exists() and run.seed == min(r.seed for r in done if r.model == run.model):

@@ -716,6 +716,20 @@ def test_the_other_spellings_of_eval_mode_are_set(cls, mode):
   assert A.gradcam(forward, x, 1, layer="conv1").shape == x.shape
 
 
+class _TwoModes(nn.Module):  # Dropout's and BatchNorm's own spellings, both: both are set
+  @nn.compact
+  def __call__(self, x, deterministic: bool, use_running_average: bool):
+    x = nn.BatchNorm(use_running_average=use_running_average)(nn.Conv(4, (3, 3))(x))
+    return nn.Dense(3)(nn.Dropout(0.5, deterministic=deterministic)(x).mean(axis=(1, 2)))
+
+
+def test_a_model_taking_two_spellings_of_eval_mode_gets_both():
+  model, x = _TwoModes(), jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  variables = model.init(jax.random.key(1), x, deterministic=True, use_running_average=True)
+  np.testing.assert_array_equal(A.ModelForward(model, variables)(x),
+                                model.apply(variables, x, deterministic=True, use_running_average=True))
+
+
 def test_modified_relu_methods_refuse_a_network_that_is_not_relu():
   class Net(nn.Module):
     activation: Callable = nn.relu
@@ -726,7 +740,7 @@ def test_modified_relu_methods_refuse_a_network_that_is_not_relu():
 
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
   variables = Net().init(jax.random.key(1), x)
-  for activation in (nn.gelu, jnp.tanh, nn.leaky_relu, nn.silu):
+  for activation in (nn.gelu, jnp.tanh, nn.leaky_relu, nn.silu, jax.nn.relu6):
     forward = A.ModelForward(Net(activation=activation), variables)
     for method in (A.guided_backprop, A.deconvnet, A.rectgrad, A.guided_gradcam):
       with pytest.raises(ValueError, match="Net.activation is .*, not a ReLU: Guided Backprop, Deconvnet and RectGrad"):
@@ -739,7 +753,8 @@ def test_modified_relu_methods_refuse_a_network_that_is_not_relu():
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
-@pytest.mark.parametrize("norm", [nn.LayerNorm, lambda **kw: nn.GroupNorm(num_groups=2, **kw), nn.RMSNorm])
+@pytest.mark.parametrize("norm", [nn.LayerNorm, lambda **kw: nn.GroupNorm(num_groups=2, **kw), nn.RMSNorm,
+                                  nn.InstanceNorm, lambda **kw: nn.SelfAttention(num_heads=1, **kw)])
 def test_lrp_refuses_normalisation_by_the_input_s_own_statistics(norm):
   class Normed(nn.Module):
     @nn.compact
@@ -752,8 +767,15 @@ def test_lrp_refuses_normalisation_by_the_input_s_own_statistics(norm):
   # Across a LayerNorm, input x gradient sums to 0 (the output is unchanged when the input is scaled):
   # passed through, relevance would vanish without a word.
   for method in (A.lrp_0, A.lrp_epsilon, A.lrp_gamma, A.lrp_alpha1beta0):
-    with pytest.raises(ValueError, match=r"LRP has no rule for (LayerNorm|GroupNorm|RMSNorm) \(at norm\)"):
+    with pytest.raises(ValueError, match=r"LRP has no rule for (LayerNorm|GroupNorm|RMSNorm|InstanceNorm|"
+                       r"SelfAttention) \(at norm\)"):
       method(forward, x, 1)
+
+
+class _Flat(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(3)(x.reshape(x.shape[0], -1))
 
 
 def test_keys_as_jax_makes_them_old_and_new():
@@ -765,6 +787,11 @@ def test_keys_as_jax_makes_them_old_and_new():
     keys = jax.random.split(jax.random.key(7), batch)
     np.testing.assert_array_equal(A.smoothgrad(f, x, 0, key=jax.random.key_data(keys), samples=3),
                                   A.smoothgrad(f, x, 0, key=keys, samples=3))
+  # The Explainer, which splits per-image options over the devices, takes a raw key for 2 images as one key.
+  flat = _Flat()
+  explain = A.Explainer(flat, flat.init(jax.random.key(0), x[:2]))  # every device: 2 images padded to 4
+  np.testing.assert_allclose(explain("smoothgrad", x[:2], 0, key=jax.random.PRNGKey(7), samples=3),
+                             explain("smoothgrad", x[:2], 0, key=jax.random.key(7), samples=3), rtol=1e-6)
   with pytest.raises(ValueError, match=r"key=0 is a seed, not a random key; pass key=jax.random.key\(0\)"):
     A.smoothgrad(f, x, 0, key=0)
   with pytest.raises(ValueError, match=r"smoothgrad/vargrad: key has shape \(3,\); give one key .* shape \(4,\)"):

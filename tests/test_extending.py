@@ -171,10 +171,12 @@ def scratch_registry(monkeypatch):
 
 
 def test_registration_refuses_what_no_runner_could_call(scratch_registry):
-  with pytest.raises(ValueError, match="method 'lab_no_output': lab_no_output takes no output= option"):
+  with pytest.raises(ValueError, match="method 'lab_no_output': lab_no_output takes no keyword-only output= option"):
     @registry.register("lab_no_output")
     def lab_no_output(forward, x_BHWC, target_B):
       return x_BHWC
+  with pytest.raises(ValueError, match="takes no keyword-only output= option"):  # options are keyword-only
+    registry.register("lab_positional")(lambda forward, x, t, output="logit": x)
   # A key that no runner would supply: the grid would call it with key=None on every image.
   with pytest.raises(ValueError, match=r"takes key= but does not declare needs=\('key',\)"):
     @registry.register("lab_noisy")
@@ -197,6 +199,10 @@ def test_a_method_runs_again_in_a_notebook_but_a_name_is_not_taken_twice(scratch
     assert float(A.get("lab_twice")(forward, x, 1).max()) == 2.0 * factor
   with pytest.raises(ValueError, match=r"'lab_twice' is registered twice: by __main__.lab_twice and by "):
     registry.register("lab_twice")(lambda forward, x, t, *, output="logit": x)
+  # The same function under a built-in's name with another preset would relabel its rows: refused.
+  with pytest.raises(ValueError, match="'lrp_0' is registered twice: .* with other presets, needs or revision"):
+    registry.register("lrp_0", needs=("model",), rule="gamma")(__import__("saliency_jax.attribution.lrp",
+                                                                          fromlist=["_lrp"])._lrp)
 
 
 def test_a_map_not_shaped_like_the_input_is_named_before_any_work(scratch_registry, tiny_config, tmp_path):

@@ -154,6 +154,10 @@ def test_a_resume_that_trained_nothing_is_not_a_commit_that_computed(tmp_path):
   entries[-1] = ("train", "ddd4444", {"epochs": 5})
   (w / "provenance.json").write_text(json.dumps([{"stage": s, "commit": c, **what} for s, c, what in entries]))
   assert "`ccc3333`" not in report.commits_line([report.load_run(w)])
+  # Entries that say where they started: epoch 5 trained again (a damaged checkpoint set aside) counts.
+  entries[-1] = ("train", "eee5555", {"epochs": 5, "from_epoch": 4})
+  (w / "provenance.json").write_text(json.dumps([{"stage": s, "commit": c, **what} for s, c, what in entries]))
+  assert "`eee5555`" in report.commits_line([report.load_run(w)])
 
 
 def test_an_incomplete_or_running_grid_is_left_out_of_the_means_and_listed(tmp_path):
@@ -254,6 +258,10 @@ def test_per_class_pointing_is_the_hit_rate_of_each_class_over_seeds(tmp_path):
   assert "| method | output | class 0 | class 1 | class 2 |" in text
   # class 0: (100 + 50) / 2, class 1: (50 + 100) / 2, class 2: (0 + 50) / 2
   assert "| gradient_x_input | logit | 75 | 75 | 25 |" in text
+  # Per seed, the rows the mean blurs: seed 0 finds class 0's pixel and misses class 2's, seed 1 the reverse.
+  text = report.per_class_tables(runs, report.read_grids(runs), by_seed=True)
+  assert "| method | seed | class 0 | class 1 | class 2 |" in text and "% per seed" in text
+  assert "| gradient_x_input | 0 | 100 | 50 | 0 |" in text and "| gradient_x_input | 1 | 50 | 100 | 50 |" in text
 
 
 def _report(*args, cwd=REPO):

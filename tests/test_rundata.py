@@ -38,7 +38,7 @@ def test_the_report_is_rebuilt_from_run_data_and_quotes_its_numbers(tmp_path):
   # The methods whose cells the running grid still plans are listed, marked as running.
   assert methods[-1] == "vargrad" and "| vargrad | running | running | – |" in board
   # Its misses: the importance columns of every method with a cell, in the leaderboard's order.
-  misses = text.split("**On the misses**")[1].split("## Sanity")[0]
+  misses = text.split("**On the misses**")[1].split("<details>")[0]
   listed = [l.split("|")[1].strip() for l in misses.splitlines() if l.startswith("| ") and "---" not in l][1:]
   logit = {l.split("|")[1].strip(): l.split("|")[3].strip() for l in board.splitlines() if l.startswith("| ")}
   assert logit["gradient"] == "running" and listed == [m for m in methods if logit[m] != "running"]
@@ -46,6 +46,7 @@ def test_the_report_is_rebuilt_from_run_data_and_quotes_its_numbers(tmp_path):
   assert f"| gradient_x_input | predicted / logit | {int(cell['num_missed'].iloc[0])}.0 |" in misses
   # The per-class table comes from the run data's per-class summary (no per-image files here).
   assert "## Pointing accuracy per class" in text
+  assert "<details><summary><b>Per class and seed</b>" in text and "| gradient_x_input | 0 |" in text
 
 
 def test_the_leaderboard_takes_its_times_from_an_idle_timing_and_export_keeps_it(tmp_path):

@@ -142,7 +142,7 @@ def check_targets(target, batch: int, classes: int) -> tuple[jax.Array, jax.Arra
 # ---------------------------------------------------------------- a flax model bound to its variables
 
 
-# The spellings of eval mode a model's `__call__` may take, the first one it takes being set: flax's
+# The spellings of eval mode a model's `__call__` may take, every one it takes being set: flax's
 # examples' `train`, `training` and `is_training` (Keras's and Haiku's), flax's `deterministic` (Dropout)
 # and `use_running_average` (BatchNorm).
 EVAL_MODES = (("train", False), ("training", False), ("is_training", False), ("deterministic", True),
@@ -151,19 +151,19 @@ EVAL_MODES = (("train", False), ("training", False), ("is_training", False), ("d
 
 @functools.cache
 def _eval_mode(model_type: type) -> tuple[tuple[str, bool], ...]:
-  """The keyword that puts a model of this type in eval mode, if its `__call__` takes one (`EVAL_MODES`);
-  none for a module without modes. A required argument beyond the input is an error: a forward
-  takes the images alone."""
+  """The keywords that put a model of this type in eval mode, those of `EVAL_MODES` its `__call__`
+  takes; none for a module without modes. A required argument beyond the input is an error: a
+  forward takes the images alone."""
   params = list(inspect.signature(model_type.__call__).parameters.values())[1:]  # after self
   names = {p.name for p in params}
-  mode = next(((m,) for m in EVAL_MODES if m[0] in names), ())
+  mode = tuple(m for m in EVAL_MODES if m[0] in names)
   positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
   required = [p.name for p in params[1:] if p.default is p.empty and p.name not in dict(mode)
               and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
   if not positional or required:
     raise ValueError(f"{model_type.__name__}.__call__{inspect.signature(model_type.__call__)} does not take the "
-                     f"images alone: a forward is model(x), plus at most one of {', '.join(m for m, _ in EVAL_MODES)}, "
-                     f"which is set to eval mode; give {', '.join(map(repr, required)) or 'the other arguments'} a "
+                     f"images alone: a forward is model(x), plus any of {', '.join(m for m, _ in EVAL_MODES)}, "
+                     f"which are set to eval mode; give {', '.join(map(repr, required)) or 'the other arguments'} a "
                      "default. (A plain function, lambda x: model.apply(variables, x, ...), serves the gradient "
                      "family, IG and SmoothGrad, not the methods that look inside the network.)")
   return mode
@@ -199,8 +199,8 @@ def _layers_of(state) -> list[tuple[str, str, tuple[str, ...], tuple]]:
 
 @flax.struct.dataclass
 class ModelForward:
-  """Any flax.linen model bound to its variables: `forward(x) -> logits` in eval mode (train=False
-  or deterministic=True when its `__call__` takes one), plus the views into the network that
+  """Any flax.linen model bound to its variables: `forward(x) -> logits` in eval mode (train=False,
+  deterministic=True and the other spellings of `EVAL_MODES` its `__call__` takes), plus the views into the network that
   layer-based methods need: `layers`, `layer_and_gradient`, `intercepted`, `with_activation`.
 
   `transform`: what whoever binds this forward for running applies to `model.apply` (the CPU
@@ -329,12 +329,12 @@ class ModelForward:
     return forward
 
 
-_RELU_PROBE = np.array([-2.0, -0.5, -1e-3, 0.0, 1e-3, 0.5, 2.0], np.float32)
+_RELU_PROBE = np.array([-1e6, -2.0, -0.5, -1e-3, 0.0, 1e-3, 0.5, 2.0, 7.0, 1e3, 1e6], np.float32)  # large: ReLU6
 
 
 def _is_relu(activation) -> bool:
   """Whether `activation` computes max(x, 0): tried on a few values (so `jax.nn.relu`, a lambda of
-  it and the methods' own modified ReLUs pass; GELU, SiLU, tanh, leaky ReLU do not)."""
+  it and the methods' own modified ReLUs pass; GELU, SiLU, tanh, leaky ReLU, ReLU6 do not)."""
   if activation is jax.nn.relu:
     return True
   try:

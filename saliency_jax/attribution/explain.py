@@ -21,7 +21,8 @@ import numpy as np
 from saliency_jax import models
 from saliency_jax.attribution import registry
 from saliency_jax.attribution.batching import BatchRunner
-from saliency_jax.attribution.core import ModelForward, check_images, check_targets, num_classes, select_targets
+from saliency_jax.attribution.core import (ModelForward, check_images, check_key, check_targets, num_classes,
+                                           select_targets)
 
 
 def _holds_arrays(value) -> bool:
@@ -67,6 +68,8 @@ class Explainer:
     else:
       fn = method
     B = x_BHWC.shape[0]
+    if options.get("key") is not None:  # typed here: a raw PRNGKey's (2,) would pass for 2 images' keys
+      options = {**options, "key": check_key(options["key"], B, f"{getattr(method, '__name__', method)}")}
     if isinstance(target, str):
       target = self.targets(x_BHWC, labels_B, target)
     else:

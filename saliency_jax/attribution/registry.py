@@ -67,10 +67,13 @@ def register(name: str, *, needs=(), revision: int = 1, **defaults):
     raise ValueError(f"method {name!r}: revision={revision!r} is not allowed; give a whole number from 1")
 
   def wrap(fn):
-    origin = (getattr(fn, "__module__", "?"), getattr(fn, "__qualname__", repr(fn)))
+    # A definition is its function's place and what the registration adds to it (presets, needs, revision).
+    origin = (getattr(fn, "__module__", "?"), getattr(fn, "__qualname__", repr(fn)),
+              repr((sorted(defaults.items()), sorted(needs), revision)))
     if name in METHODS and _ORIGINS[name] != origin:
-      raise ValueError(f"attribution method {name!r} is registered twice: by {'.'.join(_ORIGINS[name])} and by "
-                       f"{'.'.join(origin)}; give one of them another name")
+      raise ValueError(f"attribution method {name!r} is registered twice: by {'.'.join(_ORIGINS[name][:2])} and by "
+                       f"{'.'.join(origin[:2])}" + (" with other presets, needs or revision" if
+                       _ORIGINS[name][:2] == origin[:2] else "") + "; give one of them another name")
     _check_signature(name, fn, needs, defaults)
     _ORIGINS[name] = origin
     _NEEDS[name] = frozenset(needs)
@@ -88,14 +91,15 @@ def _check_signature(name: str, fn: Callable, needs, defaults) -> None:
   params = inspect.signature(fn).parameters.values()
   if any(p.kind == p.VAR_KEYWORD for p in params):
     return
-  keywords = {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+  what = getattr(fn, "__name__", repr(fn))
+  keywords = {p.name for p in params if p.kind == p.KEYWORD_ONLY}  # the options, as `options_of` reads them
   if "output" not in keywords:
-    raise ValueError(f"method {name!r}: {fn.__name__} takes no output= option; a method explains the 'logit' or the "
-                     "'softmax' of its target: add `*, output: str = 'logit'` and pass it on to core.scores or "
-                     "core.input_gradient")
+    raise ValueError(f"method {name!r}: {what} takes no keyword-only output= option; a method explains the 'logit' "
+                     "or the 'softmax' of its target: add `*, output: str = 'logit'` after (forward, x_BHWC, "
+                     "target_B) and pass it on to core.scores or core.input_gradient")
   unknown = sorted(set(defaults) - keywords)
   if unknown:
-    raise ValueError(f"method {name!r} presets {', '.join(unknown)}, which {fn.__name__} does not take")
+    raise ValueError(f"method {name!r} presets {', '.join(unknown)}, which {what} does not take")
   for need, option in SUPPLIED.items():
     if option in keywords and need not in needs:
       raise ValueError(f"method {name!r} takes {option}= but does not declare needs=({need!r},), so no runner "
