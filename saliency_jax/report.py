@@ -457,6 +457,8 @@ def leaderboard(runs: list[Run], grids: pd.DataFrame | None) -> pd.DataFrame:
         row[f"seeds {output}"] = len(out)
         if output == "logit" and len(out):
           row["rank median"] = out["localisation.rank_median"].mean()
+          # Each seed's: a mean of medians that are 1 on one seed and 1024 on another names a rank neither has.
+          row["rank medians"] = rank_text(out.sort_values("model_seed")["localisation.rank_median"])
           row["mass"] = out["localisation.mass_mean"].mean()
           if timed is None:
             warm = (out["seconds"] - out["compile_seconds"].fillna(0)) / out["num_images"]
@@ -518,13 +520,20 @@ def _timing(runs: list[Run]) -> tuple[pd.DataFrame | None, str]:
                 "else the machine ran then")
 
 
+def rank_text(medians) -> str:
+  """The seeds' median ranks: one number where they agree, else each seed's ('1 / 1024')."""
+  values = [f"{v:.0f}" for v in medians if pd.notna(v)]
+  return "" if not values else values[0] if len(set(values)) == 1 else " / ".join(values)
+
+
 def leaderboard_markdown(board: pd.DataFrame, runs: list[Run]) -> str:
   parts = []
   for model, block in board.groupby("model", sort=False):
     seeds = sorted({r.seed for r in runs if r.model == model})
     first = min(seeds)
     head = (f"**{model}**, test jitter (0, 0), target predicted; pointing: mean (std) over the seeds that have the "
-            f"cell (seeds {' '.join(map(str, seeds))}; `[n]` when fewer); rank, mass and time: output logit; "
+            f"cell (seeds {' '.join(map(str, seeds))}; `[n]` when fewer); rank, mass and time: output logit, rank "
+            "median: each seed's in seed order where they differ, mass: mean over seeds; "
             f"faithfulness and cascading randomisation: seed {first}; "
             + board.attrs.get("timing", {}).get(model, ""))
     columns = ["pointing softmax", "pointing logit", "rank median", "mass %", *BOARD_CURVES.values(),
@@ -539,7 +548,8 @@ def leaderboard_markdown(board: pd.DataFrame, runs: list[Run]) -> str:
           continue
         cells.append(_pct(r[f"pointing {output}"], r[f"std {output}"], n=None if n == len(seeds) else int(n))
                      + (" †" if output == "logit" and r.get("degenerate", 0) > grid_stage.DEGENERATE_SHARE else ""))
-      cells.append("–" if pd.isna(r.get("rank median")) else f"{r['rank median']:.0f}")
+      rank = r.get("rank medians")
+      cells.append(rank if isinstance(rank, str) and rank else "–")  # NaN for a method still running
       cells.append("–" if pd.isna(r.get("mass")) else f"{100 * r['mass']:.1f}")
       cells += ["not run" if pd.isna(r[name]) else f"{r[name]:.3f}" for name in BOARD_CURVES.values()]
       cells.append("not run" if pd.isna(r["cascading |rank corr.|"]) else f"{r['cascading |rank corr.|']:.2f}")

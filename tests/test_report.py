@@ -264,6 +264,22 @@ def test_per_class_pointing_is_the_hit_rate_of_each_class_over_seeds(tmp_path):
   assert "| gradient_x_input | 0 | 100 | 50 | 0 |" in text and "| gradient_x_input | 1 | 50 | 100 | 50 |" in text
 
 
+def test_the_leaderboard_gives_each_seed_s_median_rank_where_they_differ(tmp_path):
+  # One method puts the planted pixel first on seed 0 and last on seed 1: their mean, 512.5, is a rank
+  # neither seed's maps give it.
+  runs = []
+  for seed, ranks in ((0, (1, 7)), (1, (1024, 7))):
+    w = tmp_path / f"small_cnn_seed{seed}"
+    _metrics(w, [0.9], epochs=1)
+    rows = [_grid_row(seed, method=m, **{"localisation.rank_median": r}) for m, r in zip(("gradient", "ig"), ranks)]
+    grid.TABLE.write(w / "single_pixel" / "results.csv", rows)
+    runs.append(report.load_run(w))
+  text = report.leaderboard_markdown(report.leaderboard(runs, report.read_grids(runs)), runs)
+  cells = {l.split("|")[1].strip(): l.split("|")[4].strip() for l in text.splitlines() if l.startswith("| ")}
+  assert cells["gradient"] == "1 / 1024" and cells["ig"] == "7"
+  assert report.rank_text([float("nan")]) == ""
+
+
 def _report(*args, cwd=REPO):
   return subprocess.run([sys.executable, "-m", "saliency_jax.report", *args], cwd=cwd, capture_output=True, text=True,
                         timeout=120)

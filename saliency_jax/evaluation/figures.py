@@ -245,8 +245,10 @@ def leaderboard(path, board) -> None:
               xerr=100 * block[f"std {output}"].fillna(0), color=colour, capsize=1.5, label=output,
               error_kw={"lw": 0.6})
     ax.set_yticks(y)
-    ax.set_yticklabels([f"{m}  (rank {r:.0f})" if np.isfinite(r) else m
-                        for m, r in zip(_short_labels(block["method"]), block["rank median"])], fontsize=6)
+    ranks = block["rank medians"] if "rank medians" in block else block["rank median"].map(
+        lambda r: f"{r:.0f}" if np.isfinite(r) else "")
+    ax.set_yticklabels([f"{m}  (rank {r})" if isinstance(r, str) and r else m
+                        for m, r in zip(_short_labels(block["method"]), ranks)], fontsize=6)
     ax.set_xlim(0, 100)
     ax.set_xlabel("pointing accuracy %", fontsize=7)
     ax.set_title(model, fontsize=9)
