@@ -308,19 +308,26 @@ def _degenerate_mark(cells: pd.DataFrame) -> str:
   return " †" if share > grid_stage.DEGENERATE_SHARE else ""
 
 
-def localisation_tables(summary: pd.DataFrame) -> str:
-  """The planted pixel's rank in the map and its share of the map's mass, target `predicted`."""
+def localisation_tables(summary: pd.DataFrame, rows: pd.DataFrame) -> str:
+  """The planted pixel's rank in the map and its share of the map's mass, target `predicted`: means
+  over seeds (`summary`), but the median rank each seed's (from `rows`, the grid rows) where they
+  differ, as in the leaderboard."""
   parts = []
+  where = ["model", "test_position_sd", "test_colour_sd", "method_label", "target", "output"]
+  medians = {k: rank_text(g.sort_values("model_seed")["localisation.rank_median"])
+             for k, g in rows.groupby(where, sort=False)}
   short = {"localisation.rank_mean": "rank mean", "localisation.rank_median": "rank median",
            "localisation.top5": "top 5 %", "localisation.top10": "top 10 %", "localisation.mass_mean": "mass %"}
   for (model, pos, col), block in summary.groupby(["model", "test_position_sd", "test_colour_sd"], sort=False):
     block = _in_table_order(block[block["target"] == "predicted"])
-    lines = [f"**{model}, test jitter ({pos:g}, {col:g})**, target predicted, mean over seeds", "",
+    lines = [f"**{model}, test jitter ({pos:g}, {col:g})**, target predicted, mean over seeds (rank median: "
+             "each seed's where they differ)", "",
              "| method | output | " + " | ".join(short.values()) + " |", "|---" * (2 + len(short)) + "|"]
     for _, r in block.iterrows():
       values = [("–" if pd.isna(r[f"{c} mean"]) else
                  f"{r[f'{c} mean']:.1f}" if c.startswith("localisation.rank") else f"{100 * r[f'{c} mean']:.1f}")
                 for c in short]
+      values[1] = medians.get((model, pos, col, r["method_label"], r["target"], r["output"])) or values[1]
       lines.append(f"| {r['method_label']} | {r['output']} | " + " | ".join(values) + " |")
     parts.append("\n".join(lines))
   return "\n\n".join(parts)
@@ -419,9 +426,10 @@ def importance_tables(rows: pd.DataFrame) -> str:
 
 def _stage_frame(table: results.Table, path: pathlib.Path) -> pd.DataFrame:
   """A run's stage table, its rows about the model as it is now (`results.current`); empty without
-  the file."""
+  the file. A damaged row is an error: left out, it would only make the report's means silently
+  smaller (a stage computes it again; the report cannot)."""
   try:
-    return results.current(table.frame(path), path)
+    return results.current(table.frame(path, strict=True), path)
   except results.DamagedTable as e:
     raise ReportError(str(e)) from None
 
@@ -506,7 +514,7 @@ def _timing(runs: list[Run]) -> tuple[pd.DataFrame | None, str]:
     path = run.path / timing.FILE
     if path.exists():
       try:
-        df = results.fresh(timing.TABLE.frame(path), path)
+        df = results.fresh(timing.TABLE.frame(path, strict=True), path)
       except results.DamagedTable as e:
         raise ReportError(str(e)) from None
       df = df[df["model"] == run.model]
@@ -769,7 +777,9 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", forc
            "`launch/reproduce_cpu.sh` adds a second grid at test jitter (3, 5) on 500 images per seed, the "
            "leaderboard grid of every method (`configs/leaderboard.py`) on every seed, and on seed 0 of each model "
            "the leaderboard's cascading randomisation and faithfulness curves and the paper's sanity checks.", ""]
-  md += ["## Models", "", "Test accuracy (%) after the last epoch, mean (std over seeds; sample std).", "",
+  md += ["## Models", "", "Test accuracy (%) after the last epoch, mean (std over seeds; sample std). Training "
+         "time: the epochs' seconds summed, mean over seeds; img/s: the median over seeds of each seed's median "
+         "epoch.", "",
          training_table(done, left_out), ""]
   figures_md = []
   if summary is not None:
@@ -792,7 +802,7 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", forc
            "Beside the yes/no of pointing: the planted pixel's rank in the (channel-reduced) map, 1 + the pixels "
            "scoring strictly higher (so rank 1 is a hit), and its share of the map's total absolute value (mass; "
            "a pixel is 1/1024 of a 32x32 map, 0.1%). Top 1 equals pointing accuracy.", "",
-           localisation_tables(summary), ""]
+           localisation_tables(summary, paper), ""]
     by_class = per_class_tables(done, paper)
     if by_class:
       red = ", ".join(f"{k}: {r}" for k, r in enumerate(pixel.colour_code()[:, 0]))

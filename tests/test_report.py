@@ -329,6 +329,12 @@ def test_bad_arguments_and_conflicts_are_one_line_and_write_nothing(tmp_path):
   per_image.parent.mkdir()
   per_image.write_bytes(b"PK\x03\x04 cut")
   assert f"{per_image} is unreadable" in _one_line(_report(runs, f"--out={tmp_path / 'docs5'}"))
+  # A stage table cut short (a copy gone wrong): one line naming it, and the report already built stays.
+  table = tmp_path / "small_cnn_seed1" / "single_pixel" / "results.csv"
+  table.write_text(table.read_text()[:-40])
+  before = (tmp_path / "docs" / "results.md").read_text()
+  line = _one_line(_report(runs, f"--out={tmp_path / 'docs'}"))
+  assert f"{table}: 1 damaged row(s)" in line and (tmp_path / "docs" / "results.md").read_text() == before
   # An output folder that cannot be written: one line.
   (tmp_path / "ro").mkdir(mode=0o500)
   if subprocess.run(["touch", str(tmp_path / "ro" / "x")], capture_output=True).returncode != 0:  # not as root

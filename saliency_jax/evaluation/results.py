@@ -142,10 +142,12 @@ class Table:
       return "more fields than the header has"
     return ""
 
-  def read(self, path: str | pathlib.Path, *, repair: bool = False, suspect: set | None = None) -> list[dict]:
+  def read(self, path: str | pathlib.Path, *, repair: bool = False, suspect: set | None = None,
+           strict: bool = False) -> list[dict]:
     """The complete rows of the table at `path` (none if there is no file). Incomplete rows are
-    left out with a warning; `repair=True` also rewrites the file without them (atomically), so the
-    next reader sees a whole table. `suspect`, when given, receives the keys of units that lost rows:
+    left out with a warning (a stage computes their units again); `repair=True` also rewrites the
+    file without them (atomically), so the next reader sees a whole table; `strict=True` raises
+    `DamagedTable` instead, for a reader that would only report fewer rows (the report). `suspect`, when given, receives the keys of units that lost rows:
     those of damaged rows whose key survived, and the last complete row's when the damage is at the
     end (a file is rewritten whole after every unit, so a cut tail belongs to the last unit written).
     A file that is not a table of these columns at all raises `DamagedTable` naming it."""
@@ -183,6 +185,9 @@ class Table:
             suspect.add(self.key_of(rows[-1]))
       else:
         rows.append({c: row[c] for c in (*header, *absent)})
+    if dropped and strict:
+      raise DamagedTable(f"{path}: {len(dropped)} damaged row(s): {'; '.join(dropped)}; rerun the stage that "
+                         "wrote it (it computes them again) or restore the file")
     if dropped:
       logging.warning("%s: left out %d damaged row(s), which will be computed again: %s", path, len(dropped),
                       "; ".join(dropped))
@@ -206,12 +211,12 @@ class Table:
         out[column] = int(value) if kind == "count" else float(value) if kind in ("number", "finite") else value
     return out
 
-  def frame(self, path: str | pathlib.Path):
+  def frame(self, path: str | pathlib.Path, strict: bool = False):
     """The table's complete rows as a pandas DataFrame, numeric columns as floats, empty options as
-    '' and a `method_label` column."""
+    '' and a `method_label` column; `strict` as in `read`."""
     import pandas as pd  # pylint: disable=g-import-not-at-top
 
-    df = pd.DataFrame(self.read(path), columns=list(self.columns))
+    df = pd.DataFrame(self.read(path, strict=strict), columns=list(self.columns))
     for column, kind in self.kinds.items():
       if kind in ("number", "finite", "count"):  # '' (an optional value absent) and 'nan' as NaN
         values = df[column].map(lambda v: float("nan") if v in ("", None) else float(v)).astype(float)
