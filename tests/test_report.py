@@ -278,6 +278,10 @@ def test_the_leaderboard_gives_each_seed_s_median_rank_where_they_differ(tmp_pat
   cells = {l.split("|")[1].strip(): l.split("|")[4].strip() for l in text.splitlines() if l.startswith("| ")}
   assert cells["gradient"] == "1 / 1024" and cells["ig"] == "7"
   assert report.rank_text([float("nan")]) == ""
+  # The graded localisation table likewise (its other columns stay means over seeds).
+  grids = report.read_grids(runs)
+  table = report.localisation_tables(report.aggregate.summarize(grids), grids)
+  assert "| gradient | logit | 0.0 | 1 / 1024 |" in table and "| ig | logit | 0.0 | 7 |" in table  # rank mean: 0 here
 
 
 def _report(*args, cwd=REPO):
