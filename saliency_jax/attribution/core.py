@@ -200,8 +200,9 @@ def _layers_of(state) -> list[tuple[str, str, tuple[str, ...], tuple]]:
 @flax.struct.dataclass
 class ModelForward:
   """Any flax.linen model bound to its variables: `forward(x) -> logits` in eval mode (train=False,
-  deterministic=True and the other spellings of `EVAL_MODES` its `__call__` takes), plus the views into the network that
-  layer-based methods need: `layers`, `layer_and_gradient`, `intercepted`, `with_activation`.
+  deterministic=True and the other spellings of `EVAL_MODES` its `__call__` takes), plus the views
+  into the network that layer-based methods need: `layers`, `layer_and_gradient`, `intercepted`,
+  `with_activation`.
 
   `transform`: what whoever binds this forward for running applies to `model.apply` (the CPU
   lowering, `lowering.bind`); it changes how the model runs, never what it computes. None: the
@@ -239,10 +240,11 @@ class ModelForward:
                        "Deconvnet and RectGrad rebuild the model with their own ReLU: give the module an "
                        "`activation` field and call it where it applies its ReLUs")
     if not _is_relu(self.model.activation):
-      raise ValueError(f"{type(self.model).__name__}.activation is {getattr(self.model.activation, '__name__', self.model.activation)!r}, "
-                       "not a ReLU: Guided Backprop, Deconvnet and RectGrad are defined on ReLU networks (they change "
-                       "how the gradient crosses each ReLU), and swapping in their ReLU would explain another "
-                       "network; use a method of the gradient family, IG or SmoothGrad")
+      name = getattr(self.model.activation, "__name__", self.model.activation)
+      raise ValueError(f"{type(self.model).__name__}.activation is {name!r}, not a ReLU: Guided Backprop, "
+                       "Deconvnet and RectGrad are defined on ReLU networks (they change how the gradient crosses "
+                       "each ReLU), and swapping in their ReLU would explain another network; use a method of the "
+                       "gradient family, IG or SmoothGrad")
     return self.replace(model=self.model.clone(activation=activation))
 
   def layers(self, x_BHWC) -> dict[str, Layer]:

@@ -9,13 +9,14 @@ of those, ReLUs and pooling, without touching its code:
 where z_rho is the layer recomputed with the rule's weights. Relevance is then input *
 gradient: by induction R = a * g at every layer, which is the rule's
 R_j = sum_k a_j rho(w_jk) R_k / z_rho_k (Montavon et al. 2019). ReLU, max-pooling and
-average pooling keep their ordinary gradients, the usual LRP treatment; a residual sum
-splits relevance in proportion to its summands. A layer that normalises by statistics of its own
-input (LayerNorm, GroupNorm, RMSNorm, InstanceNorm) or attends has no rule here (captum refuses such
-layers too; zennit's composites pass them through with their gradient): its gradient does not carry relevance (LayerNorm's output does not change when
-its input is scaled, so input x gradient sums to 0 across it), and such a model is refused with the
-layer named. (Ali et al. 2022 propagate through LayerNorm and attention by holding the normalisation
-and the attention weights constant; that is not implemented.)
+average pooling keep their ordinary gradients, the usual LRP treatment; a residual sum splits
+relevance in proportion to its summands. A layer that normalises by statistics of its own input
+(LayerNorm, GroupNorm, RMSNorm, InstanceNorm) or attends has no rule here (captum refuses such
+layers too; zennit's composites pass them through with their gradient): its gradient does not carry
+relevance (LayerNorm's output does not change when its input is scaled, so input x gradient sums to
+0 across it), and such a model is refused with the layer named. (Ali et al. 2022 propagate through
+LayerNorm and attention by holding the normalisation and the attention weights constant; that is not
+implemented.)
 """
 
 from __future__ import annotations

@@ -49,9 +49,10 @@ NEEDS = {
     "baseline": "a reference input (`baseline=`), which input invariance shifts along with the input",
 }
 _NEEDS: dict[str, frozenset[str]] = {}
-# Where each name's function was defined (module, qualified name): the same definition run again (a
-# notebook cell, importlib.reload) replaces it; another definition under a taken name is an error.
-_ORIGINS: dict[str, tuple[str, str]] = {}
+# Each name's definition (module, qualified name, and the registration's presets, needs and revision):
+# the same one run again (a notebook cell, importlib.reload) replaces it; another under a taken name is
+# an error.
+_ORIGINS: dict[str, tuple[str, str, str]] = {}
 # The options a runner supplies, by the need that asks for them (`supply`).
 SUPPLIED = {"key": "key", "normalization": "normalization", "path": "chunk_size"}
 
@@ -188,10 +189,10 @@ def supply(name: str, options: Mapping[str, Any], *, normalization=None, key=Non
   not set it: the normalization, a random key, the chunk size of a path method."""
   options = dict(options)
   wanted = needs(name)
-  for need, value in (("normalization", normalization), ("key", key), ("path", chunk_size)):
-    option = "chunk_size" if need == "path" else need
-    if need in wanted and value is not None:
-      options.setdefault(option, value)
+  given = {"normalization": normalization, "key": key, "path": chunk_size}
+  for need, option in SUPPLIED.items():
+    if need in wanted and given[need] is not None:
+      options.setdefault(option, given[need])
   return options
 
 

@@ -147,9 +147,10 @@ class Table:
     """The complete rows of the table at `path` (none if there is no file). Incomplete rows are
     left out with a warning (a stage computes their units again); `repair=True` also rewrites the
     file without them (atomically), so the next reader sees a whole table; `strict=True` raises
-    `DamagedTable` instead, for a reader that would only report fewer rows (the report). `suspect`, when given, receives the keys of units that lost rows:
-    those of damaged rows whose key survived, and the last complete row's when the damage is at the
-    end (a file is rewritten whole after every unit, so a cut tail belongs to the last unit written).
+    `DamagedTable` instead, for a reader that would only report fewer rows (the report). `suspect`,
+    when given, receives the keys of units that lost rows: those of damaged rows whose key survived,
+    and the last complete row's when the damage is at the end (a file is rewritten whole after every
+    unit, so a cut tail belongs to the last unit written).
     A file that is not a table of these columns at all raises `DamagedTable` naming it."""
     path = pathlib.Path(path)
     if not path.exists():
