@@ -39,7 +39,7 @@ from ml_collections import ConfigDict
 from saliency_jax import files, pipeline, provenance
 from saliency_jax.config_checks import ConfigError
 from saliency_jax.data import pixel
-from saliency_jax.evaluation import aggregate, figures, results, timing
+from saliency_jax.evaluation import aggregate, figures, results, single_pixel, timing
 from saliency_jax.files import read_csv
 from saliency_jax.progress import duration
 from saliency_jax.stages import base, faithfulness as faithfulness_stage, sanity as sanity_stage
@@ -69,6 +69,7 @@ EXPORT = ("config.json", "metrics.csv", "provenance.json", "COMMIT", f"*/{base.R
           "single_pixel/examples.png", "sanity/*.csv", "sanity/*_curves.png", "sanity/*_bars.png",
           "sanity/*_strip0.png", "faithfulness/results.csv", "faithfulness/curves.png")
 PER_CLASS = "single_pixel/per_class.csv"
+BLACK_PIXEL = single_pixel.VERSIONS.index("truebg_withblackpix")
 # The names of the figures the report writes into `out/results/` (a rebuild removes those it no
 # longer links).
 REPORT_FIGURES = ("leaderboard.png", "pointing_accuracy_*.png", "examples_*.png", "*_seed*_*.png")
@@ -350,13 +351,55 @@ def per_class_rows(run_path: pathlib.Path, rows: pd.DataFrame) -> list[dict]:
         if "label" not in z.files:
           continue  # written before the grid kept labels: no per-class table for this cell
         label, hit = z["label"], z["hit"]
+        black = z["versions"][:, BLACK_PIXEL] if "versions" in z.files else None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
       raise ReportError(f"{path} is unreadable ({type(e).__name__}: {e}); rerun the grid of {run_path} (it "
                         "recomputes a damaged cell) or remove the file") from None
     for cls in np.unique(label):
-      found.append({**key, "class": int(cls),
-                    "images": int(np.sum(label == cls)), "hits": int(np.sum(hit[label == cls]))})
+      mine = label == cls
+      found.append({**key, "class": int(cls), "images": int(np.sum(mine)), "hits": int(np.sum(hit[mine])),
+                    "blackpix_hits": None if black is None else int(np.sum(black[mine] == cls)),
+                    "blackpix_predicted": None if black is None else int(np.sum(black == cls))})
   return found
+
+
+def blackpix_tables(runs: list[Run], rows: pd.DataFrame) -> str:
+  """Per class and seed, what the model does with the planted pixel set black (the image the
+  importance columns' "sub: pix" scores): the share of each class's images it still gets right, and
+  the share of all the images it puts in that class. The model alone decides both, so any one grid
+  cell of a jitter gives them."""
+  found = []
+  for run in runs:
+    mine = rows[(rows["workdir"] == str(run.path)) & (rows["target"] == "predicted")]
+    jitters = {(float(p), float(c)) for p, c in zip(mine["test_position_sd"], mine["test_colour_sd"])}
+    seen = set()
+    for r in per_class_rows(run.path, mine):
+      jitter = (float(r["test_position_sd"]), float(r["test_colour_sd"]))
+      if r["target"] != "predicted" or jitter not in jitters or r.get("blackpix_hits") in (None, ""):
+        continue
+      if (jitter, int(r["class"])) in seen:
+        continue  # the same numbers in every cell of this jitter
+      seen.add((jitter, int(r["class"])))
+      found.append(dict(model=run.model, seed=run.seed, jitter=jitter, cls=int(r["class"]),
+                        images=int(r["images"]), right=int(r["blackpix_hits"]),
+                        assigned=int(r["blackpix_predicted"])))
+  if not found:
+    return ""
+  frame = pd.DataFrame(found)
+  parts = []
+  for (model, jitter), block in frame.groupby(["model", "jitter"], sort=False):
+    classes = sorted(block["cls"].unique())
+    lines = [f"**{model}, test jitter ({jitter[0]:g}, {jitter[1]:g})**, the planted pixel set black: % of each "
+             "class's images still right, and % of all the images put in that class", "",
+             "| seed | | " + " | ".join(f"class {k}" for k in classes) + " |", "|---" * (2 + len(classes)) + "|"]
+    for seed, mine in sorted(block.groupby("seed"), key=lambda kv: int(kv[0])):
+      mine = mine.set_index("cls")
+      total = mine["images"].sum()
+      for label, values in (("right", mine["right"] / mine["images"]), ("assigned", mine["assigned"] / total)):
+        lines.append(f"| {seed} | {label} | " + " | ".join(
+            "–" if k not in values.index else f"{100 * values[k]:.0f}" for k in classes) + " |")
+    parts.append("\n".join(lines))
+  return "\n\n".join(parts)
 
 
 def per_class_tables(runs: list[Run], rows: pd.DataFrame, by_seed: bool = False) -> str:
@@ -797,8 +840,14 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", forc
            "that pixel set black (sub: pix, sub: attr). % as mean (std) [seeds averaged]. **Convention:** a seed "
            "with no misses for a method has no value and is left out of the mean, so `[n]` counts the seeds that "
            "had misses; `–` means no seed had any. The original code wrote 0 for such a seed and averaged it in.",
-           "", importance_tables(paper), "",
-           "## Graded localisation", "",
+           "", importance_tables(paper), ""]
+    blackpix = blackpix_tables(done, paper)
+    if blackpix:
+      md += ["Read \"sub: pix\" beside what the model does with the planted pixel set black (below). Where it "
+             "puts most images in one or two classes, a miss on those classes' images scores high on \"sub: pix\" "
+             "because the model falls back on that class, not because it reads the rest of the image.", "",
+             blackpix, ""]
+    md += ["## Graded localisation", "",
            "Beside the yes/no of pointing: the planted pixel's rank in the (channel-reduced) map, 1 + the pixels "
            "scoring strictly higher (so rank 1 is a hit), and its share of the map's total absolute value (mass; "
            "a pixel is 1/1024 of a 32x32 map, 0.1%). Top 1 equals pointing accuracy.", "",

@@ -264,6 +264,28 @@ def test_per_class_pointing_is_the_hit_rate_of_each_class_over_seeds(tmp_path):
   assert "| gradient_x_input | 0 | 100 | 50 | 0 |" in text and "| gradient_x_input | 1 | 50 | 100 | 50 |" in text
 
 
+def test_the_pixel_set_black_table_counts_each_class_once_per_seed(tmp_path):
+  # Test images of classes 0, 0, 1, 1, 2, 2; with the pixel set black the model says 1, 0, 1, 1, 1, 2.
+  # Right: class 0 1 of 2, class 1 2 of 2, class 2 1 of 2; assigned: 1, 4 and 1 of the 6 images.
+  # Two methods' cells carry the same predictions (the model alone makes them): counted once.
+  w = tmp_path / "small_cnn_seed0"
+  (w / "single_pixel" / "per_image").mkdir(parents=True)
+  _metrics(w, [0.9], epochs=1)
+  grid.TABLE.write(w / "single_pixel" / "results.csv", [_grid_row(0), _grid_row(0, method="gradient")])
+  versions = np.zeros((6, len(report.single_pixel.VERSIONS)), np.int32)
+  versions[:, report.BLACK_PIXEL] = [1, 0, 1, 1, 1, 2]
+  for r in grid.TABLE.read(w / "single_pixel" / "results.csv"):
+    np.savez(grid.per_image_file(w, r), index=np.arange(6), hit=np.ones(6, bool), label=np.array([0, 0, 1, 1, 2, 2]),
+             versions=versions)
+  runs = [report.load_run(w)]
+  text = report.blackpix_tables(runs, report.read_grids(runs))
+  assert "| 0 | right | 50 | 100 | 50 |" in text and "| 0 | assigned | 17 | 67 | 17 |" in text
+  assert text.count("| 0 | right |") == 1
+  # The run data keeps the counts: the same table from its per-class summary.
+  exported = report.export([w], tmp_path / "rundata")
+  assert report.blackpix_tables([report.load_run(exported[0])], report.read_grids([report.load_run(exported[0])])) == text
+
+
 def test_the_leaderboard_gives_each_seed_s_median_rank_where_they_differ(tmp_path):
   # One method puts the planted pixel first on seed 0 and last on seed 1: their mean, 512.5, is a rank
   # neither seed's maps give it.
