@@ -975,27 +975,33 @@ def _workdirs(patterns) -> list[pathlib.Path]:
   return found
 
 
-def main(argv):
-  del argv
+def command(workdirs: list[str], out: str | None = None, export_dir: str | None = None, notes: str = "",
+            force: bool = False) -> int:
+  """What the command line does: 0, or 2 after one line on stderr naming the setting or the file."""
   try:
-    workdirs = _workdirs(_WORKDIRS.value)
-    if bool(_OUT.value) == bool(_EXPORT.value):
+    found = _workdirs(workdirs)
+    if bool(out) == bool(export_dir):
       raise ReportError("give --out=DIR (where results.md goes) or --export=DIR (where the run data goes), one of them")
-    target = pathlib.Path(_OUT.value or _EXPORT.value)
+    target = pathlib.Path(out or export_dir)
     if target.exists() and not target.is_dir():
-      raise ReportError(f"--{'out' if _OUT.value else 'export'}={str(target)!r} is a file; give a folder")
-    if _EXPORT.value:
-      for folder in export(workdirs, target):
+      raise ReportError(f"--{'out' if out else 'export'}={str(target)!r} is a file; give a folder")
+    if export_dir:
+      for folder in export(found, target):
         print(f"run data: {folder}")
-      return
-    notes = pathlib.Path(_NOTES.value).read_text() if _NOTES.value else ""
-    print(f"report: {build(workdirs, target, notes, force=_FORCE.value)}")
+      return 0
+    text = pathlib.Path(notes).read_text() if notes else ""
+    print(f"report: {build(found, target, text, force=force)}")
+    return 0
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
   except OSError as e:
-    print(f"error: cannot write {e.filename or _OUT.value}: {e.strerror}", file=sys.stderr)
-    sys.exit(2)
+    print(f"error: cannot write {e.filename or out}: {e.strerror}", file=sys.stderr)
+  return 2
+
+
+def main(argv):
+  del argv
+  sys.exit(command(_WORKDIRS.value, _OUT.value, _EXPORT.value, _NOTES.value, _FORCE.value))
 
 
 if __name__ == "__main__":

@@ -317,54 +317,63 @@ def _one_line(result):
   return errors[0]
 
 
-def test_bad_arguments_and_conflicts_are_one_line_and_write_nothing(tmp_path):
+def _line(capsys, workdirs, **kw):
+  """`report.command` in this process (the command line less the interpreter's start): its one error line."""
+  assert report.command([str(workdirs)], **{k: str(v) for k, v in kw.items()}) == 2
+  errors = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1, errors
+  return errors[0]
+
+
+def test_bad_arguments_and_conflicts_are_one_line_and_write_nothing(tmp_path, capsys):
   for seed in (0, 1):
     w = _metrics(tmp_path / f"small_cnn_seed{seed}", [0.9], epochs=1)
     (w / "single_pixel").mkdir()
     grid.TABLE.write(w / "single_pixel" / "results.csv", [_grid_row(seed), _grid_row(seed, target="label")])
   runs = f"--workdirs={tmp_path}/small_cnn_seed*"
-  assert "--out=DIR" in _one_line(_report(runs))  # no default output: never the repo's docs by surprise
-  (tmp_path / "afile").write_text("")
-  assert "is a file" in _one_line(_report(runs, f"--out={tmp_path / 'afile'}"))
+  # The command line itself: no default output (never the repo's docs by surprise), one line.
+  assert "--out=DIR" in _one_line(_report(runs))
   # Run from outside the repository (no configs/ on the path): the report is built all the same.
   result = _report(runs, f"--out={tmp_path / 'docs'}", cwd=tmp_path)
   assert result.returncode == 0, result.stderr
   built = (tmp_path / "docs" / "results.md").read_text()
-  # A build from fewer runs does not replace it without --force.
-  assert "small_cnn seed 1" in _one_line(_report(f"--workdirs={tmp_path}/small_cnn_seed0", f"--out={tmp_path / 'docs'}"))
+  glob_ = tmp_path / "small_cnn_seed*"
+  (tmp_path / "afile").write_text("")
+  assert "is a file" in _line(capsys, glob_, out=tmp_path / "afile")
+  # A build from fewer runs does not replace it without force.
+  assert "small_cnn seed 1" in _line(capsys, tmp_path / "small_cnn_seed0", out=tmp_path / "docs")
   assert (tmp_path / "docs" / "results.md").read_text() == built
-  assert _report(f"--workdirs={tmp_path}/small_cnn_seed0", f"--out={tmp_path / 'docs'}", "--force").returncode == 0
+  assert report.command([str(tmp_path / "small_cnn_seed0")], out=str(tmp_path / "docs"), force=True) == 0
   # One that does not say which runs built it (an earlier report's, or hand-written) is kept too.
   (tmp_path / "legacy").mkdir()
   (tmp_path / "legacy" / "results.md").write_text("# Results\n")
-  assert "does not say which runs it was built from" in _one_line(_report(runs, f"--out={tmp_path / 'legacy'}"))
+  assert "does not say which runs it was built from" in _line(capsys, glob_, out=tmp_path / "legacy")
   # Two workdirs of one seed: one line, nothing written.
   shutil.copytree(tmp_path / "small_cnn_seed0", tmp_path / "again_seed0")
   stored = json.loads((tmp_path / "small_cnn_seed0" / "config.json").read_text())
   (tmp_path / "again_seed0" / "config.json").write_text(json.dumps(
       {**stored, "config": {**stored["config"], "seed": 0, "model": {"name": "small_cnn"}}}))
-  line = _one_line(_report(f"--workdirs={tmp_path}/*seed0", f"--out={tmp_path / 'docs3'}"))
+  line = _line(capsys, tmp_path / "*seed0", out=tmp_path / "docs3")
   assert "are both small_cnn seed 0" in line and not (tmp_path / "docs3").exists()
   # A garbage config.json, a cut per-image file: one line naming the file.
   (tmp_path / "again_seed0" / "config.json").write_text("{not json")
-  assert "again_seed0/config.json is not valid JSON" in _one_line(
-      _report(f"--workdirs={tmp_path}/again_seed0", f"--out={tmp_path / 'docs4'}"))
+  assert "again_seed0/config.json is not valid JSON" in _line(capsys, tmp_path / "again_seed0", out=tmp_path / "docs4")
   shutil.rmtree(tmp_path / "again_seed0")
   per_image = grid.per_image_file(tmp_path / "small_cnn_seed0", grid.TABLE.read(
       tmp_path / "small_cnn_seed0" / "single_pixel" / "results.csv")[0])
   per_image.parent.mkdir()
   per_image.write_bytes(b"PK\x03\x04 cut")
-  assert f"{per_image} is unreadable" in _one_line(_report(runs, f"--out={tmp_path / 'docs5'}"))
+  assert f"{per_image} is unreadable" in _line(capsys, glob_, out=tmp_path / "docs5")
   # A stage table cut short (a copy gone wrong): one line naming it, and the report already built stays.
   table = tmp_path / "small_cnn_seed1" / "single_pixel" / "results.csv"
   table.write_text(table.read_text()[:-40])
   before = (tmp_path / "docs" / "results.md").read_text()
-  line = _one_line(_report(runs, f"--out={tmp_path / 'docs'}"))
+  line = _line(capsys, glob_, out=tmp_path / "docs")
   assert f"{table}: 1 damaged row(s)" in line and (tmp_path / "docs" / "results.md").read_text() == before
   # An output folder that cannot be written: one line.
   (tmp_path / "ro").mkdir(mode=0o500)
   if subprocess.run(["touch", str(tmp_path / "ro" / "x")], capture_output=True).returncode != 0:  # not as root
-    assert "cannot write" in _one_line(_report(f"--workdirs={tmp_path}/small_cnn_seed1", f"--out={tmp_path / 'ro'}"))
+    assert "cannot write" in _line(capsys, tmp_path / "small_cnn_seed1", out=tmp_path / "ro")
 
 
 def test_stage_tables_with_rows_of_an_older_checkpoint_report_the_newest(tmp_path):
