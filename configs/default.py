@@ -134,7 +134,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.sanity = ml_collections.ConfigDict()
   # Run in this order after training and the single-pixel grid; empty: none. On the command line
   # either spelling: --config.sanity.studies="('cascading', 'independent')" or =cascading,independent.
-  config.sanity.studies = ()  # cascading | independent | class_sensitivity | input_invariance | label_randomization
+  config.sanity.studies = ()  # cascading | independent | class_sensitivity | image_sensitivity | input_invariance | label_randomization
   # The gradient family, and the positive aggregation / propagation comparisons: GradCAM vs
   # GradCAM_Pos, GradCAM++ and FullGrad; Guided Backprop and RectGrad vs the gradient and
   # RectGrad_Mod; LRP-gamma=inf vs LRP-0.

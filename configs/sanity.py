@@ -21,5 +21,5 @@ def get_config(base: str = "resnet"):
   config = base_config(base or "resnet")
   config.train.enabled = False
   config.single_pixel.enabled = False
-  config.sanity.studies = ("cascading", "independent", "class_sensitivity", "input_invariance")
+  config.sanity.studies = ("cascading", "independent", "class_sensitivity", "image_sensitivity", "input_invariance")
   return config

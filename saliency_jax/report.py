@@ -479,9 +479,9 @@ def _stage_frame(table: results.Table, path: pathlib.Path) -> pd.DataFrame:
 
 def leaderboard(runs: list[Run], grids: pd.DataFrame | None) -> pd.DataFrame:
   """One row per model x method: pointing (mean, std over seeds) for both outputs, the planted pixel's
-  median rank and mass, the faithfulness areas, the similarity at full cascading randomisation, and
-  the seconds per image; from the grid at `BOARD_JITTER`, target predicted, and seed 0's (the lowest
-  seed's) faithfulness and cascading tables."""
+  median rank and mass, the faithfulness areas, the similarity at full cascading randomisation and
+  to the other images' maps, and the seconds per image; from the grid at `BOARD_JITTER`, target predicted, and seed 0's (the lowest
+  seed's) faithfulness, cascading and image-sensitivity tables."""
   if grids is None:
     return pd.DataFrame()
   cells = grids[(grids["target"] == "predicted") & (grids["test_position_sd"] == BOARD_JITTER[0])
@@ -492,6 +492,7 @@ def leaderboard(runs: list[Run], grids: pd.DataFrame | None) -> pd.DataFrame:
     first = min(mine, key=lambda r: r.seed)
     faith = _stage_frame(faithfulness_stage.TABLE, first.path / "faithfulness" / "results.csv")
     cascade = _stage_frame(sanity_stage.TABLE, first.path / "sanity" / "cascading.csv")
+    alike = _stage_frame(sanity_stage.TABLE, first.path / "sanity" / "image_sensitivity.csv")
     timed, timed_from = _timing(mine)
     images["faithfulness"] |= set(faith["num_images"]) if not faith.empty else set()
     images["cascading"] |= set(cascade["num_images"]) if not cascade.empty else set()
@@ -526,6 +527,9 @@ def leaderboard(runs: list[Run], grids: pd.DataFrame | None) -> pd.DataFrame:
       c = cascade[(cascade["method_label"] == method) & (cascade["comparison"] == "randomized")] \
           if not cascade.empty else cascade
       row["cascading |rank corr.|"] = c.sort_values("step")["spearman_abs_mean"].iloc[-1] if len(c) else np.nan
+      a = alike[(alike["method_label"] == method) & (alike["comparison"] == "vs_other_images")] \
+          if not alike.empty else alike
+      row["other images |rank corr.|"] = a["spearman_abs_mean"].iloc[0] if len(a) else np.nan
       rows.append(row)
     timings[model] = timed_from
   board = pd.DataFrame(rows)
@@ -585,10 +589,10 @@ def leaderboard_markdown(board: pd.DataFrame, runs: list[Run]) -> str:
     head = (f"**{model}**, test jitter (0, 0), target predicted; pointing: mean (std) over the seeds that have the "
             f"cell (seeds {' '.join(map(str, seeds))}; `[n]` when fewer); rank, mass and time: output logit, rank "
             "median: each seed's in seed order where they differ, mass: mean over seeds; "
-            f"faithfulness and cascading randomisation: seed {first}; "
+            f"faithfulness, cascading randomisation and other images: seed {first}; "
             + board.attrs.get("timing", {}).get(model, ""))
     columns = ["pointing softmax", "pointing logit", "rank median", "mass %", *BOARD_CURVES.values(),
-               "cascading \\|rank corr.\\|", "ms / image"]
+               "cascading \\|rank corr.\\|", "other images \\|rank corr.\\|", "ms / image"]
     lines = [head, "", "| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for _, r in block.iterrows():
       cells = []
@@ -603,7 +607,8 @@ def leaderboard_markdown(board: pd.DataFrame, runs: list[Run]) -> str:
       cells.append(rank if isinstance(rank, str) and rank else "–")  # NaN for a method still running
       cells.append("–" if pd.isna(r.get("mass")) else f"{100 * r['mass']:.1f}")
       cells += ["not run" if pd.isna(r[name]) else f"{r[name]:.3f}" for name in BOARD_CURVES.values()]
-      cells.append("not run" if pd.isna(r["cascading |rank corr.|"]) else f"{r['cascading |rank corr.|']:.2f}")
+      for name in ("cascading |rank corr.|", "other images |rank corr.|"):
+        cells.append("not run" if pd.isna(r[name]) else f"{r[name]:.2f}")
       ms = 1000 * r.get("seconds per image", np.nan)
       cells.append("–" if pd.isna(ms) else f"{ms:.0f}" if ms >= 100 else f"{ms:.3g}")
       lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
@@ -879,7 +884,8 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", forc
            "higher is better), and ROAD's accuracy after imputing the 10-90% most (MoRF, lower is better) or least "
            "(LeRF, higher is better) relevant pixels. Cascading: the rank correlation of |map| with the trained "
            f"model's once every layer is re-initialised, {cascade_n} images (near 0: the map depends on the weights, as it "
-           "should; near 1: it does not). ms / image: a method's milliseconds per image at output logit; each "
+           "should; near 1: it does not). Other images: the rank correlation of each image's |map| with the mean "
+           "|map| of the other images, same images (near 1: about the same map whatever the image). ms / image: a method's milliseconds per image at output logit; each "
            "model's head says how they were timed. `running`: the cell's grid is still running; `not run`: that "
            "stage has not run for the method; `n/a`: the method does not apply.", "", leaderboard_markdown(board, done), "", f"![leaderboard](results/{fig.name})", "",
            "**On the misses** of every method (target predicted, output logit, test jitter (0, 0)): the columns of "

@@ -296,9 +296,21 @@ def test_the_leaderboard_gives_each_seed_s_median_rank_where_they_differ(tmp_pat
     rows = [_grid_row(seed, method=m, **{"localisation.rank_median": r}) for m, r in zip(("gradient", "ig"), ranks)]
     grid.TABLE.write(w / "single_pixel" / "results.csv", rows)
     runs.append(report.load_run(w))
+  # Seed 0's image-sensitivity study has the gradient only: its column, and "not run" for the other.
+  row = {**{c: "" for c in sanity_stage.TABLE.columns}, "method_revision": "1", "model": "small_cnn",
+         "model_seed": 0, "data_seed": 0, "checkpoint_epoch": 5, "study": "image_sensitivity", "method": "gradient",
+         "output": "logit", "target": "predicted", "num_images": 6, "seconds": 1}
+  rows = [{**row, "comparison": c, **{f"{m}_{k}": v for m in ("spearman_abs", "spearman", "ssim", "hog")
+                                      for k, v in (("mean", x), ("std", 0.0), ("undefined", 0))}}
+          for c, x in (("vs_other_images", 0.987), ("random_map", 0.0), ("edge_map", 0.1))]
+  (tmp_path / "small_cnn_seed0" / "sanity").mkdir()
+  sanity_stage.TABLE.write(tmp_path / "small_cnn_seed0" / "sanity" / "image_sensitivity.csv", rows)
   text = report.leaderboard_markdown(report.leaderboard(runs, report.read_grids(runs)), runs)
   cells = {l.split("|")[1].strip(): l.split("|")[4].strip() for l in text.splitlines() if l.startswith("| ")}
   assert cells["gradient"] == "1 / 1024" and cells["ig"] == "7"
+  other = {l.split("|")[1].strip(): l.split("|")[-3].strip() for l in text.splitlines() if l.startswith("| ")}
+  assert "| other images \\|rank corr.\\| | ms / image |" in text
+  assert other["gradient"] == "0.99" and other["ig"] == "not run"
   assert report.rank_text([float("nan")]) == ""
   # The graded localisation table likewise (its other columns stay means over seeds).
   grids = report.read_grids(runs)

@@ -147,6 +147,35 @@ def test_class_sensitivity_is_low_when_classes_read_disjoint_inputs():
     assert same[f"{metric}_mean"] == pytest.approx(1.0)
 
 
+def test_others_mean_leaves_each_image_out_and_averages_absolute_maps():
+  # Three 1x2 one-channel maps; image 0's reference is the mean of images 1 and 2.
+  maps = np.array([[[1.0, -4.0]], [[-2.0, 0.0]], [[4.0, 2.0]]])[..., None]
+  signed, absolute = similarity.others_mean(maps)
+  np.testing.assert_allclose(signed[0], [[1.0, 1.0]])  # (-2 + 4) / 2, (0 + 2) / 2
+  np.testing.assert_allclose(absolute[0], [[3.0, 1.0]])  # (2 + 4) / 2, (0 + 2) / 2: signs do not cancel
+  np.testing.assert_allclose(absolute[2], [[1.5, 2.0]])
+  with pytest.raises(ValueError, match="at least 2"):
+    similarity.others_mean(maps[:1])
+
+
+def test_image_sensitivity_is_one_for_a_map_that_ignores_the_image_and_low_for_one_that_reads_it():
+  # A linear model: its gradient is the class's weight row whatever the image (one target for all),
+  # so every map equals the others' mean; gradient x input multiplies in the image, so it differs.
+  model = models.create_model("mlp", num_classes=2, hidden=())
+  kernel = np.asarray(jax.random.normal(jax.random.key(1), (8 * 8 * 3, 2)), np.float32)
+  variables = {"params": {"out": {"kernel": jnp.asarray(kernel), "bias": jnp.zeros(2)}}}
+  x = _noise(7, (12, 8, 8, 3)).astype(np.float32)
+  runner = ModelRunner(model, variables, None, batch_size=12)
+  targets = np.zeros(12, np.int32)
+  fixed = runner.maps(registry.parse("gradient"), "logit", x, targets, np.arange(12))
+  reading = runner.maps(registry.parse("gradient_x_input"), "logit", x, targets, np.arange(12))
+  same = similarity.summarize(similarity.compare(fixed, similarity.others_mean(fixed)))
+  differ = similarity.summarize(similarity.compare(reading, similarity.others_mean(reading)))
+  assert same["spearman_abs_mean"] == pytest.approx(1.0) and same["spearman_mean"] == pytest.approx(1.0)
+  # |w x| against the mean |w x'| over independent noise images: they share |w|'s ranks only in part.
+  assert differ["spearman_abs_mean"] < 0.8 and abs(differ["spearman_mean"]) < 0.2
+
+
 @pytest.mark.parametrize("name", ["small_cnn", "mlp"])
 def test_shifted_twin_computes_the_same_function_and_only_the_gradient_is_invariant(name):
   model = models.create_model(name, **({"channels": (4, 6)} if name == "small_cnn" else {"hidden": (16,)}))
@@ -232,16 +261,16 @@ def test_sanity_studies_on_a_trained_workdir_write_tables_and_figures_and_resume
   config.train.epochs = 1
   config.single_pixel.enabled = False
   s = config.sanity
-  s.studies = ("cascading", "class_sensitivity", "input_invariance", "label_randomization")
+  s.studies = ("cascading", "class_sensitivity", "image_sensitivity", "input_invariance", "label_randomization")
   s.methods = ("gradient", "integrated_gradients(baseline='black', steps=4)", "gradcam_pos")
   s.num_images, s.batch_size, s.strip_images, s.model_chunk = 6, 4, 1, 2
   s.reference_workdir = str(tmp_path)  # itself: a stand-in for the true-label run
   caplog.set_level(logging.INFO, logger="absl")
   out = pipeline.run(config, tmp_path)["sanity"]
   # Each method's line says how long the rest of the stage will take; the last has no rest.
-  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sanity ") and "/12 " in r.getMessage()]
-  assert [line.split()[1:3] for line in lines[:3]] == [["1/12", "cascading"], ["2/12", "cascading"],
-                                                       ["3/12", "cascading"]]
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sanity ") and "/15 " in r.getMessage()]
+  assert [line.split()[1:3] for line in lines[:3]] == [["1/15", "cascading"], ["2/15", "cascading"],
+                                                       ["3/15", "cascading"]]
   assert all("left in this stage" in line for line in lines[:-1]) and "left" not in lines[-1]
   cascade = pd.DataFrame(out["cascading"])
   steps = cascade[cascade.comparison == "randomized"]
@@ -252,9 +281,11 @@ def test_sanity_studies_on_a_trained_workdir_write_tables_and_figures_and_resume
   assert twin.loc[("gradient", "twin"), "max_relative_difference"] < 1e-4
   assert twin.loc[("integrated_gradients", "twin"), "max_relative_difference"] > 1e-2  # black baseline, not shifted
   assert twin.loc[("integrated_gradients", "twin_shifted_baseline"), "max_relative_difference"] < 1e-3
+  alike = pd.DataFrame(out["image_sensitivity"]).set_index(["method", "comparison"])
+  assert set(alike.index.get_level_values("comparison")) == {"vs_other_images", "random_map", "edge_map"}
   labels = pd.DataFrame(out["label_randomization"])
   assert labels[labels.comparison == "random_vs_true_labels"]["ssim_mean"].tolist() == pytest.approx([1.0] * 3)
-  for study in ("cascading", "class_sensitivity", "input_invariance", "label_randomization"):
+  for study in ("cascading", "class_sensitivity", "image_sensitivity", "input_invariance", "label_randomization"):
     assert (tmp_path / "sanity" / f"{study}.csv").exists()
     assert (tmp_path / "sanity" / f"{study}_strip0.png").exists()
   assert (tmp_path / "sanity" / "cascading_curves.png").exists()

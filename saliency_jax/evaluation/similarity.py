@@ -8,6 +8,9 @@ sanity-checks paper.
 - `ssim`: SSIM (scikit-image) of the absolute maps scaled for display (99th percentile, clipped to [0, 1]);
 - `hog`: Pearson correlation of the HOG features (scikit-image) of those scaled absolute maps.
 
+`others_mean` gives each image the mean map of the other images, for a map that would be the same
+whatever the image (the image-sensitivity study).
+
 A correlation with a constant map is undefined (NaN, e.g. a GradCAM that randomisation drove to
 zero everywhere); `summarize` leaves such images out and counts them. The references that give
 the numbers a scale: `random_maps` (i.i.d. Gaussian noise: what chance looks like) and
@@ -66,10 +69,22 @@ def _hog_B(scaled_BHW) -> np.ndarray:
   return np.stack([skimage.feature.hog(m, pixels_per_cell=cell, **HOG_OPTIONS) for m in scaled_BHW])
 
 
+def others_mean(map_BHWC) -> tuple[np.ndarray, np.ndarray]:
+  """(signed, absolute) (B, H, W): for each image, the mean of the other images' reduced maps (the
+  absolute one averages absolute maps, so signed maps do not cancel in it). A map that hardly
+  depends on its image is close to it."""
+  signed, absolute = reduce_maps(map_BHWC)
+  if len(signed) < 2:
+    raise ValueError("the mean of the other images' maps needs at least 2 images")
+  loo = lambda m: (m.sum(0, keepdims=True) - m) / (len(m) - 1)
+  return loo(signed), loo(absolute)
+
+
 def compare(a, b) -> dict[str, np.ndarray]:
-  """Per-image similarities of two batches of maps, (B, H, W, C) or already reduced (B, H, W)."""
+  """Per-image similarities of two batches of maps, (B, H, W, C) or already reduced (B, H, W), or
+  with `b` a (signed, absolute) pair of reduced maps (`others_mean`)."""
   a_signed, a_abs = reduce_maps(a)
-  b_signed, b_abs = reduce_maps(b)
+  b_signed, b_abs = b if isinstance(b, tuple) else reduce_maps(b)
   if a_signed.shape != b_signed.shape:
     raise ValueError(f"maps to compare differ in shape: {a_signed.shape} and {b_signed.shape}")
   B = len(a_signed)

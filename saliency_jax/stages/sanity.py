@@ -5,6 +5,8 @@
   step's model is a pytree, and all steps' maps come from one compiled program (`lax.map` over the
   steps, `sanity.model_chunk` models vectorised at a time), each compared with the trained model's;
 - `class_sensitivity`: maps for the highest- and the lowest-scoring class of each image;
+- `image_sensitivity`: each image's map against the mean map of the other images (near 1: the map
+  is about the same whatever the image, a layout of the method rather than a reading of the image);
 - `input_invariance`: maps of f1 at x and of its shifted twin f2 at x + c (`evaluation.invariance`);
   methods with a baseline are also run with the baseline shifted alongside;
 - `label_randomization`: this workdir (trained with `data.permute_train_labels`) against
@@ -34,7 +36,8 @@ from saliency_jax.evaluation import invariance, randomization, results, similari
 from saliency_jax.stages import base
 from saliency_jax.stages.runner import ModelRunner
 
-STUDIES = ("cascading", "independent", "class_sensitivity", "input_invariance", "label_randomization")
+STUDIES = ("cascading", "independent", "class_sensitivity", "image_sensitivity", "input_invariance",
+           "label_randomization")
 ID_COLUMNS = (*results.RUN_COLUMNS, "study", *results.METHOD_COLUMNS, results.REVISION, "output", "target", "num_images", "comparison",
               "step", "layer")
 _STATS = tuple(f"{m}_{s}" for m in similarity.METRICS for s in ("mean", "std", "undefined"))
@@ -184,7 +187,7 @@ class Sanity(base.Stage):
       extras["top"] = runner.targets("predicted", x, self.labels)
       extras["bottom"] = runner.targets("lowest", x, self.labels)
       extras["calibrate"] = lambda maps: maps[0]
-    if study in ("input_invariance", "label_randomization"):
+    if study in ("image_sensitivity", "input_invariance", "label_randomization"):
       extras["calibrate"] = lambda maps: maps[0]
     if study == "input_invariance":
       shift = invariance.shift_vector(sc.input_shift, x.shape[-1])
@@ -258,6 +261,14 @@ def _class_sensitivity(stage: Sanity, spec, extras: dict, ident: dict):
                                                                            np.stack([top, bottom]))
 
 
+def _image_sensitivity(stage: Sanity, spec, extras: dict, ident: dict):
+  maps = stage.maps(spec, extras["x"], extras["targets"])
+  others = similarity.others_mean(maps)
+  return [_row(ident, "vs_other_images", similarity.compare(maps, others))], (
+      ["this image", "the others' mean |map|"],
+      np.stack([maps, others[1] if maps.ndim == 3 else np.broadcast_to(others[1][..., None], maps.shape)]))
+
+
 def _relative_difference(a, b) -> float:
   scale = np.abs(a).reshape(len(a), -1).max(-1)
   diff = np.abs(a - b).reshape(len(a), -1).max(-1)
@@ -295,6 +306,7 @@ _STUDY_FNS = {
     "cascading": _randomization,
     "independent": _randomization,
     "class_sensitivity": _class_sensitivity,
+    "image_sensitivity": _image_sensitivity,
     "input_invariance": _input_invariance,
     "label_randomization": _label_randomization,
 }
