@@ -15,8 +15,8 @@ for seeds other than 0 (`--config.sanity.studies= --config.faithfulness.enabled=
 
 Expected (resnet18 at CPU scale, 1,000 images): SmoothGrad², VarGrad, |gradient|, |gradient| x |input|,
 the LRP alpha1beta0 and gamma rules and integrated gradients point at the pixel on ~86-99.8% of images,
-the signed gradient maps on ~35-57%, the GradCAM family and FullGrad almost never (their maps are
-about the same for every image); docs/results.md has every method.
+the signed gradient maps on ~35-57%, the GradCAM family and FullGrad almost never; docs/results.md has
+every method.
 """
 
 from configs import default, sanity

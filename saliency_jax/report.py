@@ -289,8 +289,12 @@ def pointing_tables(summary: pd.DataFrame, rows: pd.DataFrame) -> str:
   for (model, pos, col), block in summary.groupby(["model", "test_position_sd", "test_colour_sd"], sort=False):
     mine = rows[(rows["model"] == model) & (rows["test_position_sd"] == pos) & (rows["test_colour_sd"] == col)]
     n_images = ", ".join(sorted({str(int(v)) for v in mine["num_images"]}))
+    # The model's own accuracy on these images: where it is low, the pixel is not what it reads here.
+    per_seed = mine.groupby("model_seed")[["overall.withpix_model_accuracy", "overall.nopix_model_accuracy"]].first()
+    accuracy = (f"; the model's accuracy on them with the pixel {100 * per_seed.iloc[:, 0].mean():.1f}%, without it "
+                f"{100 * per_seed.iloc[:, 1].mean():.1f}% (mean over seeds)") if len(per_seed) else ""
     lines = [f"**{model}, test jitter (position sd {pos:g}, colour sd {col:g})**, {n_images} test images per seed, "
-             f"seeds {block['model_seeds'].iloc[0]}", "",
+             f"seeds {block['model_seeds'].iloc[0]}{accuracy}", "",
              "| method | " + " | ".join(f"{t} / {o}" for t, o in HUES) + " |", "|---" * 5 + "|"]
     for method, sub in block.groupby("method_label", sort=False):
       cells = []
@@ -448,15 +452,25 @@ def per_class_tables(runs: list[Run], rows: pd.DataFrame, by_seed: bool = False)
   return "\n\n".join(parts)
 
 
-def importance_tables(rows: pd.DataFrame) -> str:
-  """Additive and subtractive accuracies on each method's misses: mean (std) [seeds averaged]."""
+def importance_tables(rows: pd.DataFrame, by_seed: bool = False) -> str:
+  """Additive and subtractive accuracies on each method's misses: mean (std) [seeds averaged], or
+  with `by_seed` one row per seed with its number of misses (a mean over seeds hides which seed's
+  misses are of which kind)."""
   parts = []
   for (model, pos, col), block in rows.groupby(["model", "test_position_sd", "test_colour_sd"], sort=False):
-    lines = [f"**{model}, test jitter ({pos:g}, {col:g})**", "",
-             "| method | target / output | images missed (mean over seeds) | " + " | ".join(IMPORTANCE.values()) + " |",
+    second = "seed" if by_seed else "target / output"
+    missed = "images missed" if by_seed else "images missed (mean over seeds)"
+    lines = [f"**{model}, test jitter ({pos:g}, {col:g})**" + (", output logit, target predicted" if by_seed else ""),
+             "", f"| method | {second} | {missed} | " + " | ".join(IMPORTANCE.values()) + " |",
              "|---" * (3 + len(IMPORTANCE)) + "|"]
     for (method, target, output), sub in _in_table_order(block).groupby(["method_label", "target", "output"],
                                                                          sort=False):
+      if by_seed:
+        for _, r in sub.sort_values("model_seed", key=lambda v: v.astype(int)).iterrows():
+          cells = ["–" if pd.isna(float(r[c])) else f"{100 * float(r[c]):.1f}" for c in IMPORTANCE]
+          lines.append(f"| {method} | {r['model_seed']} | {float(r['overall.attribution_incorrect']):.0f} | "
+                       + " | ".join(cells) + " |")
+        continue
       cells = []
       for c in IMPORTANCE:
         v = sub[c].astype(float)
@@ -479,9 +493,9 @@ def _stage_frame(table: results.Table, path: pathlib.Path) -> pd.DataFrame:
 
 def leaderboard(runs: list[Run], grids: pd.DataFrame | None) -> pd.DataFrame:
   """One row per model x method: pointing (mean, std over seeds) for both outputs, the planted pixel's
-  median rank and mass, the faithfulness areas, the similarity at full cascading randomisation and
-  to the other images' maps, and the seconds per image; from the grid at `BOARD_JITTER`, target predicted, and seed 0's (the lowest
-  seed's) faithfulness, cascading and image-sensitivity tables."""
+  median rank and mass, the faithfulness areas, the similarity at full cascading randomisation, and
+  the seconds per image; from the grid at `BOARD_JITTER`, target predicted, and seed 0's (the lowest
+  seed's) faithfulness and cascading tables."""
   if grids is None:
     return pd.DataFrame()
   cells = grids[(grids["target"] == "predicted") & (grids["test_position_sd"] == BOARD_JITTER[0])
@@ -492,7 +506,6 @@ def leaderboard(runs: list[Run], grids: pd.DataFrame | None) -> pd.DataFrame:
     first = min(mine, key=lambda r: r.seed)
     faith = _stage_frame(faithfulness_stage.TABLE, first.path / "faithfulness" / "results.csv")
     cascade = _stage_frame(sanity_stage.TABLE, first.path / "sanity" / "cascading.csv")
-    alike = _stage_frame(sanity_stage.TABLE, first.path / "sanity" / "image_sensitivity.csv")
     timed, timed_from = _timing(mine)
     images["faithfulness"] |= set(faith["num_images"]) if not faith.empty else set()
     images["cascading"] |= set(cascade["num_images"]) if not cascade.empty else set()
@@ -527,9 +540,6 @@ def leaderboard(runs: list[Run], grids: pd.DataFrame | None) -> pd.DataFrame:
       c = cascade[(cascade["method_label"] == method) & (cascade["comparison"] == "randomized")] \
           if not cascade.empty else cascade
       row["cascading |rank corr.|"] = c.sort_values("step")["spearman_abs_mean"].iloc[-1] if len(c) else np.nan
-      a = alike[(alike["method_label"] == method) & (alike["comparison"] == "vs_other_images")] \
-          if not alike.empty else alike
-      row["other images |rank corr.|"] = a["spearman_abs_mean"].iloc[0] if len(a) else np.nan
       rows.append(row)
     timings[model] = timed_from
   board = pd.DataFrame(rows)
@@ -589,10 +599,10 @@ def leaderboard_markdown(board: pd.DataFrame, runs: list[Run]) -> str:
     head = (f"**{model}**, test jitter (0, 0), target predicted; pointing: mean (std) over the seeds that have the "
             f"cell (seeds {' '.join(map(str, seeds))}; `[n]` when fewer); rank, mass and time: output logit, rank "
             "median: each seed's in seed order where they differ, mass: mean over seeds; "
-            f"faithfulness, cascading randomisation and other images: seed {first}; "
+            f"faithfulness and cascading randomisation: seed {first}; "
             + board.attrs.get("timing", {}).get(model, ""))
     columns = ["pointing softmax", "pointing logit", "rank median", "mass %", *BOARD_CURVES.values(),
-               "cascading \\|rank corr.\\|", "other images \\|rank corr.\\|", "ms / image"]
+               "cascading \\|rank corr.\\|", "ms / image"]
     lines = [head, "", "| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for _, r in block.iterrows():
       cells = []
@@ -607,8 +617,7 @@ def leaderboard_markdown(board: pd.DataFrame, runs: list[Run]) -> str:
       cells.append(rank if isinstance(rank, str) and rank else "–")  # NaN for a method still running
       cells.append("–" if pd.isna(r.get("mass")) else f"{100 * r['mass']:.1f}")
       cells += ["not run" if pd.isna(r[name]) else f"{r[name]:.3f}" for name in BOARD_CURVES.values()]
-      for name in ("cascading |rank corr.|", "other images |rank corr.|"):
-        cells.append("not run" if pd.isna(r[name]) else f"{r[name]:.2f}")
+      cells.append("not run" if pd.isna(r["cascading |rank corr.|"]) else f"{r['cascading |rank corr.|']:.2f}")
       ms = 1000 * r.get("seconds per image", np.nan)
       cells.append("–" if pd.isna(ms) else f"{ms:.0f}" if ms >= 100 else f"{ms:.3g}")
       lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
@@ -884,14 +893,18 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", forc
            "higher is better), and ROAD's accuracy after imputing the 10-90% most (MoRF, lower is better) or least "
            "(LeRF, higher is better) relevant pixels. Cascading: the rank correlation of |map| with the trained "
            f"model's once every layer is re-initialised, {cascade_n} images (near 0: the map depends on the weights, as it "
-           "should; near 1: it does not). Other images: the rank correlation of each image's |map| with the mean "
-           "|map| of the other images, same images (near 1: about the same map whatever the image). ms / image: a method's milliseconds per image at output logit; each "
+           "should; near 1: it does not). ms / image: a method's milliseconds per image at output logit; each "
            "model's head says how they were timed. `running`: the cell's grid is still running; `not run`: that "
            "stage has not run for the method; `n/a`: the method does not apply.", "", leaderboard_markdown(board, done), "", f"![leaderboard](results/{fig.name})", "",
            "**On the misses** of every method (target predicted, output logit, test jitter (0, 0)): the columns of "
            "[the importance table](#importance-of-the-pixel-a-method-chose-instead-on-its-misses), in the "
            "leaderboard's order.", "", importance_tables(leaderboard_cells(board, grids, "logit")), ""]
-    by_seed = per_class_tables(done, leaderboard_cells(board, grids, "logit"), by_seed=True)
+    logit_cells = leaderboard_cells(board, grids, "logit")
+    if len(logit_cells):
+      # Collapsed: long, and read only to see which seed's misses are of which kind.
+      md += ["<details><summary><b>On the misses, per seed</b> (output logit)</summary>", "",
+             importance_tables(logit_cells, by_seed=True), "", "</details>", ""]
+    by_seed = per_class_tables(done, logit_cells, by_seed=True)
     if by_seed:
       # Collapsed: long, and read only to see which classes a method's hits come from on each seed.
       md += ["<details><summary><b>Per class and seed</b> (output logit): which classes' pixels each method finds "

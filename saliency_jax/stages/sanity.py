@@ -5,8 +5,8 @@
   step's model is a pytree, and all steps' maps come from one compiled program (`lax.map` over the
   steps, `sanity.model_chunk` models vectorised at a time), each compared with the trained model's;
 - `class_sensitivity`: maps for the highest- and the lowest-scoring class of each image;
-- `image_sensitivity`: each image's map against the mean map of the other images (near 1: the map
-  is about the same whatever the image, a layout of the method rather than a reading of the image);
+- `image_sensitivity`: each image's map against the mean map of the other images (near 1: about the
+  same map whatever the image; docs/evaluation.md says how to read it);
 - `input_invariance`: maps of f1 at x and of its shifted twin f2 at x + c (`evaluation.invariance`);
   methods with a baseline are also run with the baseline shifted alongside;
 - `label_randomization`: this workdir (trained with `data.permute_train_labels`) against
