@@ -399,7 +399,7 @@ def blackpix_tables(runs: list[Run], rows: pd.DataFrame) -> str:
     for seed, mine in sorted(block.groupby("seed"), key=lambda kv: int(kv[0])):
       mine = mine.set_index("cls")
       total = mine["images"].sum()
-      for label, values in (("right", mine["right"] / mine["images"]), ("assigned", mine["assigned"] / total)):
+      for label, values in (("still right", mine["right"] / mine["images"]), ("share of all", mine["assigned"] / total)):
         lines.append(f"| {seed} | {label} | " + " | ".join(
             "–" if k not in values.index else f"{100 * values[k]:.0f}" for k in classes) + " |")
     parts.append("\n".join(lines))
@@ -859,7 +859,9 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", forc
     if blackpix:
       md += ["Read \"sub: pix\" beside what the model does with the planted pixel set black (below). Where it "
              "puts most images in one or two classes, a miss on those classes' images scores high on \"sub: pix\" "
-             "because the model falls back on that class, not because it reads the rest of the image.", "",
+             "because the model falls back on that class, not because it reads the rest of the image. (Black is "
+             "itself a colour the model never saw at the pixel; the Models table gives its accuracy with the pixel "
+             "left out, for comparison.)", "",
              blackpix, ""]
     md += ["## Graded localisation", "",
            "Beside the yes/no of pointing: the planted pixel's rank in the (channel-reduced) map, 1 + the pixels "

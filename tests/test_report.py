@@ -286,8 +286,8 @@ def test_the_pixel_set_black_table_counts_each_class_once_per_seed(tmp_path):
              versions=versions)
   runs = [report.load_run(w)]
   text = report.blackpix_tables(runs, report.read_grids(runs))
-  assert "| 0 | right | 50 | 100 | 50 |" in text and "| 0 | assigned | 17 | 67 | 17 |" in text
-  assert text.count("| 0 | right |") == 1
+  assert "| 0 | still right | 50 | 100 | 50 |" in text and "| 0 | share of all | 17 | 67 | 17 |" in text
+  assert text.count("| 0 | still right |") == 1
   # The run data keeps the counts: the same table from its per-class summary.
   exported = report.export([w], tmp_path / "rundata")
   assert report.blackpix_tables([report.load_run(exported[0])], report.read_grids([report.load_run(exported[0])])) == text
