@@ -6,9 +6,9 @@ the planted pixel the model is known to use (its table: the report's leaderboard
 
 BASE (after the colon) is the config the workdir was trained with: resnet_cpu, vgg16_cpu, resnet, vgg16,
 quickstart. Trains nothing. Runs the single-pixel grid of `METHODS` (target `predicted`, both
-outputs, test jitter (0, 0), BASE's `single_pixel.max_images`), then cascading randomisation, image
-sensitivity (each map against the other images' mean map) and the faithfulness curves of the same
-methods. A grid cell that BASE's default grid already computed (same
+outputs, test jitter (0, 0), BASE's `single_pixel.max_images`), then cascading randomisation, class
+sensitivity, image sensitivity (each map against the other images' mean map) and the faithfulness
+curves of the same methods. A grid cell that BASE's default grid already computed (same
 method, options, target, output, jitter and images) is read back, not computed again.
 `launch/reproduce_cpu.sh` runs it on every seed and switches the sanity and faithfulness stages off
 for seeds other than 0 (`--config.sanity.studies= --config.faithfulness.enabled=False`).
@@ -58,7 +58,7 @@ def get_config(base: str = "resnet_cpu"):
   sp.outputs = ("softmax", "logit")
   sp.test_jitter = ((0.0, 0.0),)
   sp.examples = 0
-  config.sanity.studies = ("cascading", "image_sensitivity")
+  config.sanity.studies = ("cascading", "class_sensitivity", "image_sensitivity")
   config.sanity.methods = METHODS
   config.sanity.num_images = 100
   fc = config.faithfulness

@@ -8,8 +8,8 @@
 # 1,000 class-balanced test images at test jitter (0, 0); the leaderboard grid (every method,
 # configs/leaderboard.py) on the same images, sharing the paper grid's cells; on seed 0 of each model
 # the rest of the leaderboard: every method's time per image (benchmarks/method_seconds.py, about
-# 5 min for resnet18: keep the machine otherwise idle then, the column says idle), cascading
-# randomisation and the faithfulness curves; the paper's grid on 500 images at test jitter (3, 5);
+# 5 min for resnet18: keep the machine otherwise idle then, the column says idle), its sanity
+# studies (cascading randomisation, class and image sensitivity) and the faithfulness curves; the paper's grid on 500 images at test jitter (3, 5);
 # and on seed 0 of each model the paper's sanity checks. Runs go resnet18 seeds 0 1 2, then vgg16
 # seed 0, then vgg16 seeds 1 2, so a partial finish is useful. Each stage's log is in OUT_DIR/logs/.
 # A rerun resumes every stage (checkpoints, finished grid cells, sanity and faithfulness methods), so

@@ -833,7 +833,8 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", forc
     md += ["## What differs from the paper", "", differences[0], "", differences[1], "",
            "`launch/reproduce_cpu.sh` adds a second grid at test jitter (3, 5) on 500 images per seed, the "
            "leaderboard grid of every method (`configs/leaderboard.py`) on every seed, and on seed 0 of each model "
-           "the leaderboard's cascading randomisation and faithfulness curves and the paper's sanity checks.", ""]
+           "the leaderboard's sanity studies (cascading randomisation, class and image sensitivity) and faithfulness "
+           "curves, and the paper's sanity checks.", ""]
   md += ["## Models", "", "Test accuracy (%) after the last epoch, mean (std over seeds; sample std). Training "
          "time: the epochs' seconds summed, mean over seeds; img/s: the median over seeds of each seed's median "
          "epoch.", "",
