@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The sanity checks after the paper's sweep (launch/sweep_local.sh): on every trained run, the
-# model-only studies (cascading and independent randomisation, class sensitivity, input
+# model-only studies (cascading and independent randomisation, class and image sensitivity, input
 # invariance); then, per model, the label-randomisation run (trained on permuted labels until it
 # fits them) compared with its seed-0 run trained on true labels.
 #

@@ -69,6 +69,15 @@ EXPORT = ("config.json", "metrics.csv", "provenance.json", "COMMIT", f"*/{base.R
           "single_pixel/examples.png", "sanity/*.csv", "sanity/*_curves.png", "sanity/*_bars.png",
           "sanity/*_strip0.png", "faithfulness/results.csv", "faithfulness/curves.png")
 PER_CLASS = "single_pixel/per_class.csv"
+# What the run data keeps of a grid's per-image files: per cell and class, the images, the hits and,
+# with the planted pixel set black, the images still right and those the model puts in the class.
+PER_CLASS_TABLE = results.Table(
+    columns=(*grid_stage.CELL_KEY, "class", "images", "hits", "blackpix_hits", "blackpix_predicted"),
+    key=(*grid_stage.CELL_KEY, "class"),
+    kinds={**{c: "count" for c in ("checkpoint_epoch", "num_images", results.REVISION, "class", "images", "hits",
+                                   "blackpix_hits", "blackpix_predicted")},
+           "test_position_sd": "finite", "test_colour_sd": "finite"},
+    optional=("weights", "blackpix_hits", "blackpix_predicted"), former={results.REVISION: "1"})
 BLACK_PIXEL = single_pixel.VERSIONS.index("truebg_withblackpix")
 # The names of the figures the report writes into `out/results/` (a rebuild removes those it no
 # longer links).
@@ -343,7 +352,10 @@ def per_class_rows(run_path: pathlib.Path, rows: pd.DataFrame) -> list[dict]:
   (`PER_CLASS`), else from the grid's per-image files."""
   summary = run_path / PER_CLASS
   if summary.exists():
-    return read_csv(summary)
+    try:
+      return PER_CLASS_TABLE.read(summary, strict=True)
+    except results.DamagedTable as e:
+      raise ReportError(str(e)) from None
   found = []
   for _, row in rows[rows["target"] == "predicted"].iterrows():
     key = {k: str(row[k]) for k in grid_stage.CELL_KEY}  # as the CSV holds them: 6, 0.0, ''
@@ -356,7 +368,7 @@ def per_class_rows(run_path: pathlib.Path, rows: pd.DataFrame) -> list[dict]:
           continue  # written before the grid kept labels: no per-class table for this cell
         label, hit = z["label"], z["hit"]
         black = z["versions"][:, BLACK_PIXEL] if "versions" in z.files else None
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile) as e:
       raise ReportError(f"{path} is unreadable ({type(e).__name__}: {e}); rerun the grid of {run_path} (it "
                         "recomputes a damaged cell) or remove the file") from None
     for cls in np.unique(label):
@@ -370,23 +382,21 @@ def per_class_rows(run_path: pathlib.Path, rows: pd.DataFrame) -> list[dict]:
 def blackpix_tables(runs: list[Run], rows: pd.DataFrame) -> str:
   """Per class and seed, what the model does with the planted pixel set black (the image the
   importance columns' "sub: pix" scores): the share of each class's images it still gets right, and
-  the share of all the images it puts in that class. The model alone decides both, so any one grid
-  cell of a jitter gives them."""
+  the share of all the images it puts in that class. The model alone decides both, so one grid cell
+  per jitter gives them: the one with the most images (then the first in key order)."""
   found = []
   for run in runs:
     mine = rows[(rows["workdir"] == str(run.path)) & (rows["target"] == "predicted")]
     jitters = {(float(p), float(c)) for p, c in zip(mine["test_position_sd"], mine["test_colour_sd"])}
-    seen = set()
+    cells: dict = {}
     for r in per_class_rows(run.path, mine):
       jitter = (float(r["test_position_sd"]), float(r["test_colour_sd"]))
-      if r["target"] != "predicted" or jitter not in jitters or r.get("blackpix_hits") in (None, ""):
-        continue
-      if (jitter, int(r["class"])) in seen:
-        continue  # the same numbers in every cell of this jitter
-      seen.add((jitter, int(r["class"])))
-      found.append(dict(model=run.model, seed=run.seed, jitter=jitter, cls=int(r["class"]),
-                        images=int(r["images"]), right=int(r["blackpix_hits"]),
-                        assigned=int(r["blackpix_predicted"])))
+      if r["target"] == "predicted" and jitter in jitters and r.get("blackpix_hits") not in (None, ""):
+        cells.setdefault(jitter, {}).setdefault(tuple(str(r[k]) for k in grid_stage.CELL_KEY), []).append(r)
+    for jitter, by_cell in cells.items():
+      chosen = by_cell[min(by_cell, key=lambda k: (-int(k[grid_stage.CELL_KEY.index("num_images")]), k))]
+      found += [dict(model=run.model, seed=run.seed, jitter=jitter, cls=int(r["class"]), images=int(r["images"]),
+                     right=int(r["blackpix_hits"]), assigned=int(r["blackpix_predicted"])) for r in chosen]
   if not found:
     return ""
   frame = pd.DataFrame(found)
@@ -460,12 +470,13 @@ def importance_tables(rows: pd.DataFrame, by_seed: bool = False) -> str:
   for (model, pos, col), block in rows.groupby(["model", "test_position_sd", "test_colour_sd"], sort=False):
     second = "seed" if by_seed else "target / output"
     missed = "images missed" if by_seed else "images missed (mean over seeds)"
-    lines = [f"**{model}, test jitter ({pos:g}, {col:g})**" + (", output logit, target predicted" if by_seed else ""),
+    cells = ", ".join(f"target {t}, output {o}" for t, o in dict.fromkeys(zip(block["target"], block["output"])))
+    lines = [f"**{model}, test jitter ({pos:g}, {col:g})**" + (f", {cells}" if by_seed else ""),
              "", f"| method | {second} | {missed} | " + " | ".join(IMPORTANCE.values()) + " |",
              "|---" * (3 + len(IMPORTANCE)) + "|"]
     for (method, target, output), sub in _in_table_order(block).groupby(["method_label", "target", "output"],
                                                                          sort=False):
-      if by_seed:
+      if by_seed:  # a method's rows of another target or output follow, each row saying its seed only
         for _, r in sub.sort_values("model_seed", key=lambda v: v.astype(int)).iterrows():
           cells = ["–" if pd.isna(float(r[c])) else f"{100 * float(r[c]):.1f}" for c in IMPORTANCE]
           lines.append(f"| {method} | {r['model_seed']} | {float(r['overall.attribution_incorrect']):.0f} | "
@@ -980,7 +991,7 @@ def export(workdirs: list[pathlib.Path], out: pathlib.Path) -> list[pathlib.Path
       rows = per_class_rows(w, grids)
       if rows:
         (staging / PER_CLASS).parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(rows, columns=list(rows[0])).to_csv(staging / PER_CLASS, index=False)
+        PER_CLASS_TABLE.write(staging / PER_CLASS, rows)
     shutil.rmtree(dst, ignore_errors=True)
     staging.rename(dst)
     written.append(dst)
@@ -1017,13 +1028,14 @@ def command(workdirs: list[str], out: str | None = None, export_dir: str | None 
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
   except OSError as e:
-    print(f"error: cannot write {e.filename or out}: {e.strerror}", file=sys.stderr)
+    print(f"error: cannot write {e.filename or out or export_dir}: {e.strerror}", file=sys.stderr)
   return 2
 
 
 def main(argv):
   del argv
-  sys.exit(command(_WORKDIRS.value, _OUT.value, _EXPORT.value, _NOTES.value, _FORCE.value))
+  sys.exit(command(_WORKDIRS.value, out=_OUT.value, export_dir=_EXPORT.value, notes=_NOTES.value,
+                   force=_FORCE.value))
 
 
 if __name__ == "__main__":

@@ -63,8 +63,14 @@ def test_report_is_rebuilt_from_workdirs_and_from_their_run_data_alike(tmp_path,
               and r["output"] == "logit" and str(r["model_seed"]) == "0")
   sub = float(mine["attribution_incorrect.truebg_withblackpix_model_accuracy"])
   per_seed = text.split("On the misses, per seed")[1].split("</details>")[0]
-  assert f"| gradient_x_input | 0 | {float(mine['overall.attribution_incorrect']):.0f} |" in per_seed
-  assert f"| {100 * sub:.1f} |" in per_seed.split("| gradient_x_input | 0 |")[1].splitlines()[0] + "|"
+  row = next(l for l in per_seed.splitlines() if l.startswith("| gradient_x_input | 0 |")).split("|")
+  assert row[3].strip() == f"{float(mine['overall.attribution_incorrect']):.0f}"
+  assert row[6].strip() == f"{100 * sub:.1f}"  # sub: pix, the fourth importance column
+  # The pointing table's head: the model's accuracy with the pixel, the mean of the seeds' own.
+  with_pixel = np.mean([float(next(r for r in rows if str(r["model_seed"]) == s)["overall.withpix_model_accuracy"])
+                        for s in ("0", "1")])
+  assert f"the model's accuracy on them with the pixel {100 * with_pixel:.1f}%" in text
+  assert "the planted pixel set black: % of each class's images still right" in text
   assert "small_cnn seed 2 (small_cnn_seed2): no metrics.csv" in text  # named, with the reason
   assert "small_cnn_seed2" not in text.split("## Wall time")[1].split("## Commands")[0]
   assert (tmp_path / "docs" / "results" / "pointing_accuracy_small_cnn.png").exists()
@@ -271,17 +277,18 @@ def test_per_class_pointing_is_the_hit_rate_of_each_class_over_seeds(tmp_path):
   assert "| gradient_x_input | 0 | 100 | 50 | 0 |" in text and "| gradient_x_input | 1 | 50 | 100 | 50 |" in text
 
 
-def test_the_pixel_set_black_table_counts_each_class_once_per_seed(tmp_path):
-  # Test images of classes 0, 0, 1, 1, 2, 2; with the pixel set black the model says 1, 0, 1, 1, 1, 2.
-  # Right: class 0 1 of 2, class 1 2 of 2, class 2 1 of 2; assigned: 1, 4 and 1 of the 6 images.
-  # Two methods' cells carry the same predictions (the model alone makes them): counted once.
+def test_the_pixel_set_black_table_takes_one_cell_per_jitter(tmp_path):
+  # Test images of classes 0, 0, 1, 1, 2, 2. The gradient's cell (first in key order) says 1, 0, 1, 1,
+  # 1, 2 with the pixel set black: right, class 0 1 of 2, class 1 2 of 2, class 2 1 of 2; the share
+  # of all images put in each class 1, 4 and 1 of 6. Another method's cell of the same images says
+  # otherwise (it cannot for one model; here it shows which cell is read): it is not mixed in.
   w = tmp_path / "small_cnn_seed0"
   (w / "single_pixel" / "per_image").mkdir(parents=True)
   _metrics(w, [0.9], epochs=1)
   grid.TABLE.write(w / "single_pixel" / "results.csv", [_grid_row(0), _grid_row(0, method="gradient")])
-  versions = np.zeros((6, len(report.single_pixel.VERSIONS)), np.int32)
-  versions[:, report.BLACK_PIXEL] = [1, 0, 1, 1, 1, 2]
   for r in grid.TABLE.read(w / "single_pixel" / "results.csv"):
+    versions = np.zeros((6, len(report.single_pixel.VERSIONS)), np.int32)
+    versions[:, report.BLACK_PIXEL] = [1, 0, 1, 1, 1, 2] if r["method"] == "gradient" else [0, 0, 1, 1, 2, 2]
     np.savez(grid.per_image_file(w, r), index=np.arange(6), hit=np.ones(6, bool), label=np.array([0, 0, 1, 1, 2, 2]),
              versions=versions)
   runs = [report.load_run(w)]
@@ -290,7 +297,20 @@ def test_the_pixel_set_black_table_counts_each_class_once_per_seed(tmp_path):
   assert text.count("| 0 | still right |") == 1
   # The run data keeps the counts: the same table from its per-class summary.
   exported = report.export([w], tmp_path / "rundata")
-  assert report.blackpix_tables([report.load_run(exported[0])], report.read_grids([report.load_run(exported[0])])) == text
+  again = [report.load_run(exported[0])]
+  assert report.blackpix_tables(again, report.read_grids(again)) == text
+  # A per-image file written before the grid kept the versions: its rows have no counts, the
+  # summary stays readable, and the table comes from the cell that has them.
+  old = grid.per_image_file(w, grid.TABLE.read(w / "single_pixel" / "results.csv")[0])
+  np.savez(old, index=np.arange(6), hit=np.ones(6, bool), label=np.array([0, 0, 1, 1, 2, 2]))
+  exported = report.export([w], tmp_path / "rundata2")
+  again = [report.load_run(exported[0])]
+  assert report.blackpix_tables(again, report.read_grids(again)) == text
+  # A damaged summary: one line naming it.
+  summary = exported[0] / report.PER_CLASS
+  summary.write_text(summary.read_text().replace(",6,", ",six,", 1))
+  with pytest.raises(report.ReportError, match="per_class.csv"):
+    report.blackpix_tables(again, report.read_grids(again))
 
 
 def test_the_leaderboard_gives_each_seed_s_median_rank_where_they_differ(tmp_path):

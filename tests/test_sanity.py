@@ -156,6 +156,15 @@ def test_others_mean_leaves_each_image_out_and_averages_absolute_maps():
   np.testing.assert_allclose(absolute[2], [[1.5, 2.0]])
   with pytest.raises(ValueError, match="at least 2"):
     similarity.others_mean(maps[:1])
+  # A map that is not finite stays out of the others' references; its own is the mean of the rest.
+  with_nan = np.concatenate([maps, np.full((1, 1, 2, 1), np.nan)])
+  signed, absolute = similarity.others_mean(with_nan)
+  np.testing.assert_allclose(absolute[0], [[3.0, 1.0]])
+  np.testing.assert_allclose(absolute[3], [[7 / 3, 2.0]])  # (1 + 2 + 4) / 3, (4 + 0 + 2) / 3
+  noisy = _noise(8, (5, 8, 8, 3))
+  noisy[2, 3, 3, 0] = np.nan
+  summary = similarity.summarize(similarity.compare(noisy, similarity.others_mean(noisy)))
+  assert summary["spearman_abs_undefined"] == 1 and np.isfinite(summary["spearman_abs_mean"])
 
 
 def test_image_sensitivity_is_one_for_a_map_that_ignores_the_image_and_low_for_one_that_reads_it():
@@ -308,6 +317,9 @@ def test_sanity_settings_are_checked_with_the_field_named(tiny_config):
     sanity.Sanity.check(tiny_config)
   s.studies, s.methods = ("cascading",), ("gradient(steps=3)",)
   with pytest.raises(ValueError, match="steps"):
+    sanity.Sanity.check(tiny_config)
+  s.studies, s.methods, s.num_images = ("image_sensitivity",), ("gradient",), 1
+  with pytest.raises(ValueError, match="sanity.num_images=1"):
     sanity.Sanity.check(tiny_config)
 
 

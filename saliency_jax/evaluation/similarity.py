@@ -72,11 +72,18 @@ def _hog_B(scaled_BHW) -> np.ndarray:
 def others_mean(map_BHWC) -> tuple[np.ndarray, np.ndarray]:
   """(signed, absolute) (B, H, W): for each image, the mean of the other images' reduced maps (the
   absolute one averages absolute maps, so signed maps do not cancel in it). A map that hardly
-  depends on its image is close to it."""
+  depends on its image is close to it. Maps that are not finite stay out of every reference (one
+  would make all of them NaN); their own similarity is then undefined, as in `compare`."""
   signed, absolute = reduce_maps(map_BHWC)
-  if len(signed) < 2:
-    raise ValueError("the mean of the other images' maps needs at least 2 images")
-  loo = lambda m: (m.sum(0, keepdims=True) - m) / (len(m) - 1)
+  ok = np.isfinite(signed).all(axis=(1, 2))
+  n = int(ok.sum())
+  if n < 2:
+    raise ValueError(f"the mean of the other images' maps needs at least 2 images with finite maps, not {n}")
+
+  def loo(m):
+    total = m[ok].sum(0, keepdims=True)
+    return np.where(ok[:, None, None], (total - np.where(ok[:, None, None], m, 0.0)) / (n - 1), total / n)
+
   return loo(signed), loo(absolute)
 
 

@@ -92,6 +92,9 @@ class Sanity(base.Stage):
       require_positive(f"sanity.{field}", sc[field], integer=True)
     for field in ("batch_size", "chunk_size", "strip_images"):  # sizes 0: for the device (backend.py)
       require_non_negative(f"sanity.{field}", sc[field])
+    if "image_sensitivity" in studies and sc.num_images < 2:
+      raise ValueError(f"sanity.num_images={sc.num_images} is too few for 'image_sensitivity', which compares each "
+                       "image's map with the other images' mean map; give 2 or more")
     if "label_randomization" in studies and not sc.reference_workdir:
       raise ValueError("sanity.studies includes 'label_randomization', which needs sanity.reference_workdir: "
                        "the workdir of the same model trained on true labels")
@@ -266,7 +269,8 @@ def _image_sensitivity(stage: Sanity, spec, extras: dict, ident: dict):
   others = similarity.others_mean(maps)
   return [_row(ident, "vs_other_images", similarity.compare(maps, others))], (
       ["this image", "the others' mean |map|"],
-      np.stack([maps, others[1] if maps.ndim == 3 else np.broadcast_to(others[1][..., None], maps.shape)]))
+      np.stack([maps, (others[1] if maps.ndim == 3 else np.broadcast_to(others[1][..., None], maps.shape))
+                .astype(maps.dtype)]))
 
 
 def _relative_difference(a, b) -> float:
