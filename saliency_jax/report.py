@@ -379,6 +379,13 @@ def per_class_rows(run_path: pathlib.Path, rows: pd.DataFrame) -> list[dict]:
   return found
 
 
+def _class_blocks(found: list[dict]):
+  """(model, jitter, rows, classes) of per-class records, one table's worth at a time."""
+  if found:
+    for (model, jitter), block in pd.DataFrame(found).groupby(["model", "jitter"], sort=False):
+      yield model, jitter, block, sorted(block["cls"].unique())
+
+
 def blackpix_tables(runs: list[Run], rows: pd.DataFrame) -> str:
   """Per class and seed, what the model does with the planted pixel set black (the image the
   importance columns' "sub: pix" scores): the share of each class's images it still gets right, and
@@ -397,12 +404,8 @@ def blackpix_tables(runs: list[Run], rows: pd.DataFrame) -> str:
       chosen = by_cell[min(by_cell, key=lambda k: (-int(k[grid_stage.CELL_KEY.index("num_images")]), k))]
       found += [dict(model=run.model, seed=run.seed, jitter=jitter, cls=int(r["class"]), images=int(r["images"]),
                      right=int(r["blackpix_hits"]), assigned=int(r["blackpix_predicted"])) for r in chosen]
-  if not found:
-    return ""
-  frame = pd.DataFrame(found)
   parts = []
-  for (model, jitter), block in frame.groupby(["model", "jitter"], sort=False):
-    classes = sorted(block["cls"].unique())
+  for model, jitter, block, classes in _class_blocks(found):
     lines = [f"**{model}, test jitter ({jitter[0]:g}, {jitter[1]:g})**, the planted pixel set black: % of each "
              "class's images still right, and % of all the images put in that class", "",
              "| seed | | " + " | ".join(f"class {k}" for k in classes) + " |", "|---" * (2 + len(classes)) + "|"]
@@ -436,12 +439,8 @@ def per_class_tables(runs: list[Run], rows: pd.DataFrame, by_seed: bool = False)
       found.append(dict(model=run.model, seed=run.seed, jitter=(float(cell[0]), float(cell[1])),
                         method_label=results.method_label(r["method"], r["method_options"]), target="predicted",
                         output=r["output"], cls=int(r["class"]), hit=int(r["hits"]) / int(r["images"])))
-  if not found:
-    return ""
-  frame = pd.DataFrame(found)
   parts = []
-  for (model, jitter), block in frame.groupby(["model", "jitter"], sort=False):
-    classes = sorted(block["cls"].unique())
+  for model, jitter, block, classes in _class_blocks(found):
     index = ["method_label", "target", "output"] + (["seed"] if by_seed else [])
     table = block.pivot_table(index=index, columns="cls", values="hit", sort=False)
     table = _in_table_order(table.reset_index())
