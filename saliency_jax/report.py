@@ -70,14 +70,15 @@ EXPORT = ("config.json", "metrics.csv", "provenance.json", "COMMIT", f"*/{base.R
           "sanity/*_strip0.png", "faithfulness/results.csv", "faithfulness/curves.png")
 PER_CLASS = "single_pixel/per_class.csv"
 # What the run data keeps of a grid's per-image files: per cell and class, the images, the hits and,
-# with the planted pixel set black, the images still right and those the model puts in the class.
+# with the planted pixel set black, the images still right and those the model puts in the class,
+# and the hits on the images it then gets wrong (it needs the pixel for them).
 PER_CLASS_TABLE = results.Table(
-    columns=(*grid_stage.CELL_KEY, "class", "images", "hits", "blackpix_hits", "blackpix_predicted"),
+    columns=(*grid_stage.CELL_KEY, "class", "images", "hits", "blackpix_hits", "blackpix_predicted", "needed_hits"),
     key=(*grid_stage.CELL_KEY, "class"),
     kinds={**{c: "count" for c in ("checkpoint_epoch", "num_images", results.REVISION, "class", "images", "hits",
-                                   "blackpix_hits", "blackpix_predicted")},
+                                   "blackpix_hits", "blackpix_predicted", "needed_hits")},
            "test_position_sd": "finite", "test_colour_sd": "finite"},
-    optional=("weights", "blackpix_hits", "blackpix_predicted"), former={results.REVISION: "1"})
+    optional=("weights", "blackpix_hits", "blackpix_predicted", "needed_hits"), former={results.REVISION: "1"})
 BLACK_PIXEL = single_pixel.VERSIONS.index("truebg_withblackpix")
 # The names of the figures the report writes into `out/results/` (a rebuild removes those it no
 # longer links).
@@ -375,7 +376,8 @@ def per_class_rows(run_path: pathlib.Path, rows: pd.DataFrame) -> list[dict]:
       mine = label == cls
       found.append({**key, "class": int(cls), "images": int(np.sum(mine)), "hits": int(np.sum(hit[mine])),
                     "blackpix_hits": None if black is None else int(np.sum(black[mine] == cls)),
-                    "blackpix_predicted": None if black is None else int(np.sum(black == cls))})
+                    "blackpix_predicted": None if black is None else int(np.sum(black == cls)),
+                    "needed_hits": None if black is None else int(np.sum(hit[mine] & (black[mine] != cls)))})
   return found
 
 
@@ -501,6 +503,28 @@ def _stage_frame(table: results.Table, path: pathlib.Path) -> pd.DataFrame:
     raise ReportError(str(e)) from None
 
 
+def needed_pointing(runs: list[Run], cells: pd.DataFrame) -> dict:
+  """(model, seed, method label, output) -> pointing accuracy on the images whose prediction the
+  planted pixel decides (the model gets them wrong with it set black), from the per-class counts of
+  the `cells` (target predicted, one jitter). Runs whose counts predate these columns have none."""
+  out = {}
+  for run in runs:
+    mine = cells[cells["workdir"] == str(run.path)]
+    if mine.empty:
+      continue
+    wanted = {tuple(str(r[k]) for k in grid_stage.CELL_KEY): r["method_label"] for _, r in mine.iterrows()}
+    sums: dict = {}
+    for r in per_class_rows(run.path, mine):
+      label = wanted.get(tuple(str(r[k]) for k in grid_stage.CELL_KEY))
+      if label is None or r.get("needed_hits") in (None, ""):
+        continue
+      hits, needed = sums.get((label, r["output"]), (0, 0))
+      sums[(label, r["output"])] = (hits + int(r["needed_hits"]), needed + int(r["images"]) - int(r["blackpix_hits"]))
+    out.update({(run.model, run.seed, label, output): hits / needed if needed else np.nan
+                for (label, output), (hits, needed) in sums.items()})
+  return out
+
+
 def leaderboard(runs: list[Run], grids: pd.DataFrame | None) -> pd.DataFrame:
   """One row per model x method: pointing (mean, std over seeds) for both outputs, the planted pixel's
   median rank and mass, the faithfulness areas, the similarity at full cascading randomisation, and
@@ -511,6 +535,7 @@ def leaderboard(runs: list[Run], grids: pd.DataFrame | None) -> pd.DataFrame:
   cells = grids[(grids["target"] == "predicted") & (grids["test_position_sd"] == BOARD_JITTER[0])
                 & (grids["test_colour_sd"] == BOARD_JITTER[1])]
   rows, images, timings = [], {"faithfulness": set(), "cascading": set()}, {}
+  needed = needed_pointing(runs, cells)
   for model, block in cells.groupby("model", sort=False):
     mine = [r for r in runs if r.model == model]
     first = min(mine, key=lambda r: r.seed)
@@ -531,6 +556,9 @@ def leaderboard(runs: list[Run], grids: pd.DataFrame | None) -> pd.DataFrame:
         row[f"std {output}"] = out[POINTING].std(ddof=1) if len(out) > 1 else np.nan
         row[f"seeds {output}"] = len(out)
         if output == "logit" and len(out):
+          shares = pd.Series([needed.get((model, int(seed), method, output), np.nan) for seed in out["model_seed"]])
+          row["needed logit"], row["needed std"] = shares.mean(), shares.std(ddof=1)
+          row["needed seeds"] = int(shares.notna().sum())
           row["rank median"] = out["localisation.rank_median"].mean()
           # Each seed's: a mean of medians that are 1 on one seed and 1024 on another names a rank neither has.
           row["rank medians"] = rank_text(out.sort_values("model_seed")["localisation.rank_median"])
@@ -611,8 +639,8 @@ def leaderboard_markdown(board: pd.DataFrame, runs: list[Run]) -> str:
             "median: each seed's in seed order where they differ, mass: mean over seeds; "
             f"faithfulness and cascading randomisation: seed {first}; "
             + board.attrs.get("timing", {}).get(model, ""))
-    columns = ["pointing softmax", "pointing logit", "rank median", "mass %", *BOARD_CURVES.values(),
-               "cascading \\|rank corr.\\|", "ms / image"]
+    columns = ["pointing softmax", "pointing logit", "pointing logit, pixel needed", "rank median", "mass %",
+               *BOARD_CURVES.values(), "cascading \\|rank corr.\\|", "ms / image"]
     lines = [head, "", "| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for _, r in block.iterrows():
       cells = []
@@ -623,6 +651,9 @@ def leaderboard_markdown(board: pd.DataFrame, runs: list[Run]) -> str:
           continue
         cells.append(_pct(r[f"pointing {output}"], r[f"std {output}"], n=None if n == len(seeds) else int(n))
                      + (" †" if output == "logit" and r.get("degenerate", 0) > grid_stage.DEGENERATE_SHARE else ""))
+      n = r.get("needed seeds", 0)
+      cells.append("–" if pd.isna(n) or not n else _pct(r["needed logit"], r["needed std"],
+                                                        n=None if n == len(seeds) else int(n)))
       rank = r.get("rank medians")
       cells.append(rank if isinstance(rank, str) and rank else "–")  # NaN for a method still running
       cells.append("–" if pd.isna(r.get("mass")) else f"{100 * r['mass']:.1f}")
@@ -900,7 +931,9 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", forc
     md += ["## Leaderboard", "",
            "Every method of the runs' grids at test jitter (0, 0), target predicted (the CPU reproduction runs every "
            "registered method: `configs/leaderboard.py`), against the pixel each model is known to use, sorted "
-           "by pointing accuracy (output logit). Rank median and mass: the planted pixel's place in the map and its "
+           "by pointing accuracy (output logit). Pixel needed: pointing on the images the model gets wrong with the "
+           "planted pixel set black, the ones whose prediction the pixel decides (the rest it falls back on "
+           "without it: \"the planted pixel set black\" above). Rank median and mass: the planted pixel's place in the map and its "
            f"share of it (0.1% is one pixel's fair share). Faithfulness, {faith_n} images: the area under the deletion "
            "curve (most relevant pixels first onto black; lower is better) and the insertion curve (from a blur; "
            "higher is better), and ROAD's accuracy after imputing the 10-90% most (MoRF, lower is better) or least "
@@ -970,9 +1003,13 @@ def build(workdirs: list[pathlib.Path], out: pathlib.Path, notes: str = "", forc
 def export(workdirs: list[pathlib.Path], out: pathlib.Path) -> list[pathlib.Path]:
   """Each workdir's compact run data (`EXPORT`, and the per-class summary of its per-image files)
   into `out/<workdir name>/`, replacing what an earlier export left there (a stage's running marker
-  that is gone, too); returns the folders written."""
+  that is gone, too); returns the folders written. A workdir with no epoch finished yet has nothing
+  to keep and is left out (logged)."""
   written = []
   for w in workdirs:
+    if not (w / "metrics.csv").exists():
+      logging.info("%s: no epoch finished yet, nothing to export", w)
+      continue
     run = load_run(w)
     dst, staging = out / w.name, out / f".{w.name}.export"
     shutil.rmtree(staging, ignore_errors=True)

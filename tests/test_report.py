@@ -81,11 +81,13 @@ def test_report_is_rebuilt_from_workdirs_and_from_their_run_data_alike(tmp_path,
 
   # The run data: no checkpoints, no per-image files, a few kB; the same document from it.
   exported = report.export(workdirs, tmp_path / "rundata")
+  assert [e.name for e in exported] == ["small_cnn_seed0", "small_cnn_seed1"]  # seed 2: nothing trained to keep
   assert not list((tmp_path / "rundata").rglob("checkpoints")) and not list((tmp_path / "rundata").rglob("*.npz"))
   assert (exported[0] / report.PER_CLASS).exists()
   assert sum(f.stat().st_size for f in (tmp_path / "rundata").rglob("*") if f.is_file()) < 2_000_000
   again = report.build(exported, tmp_path / "docs2", notes="The pixel is found.").read_text()
-  strip = lambda t: [l for l in t.splitlines() if "small_cnn_seed" not in l or l.startswith("|")]
+  # The same but for the paths and the not-yet-trained seed 2, which the run data leaves out.
+  strip = lambda t: [l for l in t.splitlines() if l and ("small_cnn_seed" not in l or l.startswith("|"))]
   assert strip(again) == strip(text)
 
 
@@ -289,16 +291,26 @@ def test_the_pixel_set_black_table_takes_one_cell_per_jitter(tmp_path):
   for r in grid.TABLE.read(w / "single_pixel" / "results.csv"):
     versions = np.zeros((6, len(report.single_pixel.VERSIONS)), np.int32)
     versions[:, report.BLACK_PIXEL] = [1, 0, 1, 1, 1, 2] if r["method"] == "gradient" else [0, 0, 1, 1, 2, 2]
-    np.savez(grid.per_image_file(w, r), index=np.arange(6), hit=np.ones(6, bool), label=np.array([0, 0, 1, 1, 2, 2]),
-             versions=versions)
+    np.savez(grid.per_image_file(w, r), index=np.arange(6), hit=np.array([1, 0, 1, 1, 0, 1], bool),
+             label=np.array([0, 0, 1, 1, 2, 2]), versions=versions)
   runs = [report.load_run(w)]
   text = report.blackpix_tables(runs, report.read_grids(runs))
   assert "| 0 | still right | 50 | 100 | 50 |" in text and "| 0 | share of all | 17 | 67 | 17 |" in text
   assert text.count("| 0 | still right |") == 1
+  # Pointing where the pixel decides: the gradient's cell needs it for images 0 and 4 (wrong with it
+  # set black), and finds it on image 0 only; the other cell's model never needs it.
+  grids = report.read_grids(runs)
+  needed = report.needed_pointing(runs, grids)
+  assert needed[("small_cnn", 0, "gradient", "logit")] == 0.5
+  assert np.isnan(needed[("small_cnn", 0, "gradient_x_input", "logit")])
   # The run data keeps the counts: the same table from its per-class summary.
   exported = report.export([w], tmp_path / "rundata")
   again = [report.load_run(exported[0])]
   assert report.blackpix_tables(again, report.read_grids(again)) == text
+  assert report.needed_pointing(again, report.read_grids(again))[("small_cnn", 0, "gradient", "logit")] == 0.5
+  board = report.leaderboard_markdown(report.leaderboard(runs, grids), runs)
+  # Pointing as results.csv holds it (0 in these made-up rows), then the pixel-needed column.
+  assert "| gradient | n/a | 0.0 | 50.0 |" in board and "| gradient_x_input | n/a | 0.0 | – |" in board
   # A per-image file written before the grid kept the versions: its rows have no counts, the
   # summary stays readable, and the table comes from the cell that has them.
   old = grid.per_image_file(w, grid.TABLE.read(w / "single_pixel" / "results.csv")[0])
@@ -324,7 +336,7 @@ def test_the_leaderboard_gives_each_seed_s_median_rank_where_they_differ(tmp_pat
     grid.TABLE.write(w / "single_pixel" / "results.csv", rows)
     runs.append(report.load_run(w))
   text = report.leaderboard_markdown(report.leaderboard(runs, report.read_grids(runs)), runs)
-  cells = {l.split("|")[1].strip(): l.split("|")[4].strip() for l in text.splitlines() if l.startswith("| ")}
+  cells = {l.split("|")[1].strip(): l.split("|")[5].strip() for l in text.splitlines() if l.startswith("| ")}
   assert cells["gradient"] == "1 / 1024" and cells["ig"] == "7"
   assert report.rank_text([float("nan")]) == ""
   # The graded localisation table likewise (its other columns stay means over seeds).
