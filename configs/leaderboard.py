@@ -13,10 +13,10 @@ method, options, target, output, jitter and images) is read back, not computed a
 `launch/reproduce_cpu.sh` runs it on every seed and switches the sanity and faithfulness stages off
 for seeds other than 0 (`--config.sanity.studies= --config.faithfulness.enabled=False`).
 
-Expected (resnet18 at CPU scale, 1,000 images): SmoothGrad², VarGrad, |gradient|, |gradient| x |input|,
-the LRP alpha1beta0 and gamma rules and integrated gradients point at the pixel on ~86-99.8% of images,
-the signed gradient maps on ~35-57%, the GradCAM family and FullGrad almost never; docs/results.md has
-every method.
+Expected (resnet18 at CPU scale, 1,000 images, output logit, any of seeds 0-2): SmoothGrad², VarGrad,
+|gradient|, |gradient| x |input|, the LRP alpha1beta0 and gamma rules and integrated gradients point at
+the pixel on ~90-100% of images, the signed gradient maps on ~35-57%, the GradCAM family and FullGrad
+almost never; docs/results.md has every method.
 """
 
 from configs import default, sanity
