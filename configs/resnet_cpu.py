@@ -24,8 +24,8 @@ Everything else (model, pixel location and colours, normalisation, methods, targ
         --config.data.source=folder --config.data.path=DIR
 
 (launch/reproduce_cpu.sh runs it for seeds 0, 1, 2 and the rest of the experiment.) Expected, mean of
-three seeds: 99.8% test accuracy with the pixel, 15.7% without it, 2.3% with another class's pixel;
-pointing accuracy 93-99% for |gradient|, |gradient| x |input| and integrated gradients, 53-54% for
+three seeds: 99.8% test accuracy with the pixel, 15.5% without it, 1.8% with another class's pixel;
+pointing accuracy 93-99.5% for |gradient|, |gradient| x |input| and integrated gradients, 50-52% for
 gradient x input (docs/results.md).
 """
 
