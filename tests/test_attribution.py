@@ -497,6 +497,21 @@ def test_explainer_runs_sharded_over_the_batch(small_cnn):
   np.testing.assert_array_equal(four.targets(x), target)
 
 
+def test_each_device_maps_its_own_images_with_no_collective():
+  # A vmapped while loop (ROAD's CG imputation) runs until every image has converged. Partitioned
+  # by XLA over a split batch, that test was an all-reduce on every iteration, and on emulated CPU
+  # devices such programs deadlocked now and then (a CI worker aborted after 600 s at a rendezvous).
+  from saliency_jax.attribution.batching import BatchRunner
+  halvings = lambda x_B: jax.vmap(lambda v: jax.lax.while_loop(lambda c: c[0] > 1, lambda c: (c[0] / 2, c[1] + 1),
+                                                               (v, 0))[1])(x_B)
+  runner = BatchRunner(jax.devices()[:4])
+  x_B = jnp.asarray([1, 2, 3, 5, 8, 100, 1000, 1e6], jnp.float32)
+  np.testing.assert_array_equal(runner.run("halvings", halvings, (x_B,)), [0, 1, 2, 3, 3, 7, 10, 20])  # ceil(log2 x)
+  program = runner._compiled["halvings"].lower(jax.ShapeDtypeStruct(x_B.shape, x_B.dtype, sharding=runner._split))
+  hlo = program.compile().as_text()
+  assert "while" in hlo and not any(op in hlo for op in ("all-reduce", "all-gather", "collective-permute", "all-to-all"))
+
+
 def test_explainer_takes_a_method_in_the_configs_spelling(small_cnn):
   forward, x, _ = small_cnn
   explain = A.Explainer(forward.model, forward.variables, normalization="unit", devices=jax.devices()[:1])

@@ -2,8 +2,9 @@
 
 The Explainer, the single-pixel grid and the sanity studies all run `fn(*shared, *per_image)`
 over batches: the per-image arrays are padded to the batch shape and split over the devices,
-the shared ones (a forward with its variables, randomised parameters) are replicated, the
-program is compiled once per name, and the padding is cut off the outputs. Batches are
+the shared ones (a forward with its variables, randomised parameters) are replicated, each device
+maps its own images (`jax.shard_map`, so no program holds a collective), the program is compiled
+once per name, and the padding is cut off the outputs. Batches are
 dispatched back to back and read once, after the last (with `progress`, each is waited for
 once the next one is dispatched, to count it).
 
@@ -97,8 +98,15 @@ class BatchRunner:
     `lowering.compiler_options()`. `progress`: what to call the work in progress lines (a long run,
     e.g. an integrated-gradients cell, logs its images done, rate and time left)."""
     if name not in self._compiled:
-      self._compiled[name] = jax.jit(backend.map_precision(lowering.bind_arguments(fn)),
-                                     compiler_options=lowering.compiler_options())
+      # Each device maps its own images: the programs are per image (an image's outputs depend on
+      # it alone), so under `shard_map` they hold no collective. Left to XLA's partitioner, a
+      # vmapped while loop (CG's convergence test in ROAD's imputation) all-reduced its predicate
+      # every iteration and reshapes of the batch were all-gathered; on XLA:CPU's emulated
+      # devices such a program deadlocked now and then, and on GPUs each collective costs a sync.
+      per_device = jax.shard_map(backend.map_precision(lowering.bind_arguments(fn)), mesh=self.mesh,
+                                 in_specs=(P(),) * len(shared) + (P(DATA_AXIS),) * len(per_image),
+                                 out_specs=P(*[None] * image_axis, DATA_AXIS), check_vma=False)
+      self._compiled[name] = jax.jit(per_device, compiler_options=lowering.compiler_options())
     program = self._compiled[name]
     leaves, treedef = jax.tree.flatten(per_image)
     n = leaves[0].shape[0]
