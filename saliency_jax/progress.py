@@ -9,7 +9,7 @@ logs each time it passes another `every` fraction of its work, a few lines whate
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 from absl import logging
 
@@ -22,6 +22,17 @@ def duration(seconds: float) -> str:
   if seconds < 90 * 60:
     return f"{seconds / 60:.0f} min"
   return f"{seconds / 3600:.1f} h"
+
+
+def left_after(seconds_each: Sequence[float], n: int, unit: str, scope: str = "") -> str:
+  """The time `n` more units will take, from the times of those done: 'about 3 min left', or, where
+  they differed by more than twice (a grid's cells: a gradient takes a minute, integrated gradients
+  ten), the range from all as fast as the fastest to all as slow as the slowest. `scope`: where,
+  after 'left' (' in this stage')."""
+  low, high = min(seconds_each), max(seconds_each)
+  if high <= 2 * low:
+    return f"about {duration(n * sum(seconds_each) / len(seconds_each))} left{scope}"
+  return f"{duration(n * low)} to {duration(n * high)} left{scope} (its {unit} so far took {duration(low)} to {duration(high)})"
 
 
 class Progress:

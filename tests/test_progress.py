@@ -51,3 +51,11 @@ def test_a_long_batched_run_reports_the_images_done(monkeypatch):
   assert [line.split(": ")[1].split(" ")[0] for line in lines] == ["4/16", "8/16", "12/16"]
   runner.run("double", lambda x: 2 * x, (x,))  # without a name: no lines
   assert len(lines) == 3
+
+
+def test_a_stage_with_units_of_unequal_length_gives_the_range_of_its_time_left():
+  # A grid's cells: the gradient's took a minute; integrated gradients' take thirteen. The mean of the
+  # cells done said "about 9 min" for the seven left of a VGG16 grid that took another 1.5 h.
+  assert progress.left_after([50, 70], 3, "cells") == "about 3 min left"
+  assert progress.left_after([60, 780], 7, "cells", " in this stage") == (
+      "7 min to 1.5 h left in this stage (its cells so far took 60 s to 13 min)")

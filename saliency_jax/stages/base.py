@@ -32,9 +32,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from saliency_jax import files, provenance
+from saliency_jax import files, progress, provenance
 from saliency_jax.evaluation import results
-from saliency_jax.progress import Progress
 from saliency_jax.training import parallel
 
 # Seconds JAX has spent tracing, lowering and compiling programs in this process (its monitoring
@@ -155,7 +154,7 @@ def run_stage(stage: Stage) -> list[dict]:
   if todo and write:
     with files.atomic_open(running, "w") as f:
       json.dump({"stage": stage.name, "keys": [list(k) for u in units for k in u.keys]}, f)
-  started, progress = provenance.now(), Progress(stage.name, len(todo), stage.noun)
+  started, seconds_each = provenance.now(), []
   rows = []
   for i, unit in enumerate(units):
     if id(unit) not in pending:
@@ -164,6 +163,7 @@ def run_stage(stage: Stage) -> list[dict]:
     t0, compiling = time.perf_counter(), _COMPILING[0]
     out = stage.run(unit)
     seconds = time.perf_counter() - t0
+    seconds_each.append(seconds)
     for row in out.rows:
       row.setdefault("seconds", round(seconds, 2))
       row.setdefault("compile_seconds", round(_COMPILING[0] - compiling, 2))
@@ -174,9 +174,9 @@ def run_stage(stage: Stage) -> list[dict]:
       tables[unit.table] = [r for r in tables[unit.table] if stage.table.key_of(r) not in set(unit.keys)] + out.rows
       stage.table.write(stage.out_dir / unit.table, tables[unit.table])
     rows += out.rows
-    done = sum(1 for u in units[:i + 1] if id(u) in pending)
+    left = len(todo) - len(seconds_each)
     logging.info("%s %d/%d %s: %s  (%.1f s)%s", stage.name, i + 1, len(units), unit.label, out.note, seconds,
-                 f"; {progress.left(done)} in this stage" if done < len(todo) else "")
+                 f"; {progress.left_after(seconds_each, left, stage.noun, ' in this stage')}" if left else "")
   if write:
     running.unlink(missing_ok=True)
   stage.finish(rows, len(todo))
