@@ -512,6 +512,29 @@ def test_each_device_maps_its_own_images_with_no_collective():
   assert "while" in hlo and not any(op in hlo for op in ("all-reduce", "all-gather", "collective-permute", "all-to-all"))
 
 
+def test_one_key_gives_the_same_maps_on_any_number_of_devices(small_cnn):
+  # Each device draws its own images' noise: one key for the batch, not split per image, would give
+  # every device's first image the same noise (maps 0.8 of their scale apart from one device's).
+  forward, x, target = small_cnn
+  key = jax.random.key(3)
+  one = A.Explainer(forward.model, forward.variables, normalization="unit", devices=jax.devices()[:1])
+  four = A.Explainer(forward.model, forward.variables, normalization="unit", devices=jax.devices()[:4])
+  for method, options in [("smoothgrad", dict(samples=4)), ("integrated_gradients", dict(baseline="uniform", steps=4))]:
+    maps = [np.asarray(e(method, x, target, key=key, **options)) for e in (one, four)]
+    scale = np.abs(maps[0]).max()
+    np.testing.assert_allclose(maps[1] / scale, maps[0] / scale, atol=1e-5, err_msg=method)  # float32 sums
+
+
+def test_a_baseline_image_as_tall_as_the_batch_is_one_for_all(small_cnn):
+  forward, x, target = small_cnn
+  explain = A.Explainer(forward.model, forward.variables, normalization="unit", devices=jax.devices()[:4])
+  x = jnp.concatenate([x] * 32)[:32]  # 32 images of 32 x 32: the baseline's first axis is the batch's
+  baseline = jnp.full(x.shape[1:], 0.5, jnp.float32)
+  np.testing.assert_allclose(explain("integrated_gradients", x, steps=4, baseline=baseline),
+                             explain("integrated_gradients", x, steps=4, baseline=jnp.broadcast_to(baseline, x.shape)),
+                             rtol=1e-5, atol=1e-7)
+
+
 def test_explainer_takes_a_method_in_the_configs_spelling(small_cnn):
   forward, x, _ = small_cnn
   explain = A.Explainer(forward.model, forward.variables, normalization="unit", devices=jax.devices()[:1])

@@ -73,8 +73,7 @@ class BatchRunner:
   def __init__(self, devices: Sequence[jax.Device] | None = None, batch_size: int | None = None):
     devices = list(devices) if devices is not None else jax.devices()
     self.spans_processes = any(d.process_index != jax.process_index() for d in devices)
-    # Auto axes: methods vmap paths and noise over a sharded batch, and XLA should place those
-    # intermediate reshapes itself rather than ask for an explicit sharding each time.
+    # Auto axes: outside the per-device programs (placing batches, cutting outputs) XLA places arrays.
     self.mesh = jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
                               devices=devices)
     self.batch_size = batch_size

@@ -5,7 +5,9 @@
     maps_BHWC = explain("integrated_gradients(steps=100, baseline='black')", x_BHWC)   # the same
 
 Each (method, output, options) compiles once. Options holding arrays (random keys, baseline
-images) are traced arguments; the rest are compile-time constants. The batch goes through a
+images) are traced arguments; the rest are compile-time constants. One random key is split into one
+per image (`jax.random.split(key, B)`), so the maps do not depend on how the batch is split over the
+devices (a method called directly draws the batch's noise from the key itself). The batch goes through a
 `BatchRunner`, as the grid's and the sanity studies' do: split over the devices (padded, then cut
 back), the variables replicated and traced, not baked into the program.
 """
@@ -69,7 +71,10 @@ class Explainer:
       fn = method
     B = x_BHWC.shape[0]
     if options.get("key") is not None:  # typed here: a raw PRNGKey's (2,) would pass for 2 images' keys
-      options = {**options, "key": check_key(options["key"], B, f"{getattr(method, '__name__', method)}")}
+      key = check_key(options["key"], B, f"{getattr(method, '__name__', method)}")
+      # One key becomes one per image: each device draws its own images' noise, and from one key
+      # every device would draw the same.
+      options = {**options, "key": jax.random.split(key, B) if key.ndim == 0 else key}
     if isinstance(target, str):
       target = self.targets(x_BHWC, labels_B, target)
     else:
@@ -77,7 +82,7 @@ class Explainer:
     static = {k: v for k, v in options.items() if not _holds_arrays(v)}
     dynamic = {k: v for k, v in options.items() if _holds_arrays(v)}
     # Arrays with a row per image (per-image keys, a baseline per image) travel with the images.
-    per_image = {k: v for k, v in dynamic.items() if _per_image(v, B)}
+    per_image = {k: v for k, v in dynamic.items() if _per_image(v, x_BHWC.shape)}
     shared = {k: v for k, v in dynamic.items() if k not in per_image}
 
     def run(forward, shared, x, t, per_image):
@@ -88,6 +93,9 @@ class Explainer:
                            (self.forward, self.runner.replicate(shared)))
 
 
-def _per_image(value, batch: int) -> bool:
+def _per_image(value, images_shape) -> bool:
+  """Whether every array of `value` has a row per image; one image's shape (a baseline (H, W, C)
+  with H the batch size) is one for all."""
   leaves = jax.tree.leaves(value)
-  return bool(leaves) and all(getattr(a, "ndim", 0) > 0 and a.shape[0] == batch for a in leaves)
+  return bool(leaves) and all(getattr(a, "ndim", 0) > 0 and a.shape[0] == images_shape[0]
+                              and tuple(a.shape) != tuple(images_shape[1:]) for a in leaves)
