@@ -9,7 +9,7 @@ logs each time it passes another `every` fraction of its work, a few lines whate
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from typing import Callable, Hashable, Mapping, Sequence
 
 from absl import logging
 
@@ -24,15 +24,18 @@ def duration(seconds: float) -> str:
   return f"{seconds / 3600:.1f} h"
 
 
-def left_after(seconds_each: Sequence[float], n: int, unit: str, scope: str = "") -> str:
-  """The time `n` more units will take, from the times of those done: 'about 3 min left', or, where
-  they differed by more than twice (a grid's cells: a gradient takes a minute, integrated gradients
-  ten), the range from all as fast as the fastest to all as slow as the slowest. `scope`: where,
-  after 'left' (' in this stage')."""
-  low, high = min(seconds_each), max(seconds_each)
-  if high <= 2 * low:
-    return f"about {duration(n * sum(seconds_each) / len(seconds_each))} left{scope}"
-  return f"{duration(n * low)} to {duration(n * high)} left{scope} (its {unit} so far took {duration(low)} to {duration(high)})"
+def left_by_kind(timed: Mapping[Hashable, Sequence[float]], kinds_left: Sequence[Hashable], unit: str,
+                 scope: str = "") -> str:
+  """The time the units still to run (`kinds_left`, one kind each) will take at the mean time of
+  their kind so far (`timed`: seconds by kind), and how many are of a kind not timed yet: a grid's
+  cells differ by method (a gradient's takes a minute, integrated gradients' ten), so a mean over
+  every cell done misjudges the rest. `scope`: where, after 'left' (' in this stage')."""
+  known = [sum(timed[k]) / len(timed[k]) for k in kinds_left if timed.get(k)]
+  untimed = len(kinds_left) - len(known)
+  if not known:
+    return f"{untimed} {unit} left{scope}, none like one timed yet"
+  return f"about {duration(sum(known))} left{scope}" + (f", and {untimed} of its {unit} unlike any timed yet"
+                                                         if untimed else "")
 
 
 class Progress:

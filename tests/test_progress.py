@@ -53,9 +53,11 @@ def test_a_long_batched_run_reports_the_images_done(monkeypatch):
   assert len(lines) == 3
 
 
-def test_a_stage_with_units_of_unequal_length_gives_the_range_of_its_time_left():
-  # A grid's cells: the gradient's took a minute; integrated gradients' take thirteen. The mean of the
+def test_a_stage_s_time_left_counts_each_unit_at_its_own_kind_s_time():
+  # A grid's cells: the gradient's took a minute, integrated gradients' thirteen. The mean of the
   # cells done said "about 9 min" for the seven left of a VGG16 grid that took another 1.5 h.
-  assert progress.left_after([50, 70], 3, "cells") == "about 3 min left"
-  assert progress.left_after([60, 780], 7, "cells", " in this stage") == (
-      "7 min to 1.5 h left in this stage (its cells so far took 60 s to 13 min)")
+  timed = {"gradient": [60.0], "ig": [700.0, 860.0]}
+  assert progress.left_by_kind(timed, ["ig"] * 7, "cells", " in this stage") == "about 1.5 h left in this stage"
+  assert progress.left_by_kind(timed, ["gradient", "ig", "lrp"], "cells") == (
+      "about 14 min left, and 1 of its cells unlike any timed yet")
+  assert progress.left_by_kind({}, ["lrp"] * 2, "cells", " in this stage") == "2 cells left in this stage, none like one timed yet"

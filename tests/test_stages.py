@@ -1,6 +1,7 @@
 """The stage protocol: a new stage is one class (its section, table, checks, units and run), and the
 one loop gives it resume, validated read-back, atomic writes, the running marker and provenance."""
 
+import dataclasses
 import json
 
 import ml_collections
@@ -90,6 +91,28 @@ def test_a_new_stage_is_one_class_and_the_loop_runs_it_resumably(trained_tmp_pat
   lines = path.read_text().splitlines(keepends=True)
   path.write_text("".join(lines[:-1]) + lines[-1][:-8])
   assert len(pipeline.run(config, trained_tmp_path)["class_accuracy"]) == 20 and calls == ["nopix"]
+
+
+class OneKind(ClassAccuracy):
+  """Every condition's unit takes about as long: one kind."""
+
+  def units(self):
+    return [dataclasses.replace(u, kind="one") for u in super().units()]
+
+
+def test_the_time_left_counts_the_units_done_before_at_their_kind_s_time(trained_tmp_path, tiny_config, monkeypatch):
+  config = _with_stage(tiny_config, monkeypatch)
+  config.train.enabled = False
+  trained = pipeline.train.restore(config, trained_tmp_path)
+  base.run_stage(OneKind(config, ("pixel",), trained, trained_tmp_path))
+  path = trained_tmp_path / "class_accuracy" / "results.csv"
+  ClassAccuracy.table.write(path, [{**r, "seconds": 36000.0} for r in ClassAccuracy.table.read(path)])  # 10 h
+  lines = []
+  monkeypatch.setattr(base.logging, "info", lambda fmt, *args: lines.append(fmt % args))
+  base.run_stage(OneKind(config, ("pixel", "nopix", "conflict"), trained, trained_tmp_path))
+  # After nopix (a second), conflict is left: about the mean of 10 h read back and that second.
+  assert [line.split()[1] for line in lines] == ["2/3", "3/3"]
+  assert "about 5.0 h left in this stage" in lines[0] and "left" not in lines[1]
 
 
 def test_units_that_share_a_key_are_refused(trained_tmp_path, tiny_config, monkeypatch):

@@ -63,6 +63,11 @@ class Unit:
   table: str
   label: str
   payload: Any = None
+  kind: Any = None  # units of one kind take about as long (progress lines); default: the label
+
+  def __post_init__(self):
+    if self.kind is None:
+      object.__setattr__(self, "kind", self.label)  # frozen
 
 
 @dataclasses.dataclass
@@ -136,6 +141,15 @@ def _read(stage: Stage, name: str, write: bool) -> list[dict]:
     return []
 
 
+def _seconds(rows: list[dict]) -> float | None:
+  """The seconds a unit took, from its rows (each carries the unit's); None if they do not say."""
+  try:
+    seconds = float(rows[0]["seconds"])
+  except (IndexError, KeyError, TypeError, ValueError):
+    return None
+  return seconds if np.isfinite(seconds) else None
+
+
 def run_stage(stage: Stage) -> list[dict]:
   """Run `stage`'s missing units (see the module docstring); returns all its rows, computed or
   read back, in unit order."""
@@ -154,7 +168,11 @@ def run_stage(stage: Stage) -> list[dict]:
   if todo and write:
     with files.atomic_open(running, "w") as f:
       json.dump({"stage": stage.name, "keys": [list(k) for u in units for k in u.keys]}, f)
-  started, seconds_each = provenance.now(), []
+  started, timed, left = provenance.now(), collections.defaultdict(list), len(todo)
+  for unit in units:  # what the units done before took, for the time left
+    seconds = _seconds(mine(unit)) if id(unit) not in pending else None
+    if seconds is not None:
+      timed[unit.kind].append(seconds)
   rows = []
   for i, unit in enumerate(units):
     if id(unit) not in pending:
@@ -163,7 +181,8 @@ def run_stage(stage: Stage) -> list[dict]:
     t0, compiling = time.perf_counter(), _COMPILING[0]
     out = stage.run(unit)
     seconds = time.perf_counter() - t0
-    seconds_each.append(seconds)
+    timed[unit.kind].append(seconds)
+    left -= 1
     for row in out.rows:
       row.setdefault("seconds", round(seconds, 2))
       row.setdefault("compile_seconds", round(_COMPILING[0] - compiling, 2))
@@ -174,9 +193,9 @@ def run_stage(stage: Stage) -> list[dict]:
       tables[unit.table] = [r for r in tables[unit.table] if stage.table.key_of(r) not in set(unit.keys)] + out.rows
       stage.table.write(stage.out_dir / unit.table, tables[unit.table])
     rows += out.rows
-    left = len(todo) - len(seconds_each)
+    rest = [u.kind for u in units[i + 1:] if id(u) in pending]
     logging.info("%s %d/%d %s: %s  (%.1f s)%s", stage.name, i + 1, len(units), unit.label, out.note, seconds,
-                 f"; {progress.left_after(seconds_each, left, stage.noun, ' in this stage')}" if left else "")
+                 f"; {progress.left_by_kind(timed, rest, stage.noun, ' in this stage')}" if rest else "")
   if write:
     running.unlink(missing_ok=True)
   stage.finish(rows, len(todo))

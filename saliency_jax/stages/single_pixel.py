@@ -144,7 +144,7 @@ class SinglePixel(base.Stage):
     cells = [(tuple(j), m, t, o) for j in sp.test_jitter for m in self.plan for t in sp.targets for o in sp.outputs]
     return [base.Unit((TABLE.key_of(self._ident(*cell)),), "results.csv",
                       f"test jitter ({cell[0][0]:g}, {cell[0][1]:g})  {cell[1].label}  target={cell[2]} "
-                      f"output={cell[3]}", cell) for cell in cells]
+                      f"output={cell[3]}", cell, kind=cell[:3]) for cell in cells]  # outputs cost alike
 
   def _test_set(self, jitter):
     if jitter not in self._sets:
