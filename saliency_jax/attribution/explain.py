@@ -5,11 +5,11 @@
     maps_BHWC = explain("integrated_gradients(steps=100, baseline='black')", x_BHWC)   # the same
 
 Each (method, output, options) compiles once. Options holding arrays (random keys, baseline
-images) are traced arguments; the rest are compile-time constants. One random key is split into one
-per image (`jax.random.split(key, B)`), so the maps do not depend on how the batch is split over the
-devices (a method called directly draws the batch's noise from the key itself). The batch goes through a
+images) are traced arguments; the rest are compile-time constants. The batch goes through a
 `BatchRunner`, as the grid's and the sanity studies' do: split over the devices (padded, then cut
-back), the variables replicated and traced, not baked into the program.
+back), the variables replicated and traced, not baked into the program. One random key is split
+into one per image (`jax.random.split(key, B)`), so the maps do not depend on the number of devices
+(a method called directly draws the batch's noise from the key itself).
 """
 
 from __future__ import annotations

@@ -168,7 +168,7 @@ def run_stage(stage: Stage) -> list[dict]:
   if todo and write:
     with files.atomic_open(running, "w") as f:
       json.dump({"stage": stage.name, "keys": [list(k) for u in units for k in u.keys]}, f)
-  started, timed, left = provenance.now(), collections.defaultdict(list), len(todo)
+  started, timed = provenance.now(), collections.defaultdict(list)
   for unit in units:  # what the units done before took, for the time left
     seconds = _seconds(mine(unit)) if id(unit) not in pending else None
     if seconds is not None:
@@ -182,7 +182,6 @@ def run_stage(stage: Stage) -> list[dict]:
     out = stage.run(unit)
     seconds = time.perf_counter() - t0
     timed[unit.kind].append(seconds)
-    left -= 1
     for row in out.rows:
       row.setdefault("seconds", round(seconds, 2))
       row.setdefault("compile_seconds", round(_COMPILING[0] - compiling, 2))
