@@ -17,9 +17,13 @@ grid later samples; what it selects is the number of epochs, not the model the g
     python -m saliency_jax.main --config=configs/vgg16_cpu.py --workdir=workdirs/cpu/vgg16_seed0 \
         --config.data.source=folder --config.data.path=DIR
 
-Expected (seed 0): the stop after epoch 5 at 99.8% test accuracy with the pixel, 14.7% without it,
-2.5% with another class's pixel; pointing accuracy 98.7-99.9% for |gradient|, |gradient| x |input|
-and integrated gradients, 57-71% for gradient x input (docs/results.md).
+Expected (seed 0, on 2 cores of an AMD EPYC): the stop after epoch 5 at 99.8% test accuracy with
+the pixel, 10.0% without it, 0.1% with another class's pixel; pointing accuracy 99.7-99.9% for
+|gradient| and |gradient| x |input|, 95.9-98.9% for integrated gradients with a white baseline and
+90.2-90.4% with a black one (it misses class 3, where the model falls back without the pixel),
+63.6-72.2% for gradient x input (docs/results.md). Another machine trains another model (XLA's float
+reductions differ between CPUs): an earlier run, with older code elsewhere, gave 14.7% without the
+pixel and 98.7-99.9% for integrated gradients.
 """
 
 from configs import resnet_cpu
